@@ -1,0 +1,109 @@
+"""Unit tests of worker.py's pure parts (the protocol end to end is tested from Rust)."""
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import worker  # noqa: E402
+
+
+class RunCellTest(unittest.TestCase):
+    def test_last_expression_is_the_value(self):
+        ns = {}
+        self.assertEqual(worker.run_cell("a = 2\na * 21", ns, "<cell-1>"), 42)
+        self.assertEqual(ns["a"], 2)
+
+    def test_statement_last_gives_none(self):
+        self.assertIsNone(worker.run_cell("b = 1", {}, "<cell-1>"))
+
+    def test_trailing_semicolon_hides_the_value(self):
+        self.assertIsNone(worker.run_cell("1 + 1;", {}, "<cell-1>"))
+
+    def test_syntax_error_has_no_frames(self):
+        with self.assertRaises(SyntaxError) as caught:
+            worker.run_cell("def f(:", {}, "<cell-9>")
+        info = worker.error_info(caught.exception)
+        self.assertEqual(info["ename"], "SyntaxError")
+        self.assertEqual(info["traceback"][0], '  File "<cell-9>", line 1')
+
+    def test_traceback_starts_at_the_cell(self):
+        try:
+            worker.run_cell("x = 1\n1 / 0", {}, "<cell-3>")
+        except ZeroDivisionError as exc:
+            info = worker.error_info(exc)
+        self.assertEqual(info["traceback"][0], "Traceback (most recent call last):")
+        self.assertEqual(info["traceback"][1], '  File "<cell-3>", line 2, in <module>')
+        self.assertFalse(any("worker.py" in line for line in info["traceback"]))
+
+
+class MimeBundleTest(unittest.TestCase):
+    def test_plain_value(self):
+        self.assertEqual(worker.mime_bundle(3), {"text/plain": "3"})
+
+    def test_rich_reprs(self):
+        class Rich:
+            def __repr__(self):
+                return "Rich()"
+
+            def _repr_html_(self):
+                return "<b>rich</b>"
+
+            def _repr_png_(self):
+                return b"\x89PNG"
+
+            def _repr_markdown_(self):
+                return None  # declined: left out
+
+        bundle = worker.mime_bundle(Rich())
+        self.assertEqual(
+            bundle, {"text/plain": "Rich()", "text/html": "<b>rich</b>", "image/png": "iVBORw=="}
+        )
+
+    def test_classes_are_not_asked_for_reprs(self):
+        class Rich:
+            def _repr_html_(self):
+                return "<b>instance</b>"
+
+        self.assertEqual(list(worker.mime_bundle(Rich)), ["text/plain"])
+
+
+class SinkTest(unittest.TestCase):
+    def test_cap_cuts_and_flags(self):
+        sink = worker.Sink(5)
+        sink.feed("stdout", b"abc")
+        sink.feed("stderr", b"defgh")
+        sink.feed("stdout", b"ij")
+        self.assertEqual(sink.finish(), ("abc", "de"))
+        self.assertTrue(sink.truncated)
+
+    def test_multibyte_character_split_across_reads(self):
+        sink = worker.Sink(100)
+        data = "é".encode()
+        sink.feed("stdout", data[:1])
+        sink.feed("stdout", data[1:])
+        self.assertEqual(sink.finish(), ("é", ""))
+        self.assertFalse(sink.truncated)
+
+    def test_streaming_sends_pending_text(self):
+        sent = []
+        sink = worker.Sink(100, stream_to=lambda name, text: sent.append((name, text)))
+        sink.feed("stdout", b"a\n")
+        self.assertIsNotNone(sink.flush_due_in())
+        sink.flush()
+        self.assertEqual(sent, [("stdout", "a\n")])
+        self.assertIsNone(sink.flush_due_in())
+        self.assertEqual(sink.finish(), ("", ""))
+
+
+class ImportSpecTest(unittest.TestCase):
+    def test_base_namespace_binds_aliases(self):
+        base = worker.build_base_namespace(["os.path as osp", "json"])
+        self.assertIs(base["osp"], os.path)
+        self.assertIn("json", base)
+        self.assertEqual(base["__name__"], "__main__")
+
+
+if __name__ == "__main__":
+    unittest.main()

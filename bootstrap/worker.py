@@ -1,0 +1,585 @@
+"""replpool's Python worker: the whole Python side of the service.
+
+The server starts this script with the protocol on fds 0 (requests) and 1 (replies). Before
+anything else runs, the protocol moves to private descriptors and fds 0, 1 and 2 are pointed
+elsewhere: fd 0 at /dev/null (or a request's stdin), fds 1 and 2 at capture pipes that a reader
+thread drains. So `print`, `os.write(1, ...)`, C extensions and child processes all land in the
+reply, and nothing user code writes can corrupt the framing.
+
+Frames are a 4-byte big-endian length followed by that many bytes of UTF-8 JSON. Every request
+gets zero or more `stream`/`display` frames and then exactly one `done` frame.
+
+Standard library only: this file must run under whatever interpreter the operator configures.
+"""
+
+import ast
+import base64
+import codecs
+import io
+import json
+import linecache
+import os
+import select
+import signal
+import struct
+import sys
+import threading
+import time
+import traceback
+import types
+
+WORKER_FILE = os.path.abspath(__file__)
+HEADER = struct.Struct(">I")
+READ_CHUNK = 1 << 20
+# Streamed output is sent at most this long after it was written.
+STREAM_FLUSH_SECONDS = 0.02
+STREAM_FLUSH_BYTES = 64 * 1024
+
+
+class ProtocolError(Exception):
+    """The peer broke the framing; the worker cannot go on."""
+
+
+class Protocol:
+    """Length-prefixed JSON frames on two private descriptors.
+
+    Writes take a lock because the capture thread sends `stream` frames while the main thread
+    runs user code; a frame is always written whole.
+    """
+
+    def __init__(self, rfd, wfd, max_frame):
+        self.rfd = rfd
+        self.wfd = wfd
+        self.max_frame = max_frame
+        self.lock = threading.Lock()
+
+    def _read_exact(self, n):
+        chunks = []
+        while n:
+            chunk = os.read(self.rfd, n)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def read(self):
+        """The next request, or None when the server closed the pipe."""
+        header = self._read_exact(HEADER.size)
+        if header is None:
+            return None
+        (length,) = HEADER.unpack(header)
+        if length > self.max_frame:
+            raise ProtocolError(f"request frame of {length} bytes exceeds {self.max_frame}")
+        body = self._read_exact(length)
+        if body is None:
+            return None
+        return json.loads(body)
+
+    def encode(self, message):
+        # A lone surrogate (from a repr, say) is not UTF-8; replace it rather than fail the frame.
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        return data.encode("utf-8", "replace")
+
+    def send(self, message):
+        self.send_encoded(self.encode(message))
+
+    def send_encoded(self, data):
+        if len(data) > self.max_frame:
+            raise ProtocolError(f"reply frame of {len(data)} bytes exceeds {self.max_frame}")
+        view = memoryview(HEADER.pack(len(data)) + data)
+        with self.lock:
+            while view:
+                written = os.write(self.wfd, view)
+                view = view[written:]
+
+
+class Sink:
+    """Collects one execution's output, cut at the byte cap, optionally streaming it."""
+
+    def __init__(self, cap, stream_to=None):
+        self.remaining = cap
+        self.truncated = False
+        self.decoders = {
+            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
+            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
+        }
+        self.parts = {"stdout": [], "stderr": []}
+        self.pending_bytes = 0
+        self.pending_since = None
+        self.stream_to = stream_to
+
+    def feed(self, name, data):
+        if self.remaining <= 0:
+            self.truncated = True
+            return
+        if len(data) > self.remaining:
+            data = data[: self.remaining]
+            self.truncated = True
+        self.remaining -= len(data)
+        text = self.decoders[name].decode(data)
+        if text:
+            self.parts[name].append(text)
+            self.pending_bytes += len(data)
+            if self.pending_since is None:
+                self.pending_since = time.monotonic()
+
+    def flush_due_in(self):
+        """Seconds until pending streamed output must go out (None: nothing pending)."""
+        if self.stream_to is None or self.pending_since is None:
+            return None
+        if self.pending_bytes >= STREAM_FLUSH_BYTES:
+            return 0.0
+        return max(0.0, self.pending_since + STREAM_FLUSH_SECONDS - time.monotonic())
+
+    def flush(self):
+        """Sends what is pending as `stream` frames (streaming mode only)."""
+        if self.stream_to is None:
+            return
+        for name in ("stdout", "stderr"):
+            if self.parts[name]:
+                self.stream_to(name, "".join(self.parts[name]))
+                self.parts[name].clear()
+        self.pending_bytes = 0
+        self.pending_since = None
+
+    def finish(self):
+        """Ends the sink; returns (stdout, stderr) not yet streamed."""
+        for name, decoder in self.decoders.items():
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                self.parts[name].append(tail)
+        self.flush()
+        return "".join(self.parts["stdout"]), "".join(self.parts["stderr"])
+
+
+class Capture:
+    """Owns fds 1 and 2: both are pipes, drained by a thread into the current execution's sink.
+
+    The pipes stay in place for the worker's life, so switching executions costs no syscalls
+    beyond draining. The thread keeps reading past the cap (discarding) so a writer never blocks
+    on a full pipe. Reads happen under a lock so the main thread can drain what is left at the
+    end of a cell without losing order.
+    """
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sink = None
+        self.fds = {}
+        for name, target in (("stdout", 1), ("stderr", 2)):
+            r, w = os.pipe()
+            try:
+                import fcntl
+
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, READ_CHUNK)
+            except (ImportError, AttributeError, OSError):
+                pass
+            os.dup2(w, target)
+            os.close(w)
+            os.set_blocking(r, False)
+            self.fds[r] = name
+        thread = threading.Thread(target=self._run, name="replpool-capture", daemon=True)
+        thread.start()
+
+    def _read_available(self, fd):
+        name = self.fds[fd]
+        while True:
+            try:
+                data = os.read(fd, READ_CHUNK)
+            except BlockingIOError:
+                return
+            if not data:
+                return
+            if self.sink is not None:
+                self.sink.feed(name, data)
+
+    def _run(self):
+        poller = select.poll()
+        for fd in self.fds:
+            poller.register(fd, select.POLLIN)
+        while True:
+            sink = self.sink
+            due = sink.flush_due_in() if sink is not None else None
+            events = poller.poll(None if due is None else due * 1000)
+            with self.lock:
+                for fd, _ in events:
+                    self._read_available(fd)
+                sink = self.sink
+                if sink is not None and sink.flush_due_in() == 0.0:
+                    sink.flush()
+
+    def start(self, sink):
+        with self.lock:
+            for fd in self.fds:
+                self._read_available(fd)  # stray output from between cells is dropped
+            self.sink = sink
+
+    def stop(self):
+        """Drains what user code wrote and detaches the sink; returns (stdout, stderr, truncated)."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        flush_c_stdio()
+        with self.lock:
+            for fd in self.fds:
+                self._read_available(fd)
+            sink, self.sink = self.sink, None
+            stdout, stderr = sink.finish()
+        return stdout, stderr, sink.truncated
+
+
+def _libc_fflush():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).fflush
+    except Exception:
+        return None
+
+
+_FFLUSH = None
+
+
+def flush_c_stdio():
+    """C code that printf()s to a pipe is block-buffered; flush it so the cell's output is whole."""
+    if _FFLUSH is not None:
+        _FFLUSH(None)
+
+
+def text_stream(fd, mode):
+    return open(fd, mode, encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
+
+
+class Stdio:
+    """The Python-level streams over fds 0-2.
+
+    Opening them costs more than a trivial cell, so they are made once and only put back when
+    a cell replaced or closed them.
+    """
+
+    def __init__(self):
+        self.stdout = text_stream(1, "w")
+        self.stderr = text_stream(2, "w")
+        self.stdin = text_stream(0, "r")
+
+    def renew_stdin(self):
+        """fd 0 changed under sys.stdin: its read-ahead buffer belongs to the old file."""
+        self.stdin = text_stream(0, "r")
+
+    def install(self):
+        for name in ("stdout", "stderr", "stdin"):
+            ours = getattr(self, name)
+            if ours.closed:
+                ours = text_stream({"stdin": 0, "stdout": 1, "stderr": 2}[name], "r" if name == "stdin" else "w")
+                setattr(self, name, ours)
+            if getattr(sys, name) is not ours:
+                setattr(sys, name, ours)
+            if getattr(sys, f"__{name}__") is not ours:
+                setattr(sys, f"__{name}__", ours)
+
+
+class UserCode:
+    """Marks when user code runs: SIGINT raises KeyboardInterrupt only then.
+
+    A SIGINT that lands while the worker writes a frame would otherwise cut the frame in half.
+    """
+
+    active = False
+
+    @classmethod
+    def on_sigint(cls, signum, frame):
+        if cls.active:
+            raise KeyboardInterrupt
+
+
+def mime_bundle(obj):
+    """A Jupyter-style MIME bundle for a value: text/plain always, richer forms when offered."""
+    bundle = {"text/plain": repr(obj)}
+    if isinstance(obj, type):
+        return bundle
+    figure = figure_png(obj)
+    if figure is not None:
+        bundle["image/png"] = figure
+        return bundle
+    for method, mime in (
+        ("_repr_html_", "text/html"),
+        ("_repr_markdown_", "text/markdown"),
+        ("_repr_svg_", "image/svg+xml"),
+        ("_repr_latex_", "text/latex"),
+        ("_repr_png_", "image/png"),
+        ("_repr_jpeg_", "image/jpeg"),
+        ("_repr_json_", "application/json"),
+    ):
+        render = getattr(obj, method, None)
+        if not callable(render):
+            continue
+        try:
+            data = render()
+        except Exception:
+            continue
+        if isinstance(data, tuple):  # (data, metadata)
+            data = data[0]
+        if data is None:
+            continue
+        if isinstance(data, bytes):
+            data = base64.b64encode(data).decode("ascii")
+        bundle[mime] = data
+    return bundle
+
+
+def figure_png(obj):
+    """Base64 PNG of a matplotlib Figure, closing it; None for anything else."""
+    figure_module = sys.modules.get("matplotlib.figure")
+    if figure_module is None or not isinstance(obj, figure_module.Figure):
+        return None
+    buf = io.BytesIO()
+    obj.savefig(buf, format="png", bbox_inches="tight")
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(obj)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def open_figures():
+    """Every figure left open by the cell, as display bundles; the figures are closed."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return []
+    bundles = []
+    for number in pyplot.get_fignums():
+        figure = pyplot.figure(number)
+        text = repr(figure)
+        bundles.append({"text/plain": text, "image/png": figure_png(figure)})
+    return bundles
+
+
+def error_info(exc):
+    """ename/evalue/traceback for an exception, without this file's frames."""
+    # User code enters through a cell; start there. Otherwise drop this file's leading frames.
+    tb = exc.__traceback__
+    first_cell = tb
+    while first_cell is not None and not first_cell.tb_frame.f_code.co_filename.startswith("<cell-"):
+        first_cell = first_cell.tb_next
+    if first_cell is not None:
+        tb = first_cell
+    else:
+        while tb is not None and tb.tb_frame.f_code.co_filename == WORKER_FILE:
+            tb = tb.tb_next
+    lines = []
+    for chunk in traceback.format_exception(type(exc), exc, tb):
+        lines.extend(chunk.rstrip("\n").split("\n"))
+    return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": lines}
+
+
+def run_cell(code, namespace, filename):
+    """Runs code like a notebook cell; returns the value of a final expression (or None)."""
+    # Registering the source lets tracebacks show the offending lines.
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    try:
+        tree = ast.parse(code, filename, "exec")
+    except SyntaxError as exc:
+        # The parser's own frames (ast.py, this file) mean nothing to the user.
+        raise exc.with_traceback(None) from None
+    last = None
+    # As in IPython, a trailing semicolon hides the value of the last expression.
+    if tree.body and isinstance(tree.body[-1], ast.Expr) and not code.rstrip().endswith(";"):
+        last = ast.Expression(tree.body.pop().value)
+    body = compile(tree, filename, "exec")
+    final = compile(last, filename, "eval") if last is not None else None
+    UserCode.active = True
+    try:
+        exec(body, namespace)
+        if final is not None:
+            return eval(final, namespace)
+        return None
+    finally:
+        UserCode.active = False
+
+
+class StdinFile:
+    """Points fd 0 at a request's stdin for one execution (an in-memory file, never a pipe that
+    could fill up), and back at /dev/null afterwards."""
+
+    def __init__(self, devnull, stdio):
+        self.devnull = devnull
+        self.stdio = stdio
+        self.replaced = False
+
+    def set(self, text):
+        if text is None and not self.replaced:
+            return
+        if text is None:
+            os.dup2(self.devnull, 0)
+            self.replaced = False
+        else:
+            fd = os.memfd_create("replpool-stdin")
+            os.write(fd, text.encode("utf-8"))
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.dup2(fd, 0)
+            os.close(fd)
+            self.replaced = True
+        self.stdio.renew_stdin()
+
+
+class Worker:
+    def __init__(self, protocol, base, capture, stdio, devnull):
+        self.protocol = protocol
+        self.base = base
+        self.capture = capture
+        self.stdio = stdio
+        self.stdin = StdinFile(devnull, stdio)
+        self.namespace = None
+        self.reset()
+
+    def reset(self):
+        """A fresh copy of the base namespace, installed as __main__ so pickle finds classes."""
+        module = types.ModuleType("__main__")
+        module.__dict__.update(self.base)
+        sys.modules["__main__"] = module
+        self.namespace = module.__dict__
+
+    def serve(self):
+        while True:
+            request = self.protocol.read()
+            if request is None:
+                return
+            op = request.get("op")
+            rid = request.get("id")
+            if op == "exec":
+                self.protocol.send_encoded(self.execute(request))
+            elif op == "attach":
+                os.chdir(request["cwd"])
+                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
+            elif op == "reset":
+                self.reset()
+                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
+            elif op == "ping":
+                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
+            elif op == "shutdown":
+                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
+                return
+            else:
+                self.protocol.send(
+                    {
+                        "op": "done",
+                        "id": rid,
+                        "status": "error",
+                        "error": {"ename": "ProtocolError", "evalue": f"unknown op {op!r}", "traceback": []},
+                    }
+                )
+
+    def execute(self, request):
+        rid = request["id"]
+        streaming = bool(request.get("stream"))
+        displays = []
+
+        def stream_to(name, text):
+            self.protocol.send({"op": "stream", "id": rid, "name": name, "text": text})
+
+        sink = Sink(int(request.get("max_output_bytes", 1 << 20)), stream_to if streaming else None)
+        self.stdin.set(request.get("stdin"))
+        self.stdio.install()
+        self.capture.start(sink)
+        status, result, error = "ok", None, None
+        try:
+            value = run_cell(request["code"], self.namespace, f"<cell-{request.get('count', 0)}>")
+            if value is not None:
+                self.namespace["_"] = value
+                result = mime_bundle(value)
+        except SystemExit as exc:
+            # A program's sys.exit(0) is a normal end; any other code is reported, never obeyed.
+            if exc.code not in (None, 0):
+                status, error = "error", error_info(exc)
+        except BaseException as exc:  # noqa: B036 - user code may raise anything
+            status, error = "error", error_info(exc)
+        try:
+            displays.extend(open_figures())
+        except Exception as exc:
+            if error is None:
+                status, error = "error", error_info(exc)
+        stdout, stderr, truncated = self.capture.stop()
+        self.stdin.set(None)
+        reply = {
+            "op": "done",
+            "id": rid,
+            "status": status,
+            "stdout": stdout,
+            "stderr": stderr,
+            "result": result,
+            "display": displays,
+            "error": error,
+            "truncated": truncated,
+        }
+        data = self.protocol.encode(reply)
+        if len(data) > self.protocol.max_frame:
+            # The rich parts are what can be huge; keep the status, the (capped) output, the error.
+            reply["result"] = {"text/plain": "<result too large to return>"} if result else None
+            reply["display"] = []
+            reply["truncated"] = True
+            data = self.protocol.encode(reply)
+        while len(data) > self.protocol.max_frame and (reply["stdout"] or reply["stderr"]):
+            # Escaping can make capped output larger than the frame; halve it until it fits.
+            reply["stdout"] = reply["stdout"][: len(reply["stdout"]) // 2]
+            reply["stderr"] = reply["stderr"][: len(reply["stderr"]) // 2]
+            data = self.protocol.encode(reply)
+        if len(data) > self.protocol.max_frame and error is not None:
+            error["evalue"] = error["evalue"][:1000]
+            error["traceback"] = error["traceback"][-20:]
+            data = self.protocol.encode(reply)
+        return data
+
+
+def build_base_namespace(preload):
+    """Imports the preload list (`module` or `module as alias`, as in an import statement)."""
+    base = {"__name__": "__main__", "__builtins__": __builtins__, "__doc__": None}
+    for spec in preload:
+        exec(f"import {spec}", base)
+    return base
+
+
+def main():
+    global _FFLUSH
+    config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    started = time.monotonic()
+
+    # First of all, move the protocol off fds 0/1: nothing after this can corrupt it.
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # anything printed during the preload goes to the server's log
+    protocol = Protocol(proto_in, proto_out, int(config.get("max_frame_bytes", 16 << 20)))
+
+    # The script's own directory must not shadow user modules; the session directory should.
+    script_dir = os.path.dirname(WORKER_FILE)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != script_dir]
+    sys.path.insert(0, "")
+
+    signal.signal(signal.SIGINT, UserCode.on_sigint)
+    try:
+        base = build_base_namespace(config.get("preload", []))
+    except BaseException as exc:
+        protocol.send({"op": "fatal", "error": error_info(exc)})
+        return 1
+    _FFLUSH = _libc_fflush()
+
+    capture = Capture()
+    stdio = Stdio()
+    stdio.install()
+    worker = Worker(protocol, base, capture, stdio, devnull)
+    protocol.send(
+        {
+            "op": "ready",
+            "pid": os.getpid(),
+            "python": sys.version.split()[0],
+            "preload_ms": (time.monotonic() - started) * 1000.0,
+        }
+    )
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

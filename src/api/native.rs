@@ -1,0 +1,142 @@
+//! The native API, versioned under `/v1`.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::execution::{ExecRequest, Execution};
+use crate::session::SessionInfo;
+
+/// `axum::Json`, with rejections in the service's error shape.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .route("/v1/sessions/{id}/execute", post(execute))
+        .route("/v1/execute", post(execute_once))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteBody {
+    code: String,
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+impl TryFrom<ExecuteBody> for ExecRequest {
+    type Error = ApiError;
+
+    fn try_from(body: ExecuteBody) -> Result<Self, ApiError> {
+        if body.timeout_ms == Some(0) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "timeout_ms must be greater than 0",
+            ));
+        }
+        Ok(ExecRequest {
+            code: body.code,
+            stdin: body.stdin,
+            timeout: body.timeout_ms.map(Duration::from_millis),
+        })
+    }
+}
+
+/// Session options; none yet, but a body that is there must be a JSON object we understand.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSessionBody {}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    Json(state.manager.health())
+}
+
+async fn create_session(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<SessionInfo>), ApiError> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::from_slice::<CreateSessionBody>(&body).map_err(|e| {
+            let code = if e.is_data() {
+                "invalid_request"
+            } else {
+                "invalid_json"
+            };
+            let status = if e.is_data() {
+                StatusCode::UNPROCESSABLE_ENTITY
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            ApiError::new(status, code, e.to_string())
+        })?;
+    }
+    let info = state.manager.create().await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn list_sessions(State(state): State<AppState>) -> impl IntoResponse {
+    Json(json!({"sessions": state.manager.list()}))
+}
+
+async fn get_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    Ok(Json(state.manager.get(&id)?))
+}
+
+async fn delete_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.manager.delete(&id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn execute(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<ExecuteBody>,
+) -> Result<Json<Execution>, ApiError> {
+    let request = ExecRequest::try_from(body)?;
+    Ok(Json(state.manager.execute(&id, &request, None).await?))
+}
+
+async fn execute_once(
+    State(state): State<AppState>,
+    Json(body): Json<ExecuteBody>,
+) -> Result<Json<Execution>, ApiError> {
+    let request = ExecRequest::try_from(body)?;
+    Ok(Json(state.manager.execute_once(&request, None).await?))
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}

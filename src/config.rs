@@ -1,0 +1,400 @@
+//! The service's configuration: `config.toml`, then `REPLPOOL_<SECTION>_<KEY>` environment
+//! overrides, then validation.
+//!
+//! Every field has a default, so an empty file is a valid configuration. Unknown fields are
+//! errors rather than silently ignored: a typo in an operator's file should stop the start, not
+//! leave a limit at its default. Every error names the field it is about.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variables with this prefix override config fields: `REPLPOOL_POOL_WARM_WORKERS=4`.
+pub const ENV_PREFIX: &str = "REPLPOOL_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Field { field: String, message: String },
+}
+
+impl ConfigError {
+    fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Field {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub python: PythonConfig,
+    pub pool: PoolConfig,
+    pub sessions: SessionsConfig,
+    pub execution: ExecutionConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on. Loopback by default: the API runs arbitrary code.
+    pub bind: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8765)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PythonConfig {
+    /// Interpreter for workers: a path (relative to the config file) or a name on `PATH`.
+    pub executable: PathBuf,
+    /// Imported once per worker before any session uses it, as in an import statement.
+    pub preload: Vec<String>,
+    /// `OPENBLAS_NUM_THREADS`, `OMP_NUM_THREADS`, `MKL_NUM_THREADS` for workers.
+    pub blas_threads: u32,
+}
+
+impl Default for PythonConfig {
+    fn default() -> Self {
+        PythonConfig {
+            executable: PathBuf::from(".venv/bin/python"),
+            preload: vec![
+                "numpy as np".to_owned(),
+                "pandas as pd".to_owned(),
+                "matplotlib.pyplot as plt".to_owned(),
+            ],
+            blas_threads: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Started, preloaded, idle workers kept ready for new sessions.
+    pub warm_workers: usize,
+    /// How long a worker may take to start and preload before it is given up on.
+    pub start_timeout_ms: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            warm_workers: 2,
+            start_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Most sessions alive at once; creating one more is refused with 503.
+    pub max: usize,
+    /// Executions that may wait behind the running one in a session; one more gets 429.
+    pub queue_depth: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            max: 64,
+            queue_depth: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutionConfig {
+    /// Deadline of an execute that does not name one.
+    pub default_timeout_ms: u64,
+    /// Largest `timeout_ms` a request may ask for; larger requests are capped to it.
+    pub max_timeout_ms: u64,
+    /// After the deadline the worker gets SIGINT; this long later it is killed.
+    pub interrupt_grace_ms: u64,
+    /// stdout and stderr of one execution together are cut at this many bytes.
+    pub max_output_bytes: usize,
+    /// Largest `code` accepted (413 above it).
+    pub max_code_bytes: usize,
+    /// Largest protocol frame between server and worker, either way.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        ExecutionConfig {
+            default_timeout_ms: 30_000,
+            max_timeout_ms: 600_000,
+            interrupt_grace_ms: 2_000,
+            max_output_bytes: 1 << 20,
+            max_code_bytes: 1 << 20,
+            max_frame_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (if given), applies `REPLPOOL_*` variables from `env`, and validates.
+    ///
+    /// Relative paths in the file are resolved against the file's directory, so the server
+    /// behaves the same from any working directory.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, base_dir) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let table: toml::Table =
+                    text.parse()
+                        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                            path: path.to_owned(),
+                            message: e.message().to_owned(),
+                        })?;
+                let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+                let dir = absolute.parent().map(Path::to_owned).unwrap_or_default();
+                (table, dir)
+            }
+            None => (toml::Table::new(), PathBuf::new()),
+        };
+        apply_env_overrides(&mut table, env)?;
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
+                let field = e.path().to_string();
+                ConfigError::field(field, e.into_inner().message().to_owned())
+            })?;
+        config.resolve_paths(&base_dir);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base_dir: &Path) {
+        let exe = &self.python.executable;
+        // A bare name ("python3") is looked up on PATH by the OS, like a shell would.
+        if exe.is_relative() && exe.components().count() > 1 {
+            self.python.executable = base_dir.join(exe);
+        }
+    }
+
+    /// Checks what the types cannot: ranges, relations between fields, preload syntax.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ex = &self.execution;
+        let positive = [
+            ("execution.default_timeout_ms", ex.default_timeout_ms),
+            ("execution.max_timeout_ms", ex.max_timeout_ms),
+            ("execution.max_output_bytes", ex.max_output_bytes as u64),
+            ("execution.max_code_bytes", ex.max_code_bytes as u64),
+            ("pool.start_timeout_ms", self.pool.start_timeout_ms),
+            ("sessions.max", self.sessions.max as u64),
+            ("python.blas_threads", u64::from(self.python.blas_threads)),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::field(field, "must be greater than 0"));
+            }
+        }
+        if ex.default_timeout_ms > ex.max_timeout_ms {
+            return Err(ConfigError::field(
+                "execution.default_timeout_ms",
+                format!(
+                    "{} is above execution.max_timeout_ms ({})",
+                    ex.default_timeout_ms, ex.max_timeout_ms
+                ),
+            ));
+        }
+        // A reply carries the capped output plus its JSON escaping; a request carries the code.
+        let needed = ex.max_output_bytes.max(ex.max_code_bytes).saturating_mul(2) + 4096;
+        if ex.max_frame_bytes < needed {
+            return Err(ConfigError::field(
+                "execution.max_frame_bytes",
+                format!(
+                    "{} is too small for max_output_bytes/max_code_bytes; it must be at least {needed}",
+                    ex.max_frame_bytes
+                ),
+            ));
+        }
+        if ex.max_frame_bytes > u32::MAX as usize {
+            return Err(ConfigError::field(
+                "execution.max_frame_bytes",
+                "must fit a 4-byte length (at most 4294967295)",
+            ));
+        }
+        if self.python.executable.as_os_str().is_empty() {
+            return Err(ConfigError::field("python.executable", "must not be empty"));
+        }
+        for (i, spec) in self.python.preload.iter().enumerate() {
+            if !is_import_spec(spec) {
+                return Err(ConfigError::field(
+                    format!("python.preload[{i}]"),
+                    format!("{spec:?} is not `module` or `module as name`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `a.b.c` or `a.b.c as name`: what may follow `import` in a Python statement. Checked here
+/// because the worker executes it as one.
+fn is_import_spec(spec: &str) -> bool {
+    fn identifier(s: &str) -> bool {
+        let mut chars = s.chars();
+        matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+            && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+    }
+    let words: Vec<&str> = spec.split_whitespace().collect();
+    let module_ok = |m: &str| m.split('.').all(identifier);
+    match words.as_slice() {
+        [module] => module_ok(module),
+        [module, "as", alias] => module_ok(module) && identifier(alias),
+        _ => false,
+    }
+}
+
+const SECTIONS: [&str; 5] = ["server", "python", "pool", "sessions", "execution"];
+
+/// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML
+/// value where it parses as one (numbers, booleans, arrays) and as a string otherwise.
+fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if rest == "CONFIG" || rest == "LOG" {
+            continue; // the CLI's own variables, not config fields
+        }
+        let lower = rest.to_ascii_lowercase();
+        let Some((section, key)) = lower.split_once('_') else {
+            return Err(ConfigError::field(
+                name.clone(),
+                "environment override must be REPLPOOL_<SECTION>_<KEY>",
+            ));
+        };
+        if !SECTIONS.contains(&section) {
+            return Err(ConfigError::field(
+                name.clone(),
+                format!("unknown section `{section}` (expected one of {SECTIONS:?})"),
+            ));
+        }
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let entry = table
+            .entry(section.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let toml::Value::Table(section_table) = entry else {
+            return Err(ConfigError::field(section, "must be a table"));
+        };
+        section_table.insert(key.to_owned(), parsed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).expect("write config");
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::load(Some(&path), env)
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = load_str("", &[]).expect("valid");
+        assert_eq!(config.pool.warm_workers, 2);
+        assert_eq!(config.server.bind.to_string(), "127.0.0.1:8765");
+    }
+
+    #[test]
+    fn bad_type_names_the_field() {
+        let err = load_str("[pool]\nwarm_workers = \"many\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("pool.warm_workers"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_names_the_field() {
+        let err = load_str("[pool]\nwarm_wrkers = 3\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("warm_wrkers"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let config = load_str(
+            "[pool]\nwarm_workers = 3\n",
+            &[
+                ("REPLPOOL_POOL_WARM_WORKERS", "5"),
+                ("REPLPOOL_SERVER_BIND", "127.0.0.1:0"),
+                ("OTHER", "x"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(config.pool.warm_workers, 5);
+        assert_eq!(config.server.bind.port(), 0);
+    }
+
+    #[test]
+    fn env_with_unknown_section_is_an_error() {
+        let err = load_str("", &[("REPLPOOL_POLL_SIZE", "1")]).unwrap_err();
+        assert!(err.to_string().contains("REPLPOOL_POLL_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn relations_are_checked() {
+        let err = load_str(
+            "[execution]\ndefault_timeout_ms = 10\nmax_timeout_ms = 5\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("execution.default_timeout_ms"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn preload_specs_are_checked() {
+        assert!(is_import_spec("numpy"));
+        assert!(is_import_spec("matplotlib.pyplot as plt"));
+        assert!(!is_import_spec("os; os.system('x')"));
+        assert!(!is_import_spec("numpy as"));
+        let err = load_str("[python]\npreload = [\"numpy\", \"1bad\"]\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("python.preload[1]"), "{err}");
+    }
+
+    #[test]
+    fn relative_executable_is_resolved_against_the_file() {
+        let config = load_str("[python]\nexecutable = \"venv/bin/python\"\n", &[]).expect("ok");
+        assert!(config.python.executable.is_absolute());
+        let config = load_str("[python]\nexecutable = \"python3\"\n", &[]).expect("ok");
+        assert_eq!(config.python.executable, PathBuf::from("python3"));
+    }
+}

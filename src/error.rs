@@ -1,0 +1,28 @@
+//! The core's error: what a front end (HTTP, the Python package) can be told went wrong.
+//!
+//! Errors in user code are not here: they are a normal [`crate::Execution`] with
+//! `status: "error"`. These are the service's own refusals and failures.
+
+use crate::worker::WorkerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no session with id `{0}`")]
+    SessionNotFound(String),
+    #[error("the session limit ({max}) is reached")]
+    TooManySessions { max: usize },
+    #[error("the session already has {depth} executions waiting")]
+    QueueFull { depth: usize },
+    #[error("the session was deleted while the request waited or ran")]
+    SessionClosed,
+    #[error("code is {size} bytes; the limit is {max}")]
+    CodeTooLarge { size: usize, max: usize },
+    #[error("stdin is {size} bytes; the limit is {max}")]
+    StdinTooLarge { size: usize, max: usize },
+    #[error("no Python worker could be started: {0}")]
+    WorkerUnavailable(#[source] WorkerError),
+    #[error("the service is shutting down")]
+    ShuttingDown,
+    #[error("internal error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,19 @@
+//! replpool keeps Python warm: per-session, preloaded Python workers behind an HTTP API.
+//!
+//! The core (everything but [`api`]) knows nothing of HTTP, so that other front ends can sit
+//! on the same [`SessionManager`].
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod execution;
+pub mod manager;
+pub mod pool;
+pub mod protocol;
+pub mod session;
+pub mod worker;
+
+pub use config::Config;
+pub use error::Error;
+pub use execution::{ExecRequest, Execution};
+pub use manager::SessionManager;

@@ -1,0 +1,117 @@
+//! The `replpool` command.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use replpool::{Config, SessionManager, api};
+use tracing_subscriber::EnvFilter;
+
+/// replpool keeps Python warm: per-session Python workers with numpy, pandas and matplotlib
+/// already imported, behind an HTTP API. Code runs in milliseconds and variables persist
+/// between calls.
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the HTTP server.
+    ///
+    /// Prints `listening on http://ADDR` on stdout once it accepts connections. Logs go to
+    /// stderr; set REPLPOOL_LOG (e.g. `debug`, `replpool=trace`) for more.
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Listen here instead of `server.bind` (e.g. 127.0.0.1:0 for any free port).
+        #[arg(long)]
+        bind: Option<SocketAddr>,
+    },
+    /// Check a configuration and print it in full, with defaults and overrides applied.
+    Config {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// Configuration file (TOML). Every field has a default; REPLPOOL_<SECTION>_<KEY>
+    /// environment variables override the file.
+    #[arg(long, short, env = "REPLPOOL_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(Config::load(self.config.as_deref(), std::env::vars())?)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config { config } => {
+            let config = config.load()?;
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+        Command::Serve { config, bind } => {
+            let mut config = config.load()?;
+            if let Some(bind) = bind {
+                config.server.bind = bind;
+            }
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_env("REPLPOOL_LOG")
+                        .unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .init();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let manager = SessionManager::start(&config)?;
+    let listener = tokio::net::TcpListener::bind(config.server.bind)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
+    let addr = listener.local_addr()?;
+    let app = api::router(manager.clone(), config.execution.max_frame_bytes);
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, python = %config.python.executable.display(), "replpool serving");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    manager.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

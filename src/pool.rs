@@ -1,0 +1,119 @@
+//! Ready workers, kept so that a new session does not wait for the preload.
+//!
+//! A background task keeps `target` started, preloaded, idle workers. Taking one is a pop; when
+//! the pool is empty the caller starts its own, so a burst of new sessions is slower but never
+//! refused. Refills run one at a time: on a small machine, starting several interpreters at
+//! once would slow the running sessions more than it helps the new ones.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::{Worker, WorkerError, WorkerSpec};
+
+/// After a failed start, the refill task waits this long before trying again.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+pub struct WarmPool {
+    spec: WorkerSpec,
+    target: usize,
+    ready: Mutex<VecDeque<Worker>>,
+    /// Wakes the refill task when a worker was taken.
+    taken: Notify,
+    /// Why the last start failed, while starts keep failing.
+    last_error: Mutex<Option<String>>,
+}
+
+/// A snapshot for `/healthz`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStatus {
+    pub ready: usize,
+    pub target: usize,
+    pub last_error: Option<String>,
+}
+
+impl WarmPool {
+    /// Creates the pool and starts its refill task, which ends with `shutdown`.
+    pub fn start(spec: WorkerSpec, target: usize, shutdown: CancellationToken) -> Arc<WarmPool> {
+        let pool = Arc::new(WarmPool {
+            spec,
+            target,
+            ready: Mutex::new(VecDeque::new()),
+            taken: Notify::new(),
+            last_error: Mutex::new(None),
+        });
+        tokio::spawn(Arc::clone(&pool).refill(shutdown));
+        pool
+    }
+
+    pub fn spec(&self) -> &WorkerSpec {
+        &self.spec
+    }
+
+    /// A ready worker: from the pool if one is there, else started now.
+    pub async fn acquire(&self) -> Result<Worker, WorkerError> {
+        loop {
+            let candidate = self.ready.lock().pop_front();
+            match candidate {
+                Some(mut worker) => {
+                    self.taken.notify_one();
+                    // An idle worker can have been killed from outside; never hand out a corpse.
+                    if worker.is_alive() {
+                        return Ok(worker);
+                    }
+                    tracing::warn!(pid = worker.pid(), "idle pooled worker had died; discarded");
+                }
+                None => {
+                    self.taken.notify_one();
+                    return Worker::start(&self.spec).await;
+                }
+            }
+        }
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        PoolStatus {
+            ready: self.ready.lock().len(),
+            target: self.target,
+            last_error: self.last_error.lock().clone(),
+        }
+    }
+
+    async fn refill(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            while self.ready.lock().len() < self.target {
+                let started = tokio::select! {
+                    started = Worker::start(&self.spec) => started,
+                    _ = shutdown.cancelled() => return,
+                };
+                match started {
+                    Ok(worker) => {
+                        *self.last_error.lock() = None;
+                        self.ready.lock().push_back(worker);
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot start a pool worker: {e}");
+                        *self.last_error.lock() = Some(e.to_string());
+                        tokio::select! {
+                            _ = tokio::time::sleep(RETRY_DELAY) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.taken.notified() => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Ends every idle worker (at shutdown).
+    pub fn drain(&self) {
+        self.ready.lock().clear();
+    }
+}

@@ -1,0 +1,430 @@
+//! One Python worker process, driven over its protocol pipes.
+//!
+//! The handle owns the process: it starts it (its own process group, tied to the server's
+//! life with `PR_SET_PDEATHSIG`), waits for the ready handshake, sends requests, reads replies,
+//! enforces deadlines (SIGINT first, then the caller kills), notices death, and kills the
+//! whole process group when dropped, so nothing the worker started outlives it.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use parking_lot::Mutex;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
+
+use crate::protocol::{self, Done, ErrorInfo, Frame, MimeBundle, Request, StreamName};
+
+/// How many lines of a worker's own stderr are kept to explain its failure.
+const STDERR_TAIL_LINES: usize = 30;
+
+/// Everything needed to start a worker; shared by the pool and the cold runner.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub python: PathBuf,
+    pub script: PathBuf,
+    /// Working directory of a worker not yet attached to a session.
+    pub cwd: PathBuf,
+    pub preload: Vec<String>,
+    pub blas_threads: u32,
+    pub max_frame_bytes: usize,
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot start the Python worker `{python}`: {source}")]
+    Spawn {
+        python: String,
+        source: std::io::Error,
+    },
+    #[error("the worker did not become ready within {0:?}")]
+    StartTimeout(Duration),
+    #[error("the worker's preload failed: {}: {}", .0.ename, .0.evalue)]
+    Preload(ErrorInfo),
+    #[error("the worker died ({reason}){}", stderr_suffix(.stderr))]
+    Died { reason: String, stderr: String },
+    #[error("the worker did not stop after an interrupt")]
+    Unresponsive,
+    #[error("worker protocol error: {0}")]
+    Protocol(String),
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    if stderr.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ended with: {stderr}")
+    }
+}
+
+/// Output that arrives while a cell runs, for callers that stream it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Stream { name: StreamName, text: String },
+    Display(MimeBundle),
+}
+
+/// The channel for [`Event`]s. Unbounded on purpose: the worker caps a cell's output, so the
+/// queue is bounded by that cap, and a slow client must never stall the reading of the pipe.
+pub type EventSender = tokio::sync::mpsc::UnboundedSender<Event>;
+
+/// One cell to run.
+#[derive(Debug, Clone)]
+pub struct Cell<'a> {
+    pub code: &'a str,
+    pub stdin: Option<&'a str>,
+    pub count: u64,
+    pub max_output_bytes: usize,
+    pub deadline: Instant,
+    pub interrupt_grace: Duration,
+}
+
+/// How a cell ended, when the worker answered.
+#[derive(Debug)]
+pub struct CellOutcome {
+    pub done: Done,
+    /// The deadline passed and the worker was interrupted (the cell may still have finished).
+    pub interrupted: bool,
+}
+
+pub struct Worker {
+    child: Child,
+    pid: u32,
+    reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
+    writer: FramedWrite<ChildStdin, LengthDelimitedCodec>,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    next_id: u64,
+    python_version: String,
+    /// The process was waited for: its pid (and so its process group id) may be reused now.
+    reaped: bool,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("pid", &self.pid).finish()
+    }
+}
+
+impl Worker {
+    /// Starts a worker and waits until its preload is done.
+    ///
+    /// Must run on a runtime worker thread, never in `spawn_blocking`: the death signal is tied
+    /// to the thread that forks, and blocking-pool threads exit when idle.
+    pub async fn start(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
+        let settings = serde_json::json!({
+            "preload": spec.preload,
+            "max_frame_bytes": spec.max_frame_bytes,
+        });
+        let threads = spec.blas_threads.to_string();
+        let mut command = Command::new(&spec.python);
+        command
+            .arg(&spec.script)
+            .arg(settings.to_string())
+            .current_dir(&spec.cwd)
+            .env("MPLBACKEND", "Agg")
+            .env("OPENBLAS_NUM_THREADS", &threads)
+            .env("OMP_NUM_THREADS", &threads)
+            .env("MKL_NUM_THREADS", &threads)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let server_pid = std::process::id();
+        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+        // system calls (prctl, getppid).
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                // The server may have died before prctl took effect; then nobody would kill us.
+                if nix::unistd::getppid().as_raw() as u32 != server_pid {
+                    return Err(std::io::Error::other("server exited during worker start"));
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(|source| WorkerError::Spawn {
+            python: spec.python.display().to_string(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or_default();
+        let (Some(stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(WorkerError::Protocol("worker pipes missing".into()));
+        };
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        tokio::spawn(drain_stderr(pid, stderr, Arc::clone(&stderr_tail)));
+        let mut worker = Worker {
+            child,
+            pid,
+            reader: FramedRead::new(stdout, protocol::codec(spec.max_frame_bytes)),
+            writer: FramedWrite::new(stdin, protocol::codec(spec.max_frame_bytes)),
+            stderr_tail,
+            next_id: 1,
+            python_version: String::new(),
+            reaped: false,
+        };
+        match tokio::time::timeout(spec.start_timeout, worker.next_frame()).await {
+            Err(_) => Err(WorkerError::StartTimeout(spec.start_timeout)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Frame::Ready {
+                python, preload_ms, ..
+            })) => {
+                tracing::debug!(pid, preload_ms, "worker ready");
+                worker.python_version = python;
+                Ok(worker)
+            }
+            Ok(Ok(Frame::Fatal { error })) => Err(WorkerError::Preload(error)),
+            Ok(Ok(other)) => Err(WorkerError::Protocol(format!(
+                "expected a ready frame, got {other:?}"
+            ))),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn python_version(&self) -> &str {
+        &self.python_version
+    }
+
+    /// False once the process has exited (it may have been killed while idle).
+    pub fn is_alive(&mut self) -> bool {
+        !self.reaped && matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGINT to the worker (not its group: child processes of the cell are the cell's
+    /// business, and the worker turns the signal into a KeyboardInterrupt in user code only).
+    pub fn interrupt(&self) {
+        interrupt_pid(self.pid);
+    }
+
+    /// Runs a cell, forwarding streamed output to `events`.
+    ///
+    /// At the deadline the worker is interrupted; if it has not answered `interrupt_grace`
+    /// later, this returns [`WorkerError::Unresponsive`] and the caller should drop the worker.
+    pub async fn execute(
+        &mut self,
+        cell: &Cell<'_>,
+        events: Option<&EventSender>,
+    ) -> Result<CellOutcome, WorkerError> {
+        let id = self.next_request_id();
+        self.send(&Request::Exec {
+            id,
+            code: cell.code,
+            stdin: cell.stdin,
+            count: cell.count,
+            stream: events.is_some(),
+            max_output_bytes: cell.max_output_bytes,
+        })
+        .await?;
+        let pid = self.pid;
+        let reply = self.read_reply(id, events);
+        tokio::pin!(reply);
+        tokio::select! {
+            done = &mut reply => return done.map(|done| CellOutcome { done, interrupted: false }),
+            _ = tokio::time::sleep_until(cell.deadline) => {}
+        }
+        tracing::debug!(pid, "deadline passed; interrupting the worker");
+        interrupt_pid(pid);
+        tokio::select! {
+            done = &mut reply => done.map(|done| CellOutcome { done, interrupted: true }),
+            _ = tokio::time::sleep(cell.interrupt_grace) => Err(WorkerError::Unresponsive),
+        }
+    }
+
+    /// Points the worker at a session's directory.
+    pub async fn attach(&mut self, dir: &Path) -> Result<(), WorkerError> {
+        let cwd = dir
+            .to_str()
+            .ok_or_else(|| WorkerError::Protocol("session directory is not UTF-8".into()))?;
+        let id = self.next_request_id();
+        self.control(&Request::Attach { id, cwd }).await
+    }
+
+    /// Gives the worker a fresh copy of its base namespace.
+    pub async fn reset(&mut self) -> Result<(), WorkerError> {
+        let id = self.next_request_id();
+        self.control(&Request::Reset { id }).await
+    }
+
+    /// A request that is not a cell: one `done` frame, no output.
+    async fn control(&mut self, request: &Request<'_>) -> Result<(), WorkerError> {
+        self.send(request).await?;
+        let done = self.read_reply(request.id(), None).await?;
+        match done.error {
+            None => Ok(()),
+            Some(e) => Err(WorkerError::Protocol(format!(
+                "{request:?} failed: {}: {}",
+                e.ename, e.evalue
+            ))),
+        }
+    }
+
+    fn next_request_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    async fn send(&mut self, request: &Request<'_>) -> Result<(), WorkerError> {
+        let body = serde_json::to_vec(request)
+            .map_err(|e| WorkerError::Protocol(format!("cannot encode request: {e}")))?;
+        if let Err(e) = self.writer.send(Bytes::from(body)).await {
+            // A broken pipe means the worker is gone; say how it went.
+            return Err(self
+                .died_or(WorkerError::Protocol(format!("cannot send request: {e}")))
+                .await);
+        }
+        Ok(())
+    }
+
+    async fn read_reply(
+        &mut self,
+        id: u64,
+        events: Option<&EventSender>,
+    ) -> Result<Done, WorkerError> {
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        let mut display = Vec::new();
+        loop {
+            match self.next_frame().await? {
+                Frame::Stream {
+                    id: fid,
+                    name,
+                    text,
+                } if fid == id => {
+                    if let Some(events) = events {
+                        let _ = events.send(Event::Stream {
+                            name,
+                            text: text.clone(),
+                        });
+                    }
+                    match name {
+                        StreamName::Stdout => stdout.push_str(&text),
+                        StreamName::Stderr => stderr.push_str(&text),
+                    }
+                }
+                Frame::Display { id: fid, data } if fid == id => {
+                    if let Some(events) = events {
+                        let _ = events.send(Event::Display(data.clone()));
+                    }
+                    display.push(data);
+                }
+                Frame::Done(mut done) if done.id == id => {
+                    stdout.push_str(&done.stdout);
+                    stderr.push_str(&done.stderr);
+                    display.append(&mut done.display);
+                    done.stdout = stdout;
+                    done.stderr = stderr;
+                    done.display = display;
+                    return Ok(done);
+                }
+                other => {
+                    return Err(WorkerError::Protocol(format!(
+                        "unexpected frame for request {id}: {other:?}"
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn next_frame(&mut self) -> Result<Frame, WorkerError> {
+        match self.reader.next().await {
+            Some(Ok(bytes)) => serde_json::from_slice(&bytes)
+                .map_err(|e| WorkerError::Protocol(format!("malformed frame: {e}"))),
+            Some(Err(e)) => Err(WorkerError::Protocol(format!("cannot read frame: {e}"))),
+            None => Err(self
+                .died_or(WorkerError::Protocol("pipe closed".into()))
+                .await),
+        }
+    }
+
+    /// After the pipe broke: the worker's death and its cause, or `otherwise` if it lives.
+    async fn died_or(&mut self, otherwise: WorkerError) -> WorkerError {
+        match tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await {
+            Ok(Ok(status)) => {
+                self.kill_group();
+                self.reaped = true;
+                WorkerError::Died {
+                    reason: describe_exit(status),
+                    stderr: self.stderr_tail(),
+                }
+            }
+            _ => otherwise,
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock();
+        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// SIGKILL to the worker's whole process group.
+    fn kill_group(&self) {
+        if self.pid != 0 {
+            // ESRCH (the group is already gone) is the expected case after a clean exit.
+            let _ = signal::killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Once reaped, the pid may belong to someone else: only the group members could
+        // remain, and they were killed when the worker was reaped.
+        if !self.reaped {
+            self.kill_group();
+        }
+        // `kill_on_drop` and tokio's orphan reaper take care of the zombie.
+    }
+}
+
+fn interrupt_pid(pid: u32) {
+    if pid != 0 {
+        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGINT);
+    }
+}
+
+/// "exit code 3" or "signal 11 (SIGSEGV)".
+pub fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(sig) = status.signal() {
+        match Signal::try_from(sig) {
+            Ok(s) => format!("signal {sig} ({})", s.as_str()),
+            Err(_) => format!("signal {sig}"),
+        }
+    } else {
+        status.to_string()
+    }
+}
+
+async fn drain_stderr(
+    pid: u32,
+    stderr: tokio::process::ChildStderr,
+    tail: Arc<Mutex<VecDeque<String>>>,
+) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(pid, "worker stderr: {line}");
+        let mut tail = tail.lock();
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}

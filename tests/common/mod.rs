@@ -1,0 +1,254 @@
+//! A real replpool server for integration tests: the built binary, real Python workers, real
+//! HTTP on a free loopback port.
+//!
+//! Most tests share one server per test binary ([`shared`]), since every start pays the
+//! preload; tests that need their own configuration start a [`Server`] of their own, which is
+//! ended (by pid) when it drops.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// The interpreter the tests' workers use: the project's venv unless overridden.
+pub fn python() -> PathBuf {
+    std::env::var_os("REPLPOOL_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
+}
+
+/// A config file for a test server: the given TOML after a `[python]` section pointing at
+/// the test interpreter.
+pub fn write_config(dir: &std::path::Path, extra: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    let text = format!(
+        "[python]\nexecutable = {:?}\n\n{extra}",
+        python().display().to_string()
+    );
+    std::fs::write(&path, text).expect("write test config");
+    path
+}
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server with `extra` config TOML (sections other than `[python]`), and waits
+    /// until it listens.
+    pub fn start(extra: &str) -> Server {
+        Server::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = write_config(dir.path(), extra);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_replpool"));
+        command
+            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .env("REPLPOOL_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        // SAFETY: prctl is async-signal-safe. If the test process dies, so does its server
+        // (and the server's workers die with the server).
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().expect("start replpool");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("listening on ") {
+                        break url.to_owned();
+                    }
+                }
+                other => {
+                    let _ = child.kill();
+                    panic!("server exited before listening: {other:?}");
+                }
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = signal::kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server shared by the tests of one binary.
+///
+/// It is started from a thread that lives as long as the test process, because the death
+/// signal that ends the server with the tests is tied to the thread that started it, and test
+/// threads end with their test.
+pub fn shared() -> &'static str {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let server = Server::start("[pool]\nwarm_workers = 2\n");
+            tx.send(server.base.clone()).expect("send base url");
+            // Never returns: the server lives until the test process exits.
+            let _server = server;
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("shared server started")
+    })
+}
+
+/// A small HTTP client with the helpers the tests use. One per test: a client's connections
+/// belong to the runtime of the test that made them.
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Api {
+        Api {
+            base: base.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        decode(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        decode(response).await
+    }
+
+    pub async fn delete(&self, path: &str) -> u16 {
+        let response = self
+            .http
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("request sent");
+        response.status().as_u16()
+    }
+
+    /// Creates a session and returns its id.
+    pub async fn session(&self) -> String {
+        let (status, body) = self.post("/v1/sessions", serde_json::json!({})).await;
+        assert_eq!(status, 201, "create session: {body}");
+        body["session_id"].as_str().expect("session_id").to_owned()
+    }
+
+    /// Executes code in a session; the reply with `duration_ms` checked and removed, so the
+    /// rest can be compared exactly.
+    pub async fn exec(&self, session: &str, body: Value) -> Value {
+        let (status, reply) = self
+            .post(&format!("/v1/sessions/{session}/execute"), body)
+            .await;
+        assert_eq!(status, 200, "execute: {reply}");
+        without_duration(reply)
+    }
+
+    pub async fn run(&self, session: &str, code: &str) -> Value {
+        self.exec(session, serde_json::json!({ "code": code }))
+            .await
+    }
+}
+
+async fn decode(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("response body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"))
+    };
+    (status, value)
+}
+
+/// Removes `duration_ms` after checking it is a sane number.
+pub fn without_duration(mut reply: Value) -> Value {
+    let duration = reply["duration_ms"]
+        .as_f64()
+        .expect("duration_ms is a number");
+    assert!(duration >= 0.0, "duration_ms {duration}");
+    reply
+        .as_object_mut()
+        .expect("reply is an object")
+        .remove("duration_ms");
+    reply
+}
+
+/// The reply of a successful cell with the given fields; everything else at its default.
+pub fn ok_reply(count: u64, overrides: Value) -> Value {
+    let mut reply = serde_json::json!({
+        "status": "ok", "execution_count": count, "stdout": "", "stderr": "",
+        "result": null, "display": [], "error": null, "mode": "warm",
+        "truncated": false, "session_reset": false,
+    });
+    if let (Some(reply), Some(overrides)) = (reply.as_object_mut(), overrides.as_object()) {
+        for (k, v) in overrides {
+            reply.insert(k.clone(), v.clone());
+        }
+    }
+    reply
+}
