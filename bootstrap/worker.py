@@ -280,18 +280,57 @@ class Stdio:
                 setattr(sys, f"__{name}__", ours)
 
 
-class UserCode:
-    """Marks when user code runs: SIGINT raises KeyboardInterrupt only then.
+class CPUTimeLimitExceeded(BaseException):
+    """The cell used more CPU time than its limit (a BaseException, like KeyboardInterrupt, so
+    that `except Exception` in user code does not swallow it)."""
 
-    A SIGINT that lands while the worker writes a frame would otherwise cut the frame in half.
+
+class UserCode:
+    """Marks when user code runs: SIGINT and SIGXCPU raise only then.
+
+    A signal that lands while the worker writes a frame would otherwise cut the frame in half.
     """
 
     active = False
+    cpu_limit = None
 
     @classmethod
     def on_sigint(cls, signum, frame):
         if cls.active:
             raise KeyboardInterrupt
+
+    @classmethod
+    def on_sigxcpu(cls, signum, frame):
+        if cls.active:
+            raise CPUTimeLimitExceeded(f"CPU time limit of {cls.cpu_limit} s exceeded")
+
+
+class CpuLimit:
+    """A per-cell CPU-time limit, as the soft RLIMIT_CPU set to the time used so far plus the
+    limit; the kernel's SIGXCPU becomes CPUTimeLimitExceeded. Between cells there is no limit."""
+
+    def __init__(self):
+        import resource
+
+        self.resource = resource
+        self.hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+
+    def used(self):
+        usage = self.resource.getrusage(self.resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def arm(self, seconds):
+        if not seconds:
+            return
+        UserCode.cpu_limit = seconds
+        soft = int(self.used()) + int(seconds) + 1
+        if self.hard != self.resource.RLIM_INFINITY:
+            soft = min(soft, self.hard)
+        self.resource.setrlimit(self.resource.RLIMIT_CPU, (soft, self.hard))
+
+    def disarm(self, seconds):
+        if seconds:
+            self.resource.setrlimit(self.resource.RLIMIT_CPU, (self.hard, self.hard))
 
 
 def mime_bundle(obj):
@@ -430,6 +469,7 @@ class Worker:
         self.capture = capture
         self.stdio = stdio
         self.stdin = StdinFile(devnull, stdio)
+        self.cpu = CpuLimit()
         self.namespace = None
         self.reset()
 
@@ -482,6 +522,8 @@ class Worker:
         self.stdin.set(request.get("stdin"))
         self.stdio.install()
         self.capture.start(sink)
+        cpu_seconds = request.get("cpu_seconds")
+        self.cpu.arm(cpu_seconds)
         status, result, error = "ok", None, None
         try:
             value = run_cell(request["code"], self.namespace, f"<cell-{request.get('count', 0)}>")
@@ -494,6 +536,7 @@ class Worker:
                 status, error = "error", error_info(exc)
         except BaseException as exc:  # noqa: B036 - user code may raise anything
             status, error = "error", error_info(exc)
+        self.cpu.disarm(cpu_seconds)
         try:
             displays.extend(open_figures())
         except Exception as exc:
@@ -531,11 +574,21 @@ class Worker:
         return data
 
 
-def build_base_namespace(preload):
-    """Imports the preload list (`module` or `module as alias`, as in an import statement)."""
+def build_base_namespace(preload, best_effort=False, log=None):
+    """Imports the preload list (`module` or `module as alias`, as in an import statement).
+
+    A cold worker imports what it can: it is the fallback for when preloaded workers cannot
+    start, so a broken preload entry must not stop it.
+    """
     base = {"__name__": "__main__", "__builtins__": __builtins__, "__doc__": None}
     for spec in preload:
-        exec(f"import {spec}", base)
+        try:
+            exec(f"import {spec}", base)
+        except BaseException as exc:
+            if not best_effort:
+                raise
+            if log is not None:
+                log.write(f"replpool: preload `{spec}` failed, continuing without it: {exc!r}\n")
     return base
 
 
@@ -551,6 +604,12 @@ def main():
     os.dup2(devnull, 0)
     os.dup2(2, 1)  # anything printed during the preload goes to the server's log
     protocol = Protocol(proto_in, proto_out, int(config.get("max_frame_bytes", 16 << 20)))
+    # The worker's own diagnostics (the server logs them), kept apart from user output: a
+    # private copy of the stderr the server gave us. A crash in C code dumps tracebacks here.
+    log = open(os.dup(2), "w", buffering=1, closefd=True)
+    import faulthandler
+
+    faulthandler.enable(file=log)
 
     # The script's own directory must not shadow user modules; the session directory should.
     script_dir = os.path.dirname(WORKER_FILE)
@@ -558,8 +617,9 @@ def main():
     sys.path.insert(0, "")
 
     signal.signal(signal.SIGINT, UserCode.on_sigint)
+    signal.signal(signal.SIGXCPU, UserCode.on_sigxcpu)
     try:
-        base = build_base_namespace(config.get("preload", []))
+        base = build_base_namespace(config.get("preload", []), bool(config.get("cold")), log)
     except BaseException as exc:
         protocol.send({"op": "fatal", "error": error_info(exc)})
         return 1

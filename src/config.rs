@@ -43,6 +43,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub sessions: SessionsConfig,
     pub execution: ExecutionConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,12 +51,16 @@ pub struct Config {
 pub struct ServerConfig {
     /// Address the HTTP API listens on. Loopback by default: the API runs arbitrary code.
     pub bind: SocketAddr,
+    /// On SIGTERM/Ctrl-C, how long running executions may take to finish before every
+    /// worker is killed.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8765)),
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -92,6 +97,8 @@ pub struct PoolConfig {
     pub warm_workers: usize,
     /// How long a worker may take to start and preload before it is given up on.
     pub start_timeout_ms: u64,
+    /// How long an execution waits for a warm worker before it runs cold instead.
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for PoolConfig {
@@ -99,6 +106,7 @@ impl Default for PoolConfig {
         PoolConfig {
             warm_workers: 2,
             start_timeout_ms: 60_000,
+            acquire_timeout_ms: 5_000,
         }
     }
 }
@@ -110,6 +118,8 @@ pub struct SessionsConfig {
     pub max: usize,
     /// Executions that may wait behind the running one in a session; one more gets 429.
     pub queue_depth: usize,
+    /// A session unused this long is ended (0: never).
+    pub idle_ttl_secs: u64,
 }
 
 impl Default for SessionsConfig {
@@ -117,7 +127,56 @@ impl Default for SessionsConfig {
         SessionsConfig {
             max: 64,
             queue_depth: 32,
+            idle_ttl_secs: 3600,
         }
+    }
+}
+
+/// Per-worker resource limits (0: no limit). They apply to the worker and everything it starts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Address space of a worker process (RLIMIT_AS), MiB. Beyond it allocations raise
+    /// MemoryError. A preloaded worker maps about 400 MiB before any user data.
+    pub memory_mb: u64,
+    /// Largest file a worker may write (RLIMIT_FSIZE), MiB.
+    pub file_size_mb: u64,
+    /// Open file descriptors per worker process (RLIMIT_NOFILE).
+    pub open_files: u64,
+    /// CPU time one execution may use, seconds (SIGXCPU, reported as CPUTimeLimitExceeded).
+    pub cpu_seconds: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            memory_mb: 4096,
+            file_size_mb: 1024,
+            open_files: 1024,
+            cpu_seconds: 600,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn nonzero(value: u64) -> Option<u64> {
+        (value > 0).then_some(value)
+    }
+
+    pub fn address_space_bytes(&self) -> Option<u64> {
+        Self::nonzero(self.memory_mb).map(|mb| mb << 20)
+    }
+
+    pub fn file_size_bytes(&self) -> Option<u64> {
+        Self::nonzero(self.file_size_mb).map(|mb| mb << 20)
+    }
+
+    pub fn open_files(&self) -> Option<u64> {
+        Self::nonzero(self.open_files)
+    }
+
+    pub fn cpu_seconds(&self) -> Option<u64> {
+        Self::nonzero(self.cpu_seconds)
     }
 }
 
@@ -206,6 +265,7 @@ impl Config {
             ("execution.max_output_bytes", ex.max_output_bytes as u64),
             ("execution.max_code_bytes", ex.max_code_bytes as u64),
             ("pool.start_timeout_ms", self.pool.start_timeout_ms),
+            ("pool.acquire_timeout_ms", self.pool.acquire_timeout_ms),
             ("sessions.max", self.sessions.max as u64),
             ("python.blas_threads", u64::from(self.python.blas_threads)),
         ];
@@ -240,6 +300,18 @@ impl Config {
                 "must fit a 4-byte length (at most 4294967295)",
             ));
         }
+        if self.limits.memory_mb != 0 && self.limits.memory_mb < 256 {
+            return Err(ConfigError::field(
+                "limits.memory_mb",
+                "must be 0 (no limit) or at least 256: the preloaded interpreter alone maps more",
+            ));
+        }
+        if self.limits.open_files != 0 && self.limits.open_files < 64 {
+            return Err(ConfigError::field(
+                "limits.open_files",
+                "must be 0 (no limit) or at least 64",
+            ));
+        }
         if self.python.executable.as_os_str().is_empty() {
             return Err(ConfigError::field("python.executable", "must not be empty"));
         }
@@ -272,7 +344,14 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 5] = ["server", "python", "pool", "sessions", "execution"];
+const SECTIONS: [&str; 6] = [
+    "server",
+    "python",
+    "pool",
+    "sessions",
+    "execution",
+    "limits",
+];
 
 /// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML
 /// value where it parses as one (numbers, booleans, arrays) and as a string otherwise.

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::protocol::{Done, DoneStatus, ErrorInfo, MimeBundle};
+use crate::worker::Interrupt;
 
 /// One execute request, after the front end has parsed it.
 #[derive(Debug, Clone, Default)]
@@ -44,7 +45,8 @@ pub struct Execution {
     pub duration_ms: f64,
     pub mode: Mode,
     pub truncated: bool,
-    /// The session lost its namespace during this execution (its worker was replaced).
+    /// Variables from earlier executions are gone: the session's worker was lost (and
+    /// replaced), or the previous execution ran cold.
     pub session_reset: bool,
 }
 
@@ -53,11 +55,11 @@ impl Execution {
     /// turns the KeyboardInterrupt into `timeout`.
     pub fn from_done(
         done: Done,
-        interrupted: bool,
+        interrupted: Option<Interrupt>,
         execution_count: u64,
         elapsed: Duration,
     ) -> Self {
-        let interrupted_by_deadline = interrupted
+        let interrupted_by_deadline = interrupted == Some(Interrupt::Deadline)
             && done
                 .error
                 .as_ref()

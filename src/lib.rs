@@ -4,12 +4,14 @@
 //! on the same [`SessionManager`].
 
 pub mod api;
+pub mod cold;
 pub mod config;
 pub mod error;
 pub mod execution;
 pub mod manager;
 pub mod pool;
 pub mod protocol;
+pub mod reaper;
 pub mod session;
 pub mod worker;
 

@@ -3,10 +3,12 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use replpool::{Config, SessionManager, api};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// replpool keeps Python warm: per-session Python workers with numpy, pandas and matplotlib
@@ -84,6 +86,9 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let manager = SessionManager::start(&config)?;
+    let stop = CancellationToken::new();
+    // Processes that user code detaches from its worker come back to us and are ended.
+    replpool::reaper::children().start_sweeping(stop.clone());
     let listener = tokio::net::TcpListener::bind(config.server.bind)
         .await
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
@@ -91,10 +96,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = api::router(manager.clone(), config.execution.max_frame_bytes);
     println!("listening on http://{addr}");
     tracing::info!(%addr, python = %config.python.executable.display(), "replpool serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+
+    let draining = CancellationToken::new();
+    let mut server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(draining.clone().cancelled_owned())
+            .into_future(),
+    );
+    tokio::select! {
+        finished = &mut server => {
+            manager.shutdown();
+            stop.cancel();
+            return Ok(finished??);
+        }
+        _ = shutdown_signal() => {}
+    }
+    // Stop accepting; running executions get the grace period to finish.
+    draining.cancel();
+    let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+    let drained = tokio::time::timeout(grace, &mut server).await.is_ok();
+    if !drained {
+        tracing::warn!("executions still running after {grace:?}; ending them");
+    }
     manager.shutdown();
+    stop.cancel();
+    if !drained {
+        // With the workers gone, the remaining requests answer at once.
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The owner of all sessions: creates, finds, lists and deletes them, and runs one-shot
+//! The owner of all sessions: creates, finds, lists, evicts and deletes them, and runs one-shot
 //! executions. Front ends hold no session state of their own; they call this.
 
 use std::path::{Path, PathBuf};
@@ -9,12 +9,13 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::cold::ColdRunner;
 use crate::config::Config;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution};
 use crate::pool::{PoolStatus, WarmPool};
-use crate::session::{Limits, Session, SessionInfo};
-use crate::worker::{EventSender, WorkerSpec};
+use crate::session::{Limits, Session, SessionInfo, Workers};
+use crate::worker::{EventSender, ResourceLimits, WorkerSpec};
 
 /// The file the worker runs, compiled into the binary so the server cannot run against a
 /// mismatched copy. It is written into the state directory at start.
@@ -26,10 +27,10 @@ pub struct SessionManager {
     /// concurrent creates cannot overshoot the limit.
     reserved: AtomicUsize,
     max_sessions: usize,
+    idle_ttl: Option<Duration>,
     max_code_bytes: usize,
     max_frame_bytes: usize,
-    limits: Limits,
-    pool: Arc<WarmPool>,
+    workers: Arc<Workers>,
     sessions_dir: PathBuf,
     shutdown: CancellationToken,
     /// Keeps the state directory (worker script, session directories) until the manager goes.
@@ -39,14 +40,17 @@ pub struct SessionManager {
 /// What `/healthz` reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Health {
+    /// `ok`, or `degraded` while warm workers cannot be started (requests then run cold).
     pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub sessions: usize,
     pub pool: PoolStatus,
 }
 
 impl SessionManager {
-    /// Sets up the state directory and starts the warm pool. Must be called inside a tokio
-    /// runtime.
+    /// Sets up the state directory, starts the warm pool and the idle-session sweep. Must be
+    /// called inside a tokio runtime.
     pub fn start(config: &Config) -> Result<Arc<SessionManager>, Error> {
         let state_dir = tempfile::Builder::new()
             .prefix("replpool-")
@@ -68,29 +72,54 @@ impl SessionManager {
             blas_threads: config.python.blas_threads,
             max_frame_bytes: ex.max_frame_bytes,
             start_timeout: Duration::from_millis(config.pool.start_timeout_ms),
+            limits: ResourceLimits {
+                address_space_bytes: config.limits.address_space_bytes(),
+                file_size_bytes: config.limits.file_size_bytes(),
+                open_files: config.limits.open_files(),
+            },
+            cold: false,
         };
         let shutdown = CancellationToken::new();
+        let cold = ColdRunner::new(&spec);
         let pool = WarmPool::start(spec, config.pool.warm_workers, shutdown.clone());
-        Ok(Arc::new(SessionManager {
-            sessions: DashMap::new(),
-            reserved: AtomicUsize::new(0),
-            max_sessions: config.sessions.max,
-            max_code_bytes: ex.max_code_bytes,
-            max_frame_bytes: ex.max_frame_bytes,
+        let workers = Arc::new(Workers {
+            pool,
+            cold,
             limits: Limits {
                 default_timeout: Duration::from_millis(ex.default_timeout_ms),
                 max_timeout: Duration::from_millis(ex.max_timeout_ms),
                 interrupt_grace: Duration::from_millis(ex.interrupt_grace_ms),
                 max_output_bytes: ex.max_output_bytes,
+                cpu_seconds: config.limits.cpu_seconds(),
                 queue_depth: config.sessions.queue_depth,
+                acquire_timeout: Duration::from_millis(config.pool.acquire_timeout_ms),
             },
-            pool,
+        });
+        let manager = Arc::new(SessionManager {
+            sessions: DashMap::new(),
+            reserved: AtomicUsize::new(0),
+            max_sessions: config.sessions.max,
+            idle_ttl: (config.sessions.idle_ttl_secs > 0)
+                .then(|| Duration::from_secs(config.sessions.idle_ttl_secs)),
+            max_code_bytes: ex.max_code_bytes,
+            max_frame_bytes: ex.max_frame_bytes,
+            workers,
             sessions_dir,
             shutdown,
             _state_dir: state_dir,
-        }))
+        });
+        if let Some(ttl) = manager.idle_ttl {
+            tokio::spawn(evict_idle(
+                Arc::downgrade(&manager),
+                ttl,
+                manager.shutdown.clone(),
+            ));
+        }
+        Ok(manager)
     }
 
+    /// Creates a session. At the session limit the least recently used idle session is ended
+    /// to make room; if every session is busy, this fails.
     pub async fn create(&self) -> Result<SessionInfo, Error> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -100,23 +129,12 @@ impl SessionManager {
         let dir = self.sessions_dir.join(&id);
         std::fs::create_dir(&dir)
             .map_err(|e| Error::Internal(format!("cannot create the session directory: {e}")))?;
-        let worker = async {
-            let mut worker = self.pool.acquire().await?;
-            worker.attach(&dir).await?;
-            Ok(worker)
-        };
-        let worker = match worker.await {
-            Ok(worker) => worker,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(Error::WorkerUnavailable(e));
-            }
-        };
-        let session = Arc::new(Session::new(id.clone(), dir, worker));
+        let session = Arc::new(Session::new(id.clone(), dir, Arc::clone(&self.workers)));
+        session.wait_ready().await;
         let info = session.info();
         self.sessions.insert(id.clone(), session);
         reservation.keep();
-        tracing::info!(session = %id, "session created");
+        tracing::info!(session = %id, pid = ?info.pid, "session created");
         Ok(info)
     }
 
@@ -131,14 +149,12 @@ impl SessionManager {
     }
 
     pub fn delete(&self, id: &str) -> Result<(), Error> {
-        let (_, session) = self
-            .sessions
-            .remove(id)
-            .ok_or_else(|| Error::SessionNotFound(id.to_owned()))?;
-        self.reserved.fetch_sub(1, Ordering::AcqRel);
-        session.close();
-        tracing::info!(session = %id, "session deleted");
-        Ok(())
+        self.end(id, "deleted")
+    }
+
+    /// Interrupts the session's running execution; returns whether one was running.
+    pub fn interrupt(&self, id: &str) -> Result<bool, Error> {
+        Ok(self.session(id)?.interrupt())
     }
 
     pub async fn execute(
@@ -149,9 +165,7 @@ impl SessionManager {
     ) -> Result<Execution, Error> {
         self.check_request(request)?;
         let session = self.session(id)?;
-        session
-            .execute(request, &self.pool, &self.limits, events)
-            .await
+        session.execute(request, events).await
     }
 
     /// Runs code in a fresh worker that is thrown away afterwards: no state is kept.
@@ -168,29 +182,24 @@ impl SessionManager {
             .prefix("once-")
             .tempdir_in(&self.sessions_dir)
             .map_err(|e| Error::Internal(format!("cannot create a directory: {e}")))?;
-        let mut worker = self
-            .pool
-            .acquire()
-            .await
-            .map_err(Error::WorkerUnavailable)?;
-        worker
-            .attach(dir.path())
-            .await
-            .map_err(Error::WorkerUnavailable)?;
-        let session = Session::new(format!("once-{}", worker.pid()), dir.keep(), worker);
-        session
-            .execute(request, &self.pool, &self.limits, events)
-            .await
+        let id = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let session = Session::new(id, dir.keep(), Arc::clone(&self.workers));
+        session.execute(request, events).await
     }
 
     pub fn health(&self) -> Health {
-        let pool = self.pool.status();
+        let pool = self.workers.pool.status();
+        let reason = pool
+            .last_error
+            .as_ref()
+            .map(|e| format!("warm workers cannot be started, executions run cold: {e}"));
         Health {
-            status: if pool.last_error.is_some() {
-                "degraded"
-            } else {
-                "ok"
-            },
+            status: if reason.is_some() { "degraded" } else { "ok" },
+            reason,
             sessions: self.sessions.len(),
             pool,
         }
@@ -199,15 +208,26 @@ impl SessionManager {
     /// Stops the pool and ends every session and worker.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
-        self.pool.drain();
+        self.workers.pool.drain();
         let ids: Vec<String> = self.sessions.iter().map(|s| s.key().clone()).collect();
         for id in ids {
-            let _ = self.delete(&id);
+            let _ = self.end(&id, "ended at shutdown");
         }
     }
 
     pub fn sessions_dir(&self) -> &Path {
         &self.sessions_dir
+    }
+
+    fn end(&self, id: &str, why: &str) -> Result<(), Error> {
+        let (_, session) = self
+            .sessions
+            .remove(id)
+            .ok_or_else(|| Error::SessionNotFound(id.to_owned()))?;
+        self.reserved.fetch_sub(1, Ordering::AcqRel);
+        session.close();
+        tracing::info!(session = %id, "session {why}");
+        Ok(())
     }
 
     fn session(&self, id: &str) -> Result<Arc<Session>, Error> {
@@ -226,32 +246,79 @@ impl SessionManager {
         }
         // The request frame carries code and stdin, JSON-escaped (up to 6 bytes per byte).
         let stdin = request.stdin.as_deref().map_or(0, str::len);
-        let room = self.max_frame_bytes.saturating_sub(4096) / 6;
-        if stdin > room.saturating_sub(request.code.len()) {
+        let room =
+            (self.max_frame_bytes.saturating_sub(4096) / 6).saturating_sub(request.code.len());
+        if stdin > room {
             return Err(Error::StdinTooLarge {
                 size: stdin,
-                max: room.saturating_sub(request.code.len()),
+                max: room,
             });
         }
         Ok(())
     }
 
+    /// A place under the session limit, made by ending the least recently used idle session
+    /// if need be.
     fn reserve(&self) -> Result<Reservation<'_>, Error> {
-        let before = self.reserved.fetch_add(1, Ordering::AcqRel);
-        let reservation = Reservation {
-            counter: &self.reserved,
-            kept: false,
-        };
-        if before >= self.max_sessions {
-            return Err(Error::TooManySessions {
-                max: self.max_sessions,
-            });
+        loop {
+            let before = self.reserved.fetch_add(1, Ordering::AcqRel);
+            let reservation = Reservation {
+                counter: &self.reserved,
+                kept: false,
+            };
+            if before < self.max_sessions {
+                return Ok(reservation);
+            }
+            drop(reservation);
+            let lru = self
+                .sessions
+                .iter()
+                .filter(|s| s.is_idle())
+                .min_by_key(|s| s.last_used())
+                .map(|s| s.key().clone());
+            match lru {
+                Some(id) => {
+                    // Another create may have ended it first; then look again.
+                    let _ = self.end(&id, "evicted (least recently used, session limit reached)");
+                }
+                None => {
+                    return Err(Error::TooManySessions {
+                        max: self.max_sessions,
+                    });
+                }
+            }
         }
-        Ok(reservation)
     }
 }
 
-/// A slot under the session limit, given back unless the session was made.
+/// Ends sessions idle for longer than `ttl`, until shutdown or until the manager is gone.
+async fn evict_idle(
+    manager: std::sync::Weak<SessionManager>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) {
+    let interval = (ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(manager) = manager.upgrade() else {
+            return;
+        };
+        let expired: Vec<String> = manager
+            .sessions
+            .iter()
+            .filter(|s| s.is_idle() && s.last_used().elapsed() >= ttl)
+            .map(|s| s.key().clone())
+            .collect();
+        for id in expired {
+            let _ = manager.end(&id, "evicted (idle)");
+        }
+    }
+}
+
+/// A place under the session limit, given back unless the session was made.
 struct Reservation<'a> {
     counter: &'a AtomicUsize,
     kept: bool,

@@ -15,8 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::worker::{Worker, WorkerError, WorkerSpec};
 
-/// After a failed start, the refill task waits this long before trying again.
+/// After a failed start the refill task waits before trying again, doubling the wait up to the
+/// maximum: a preload that always crashes must not keep a core busy.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 pub struct WarmPool {
     spec: WorkerSpec,
@@ -69,7 +71,11 @@ impl WarmPool {
                 }
                 None => {
                     self.taken.notify_one();
-                    return Worker::start(&self.spec).await;
+                    let started = Worker::start(&self.spec).await;
+                    if let Err(e) = &started {
+                        *self.last_error.lock() = Some(e.to_string());
+                    }
+                    return started;
                 }
             }
         }
@@ -84,6 +90,7 @@ impl WarmPool {
     }
 
     async fn refill(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut retry_delay = RETRY_DELAY;
         loop {
             while self.ready.lock().len() < self.target {
                 let started = tokio::select! {
@@ -93,15 +100,19 @@ impl WarmPool {
                 match started {
                     Ok(worker) => {
                         *self.last_error.lock() = None;
+                        retry_delay = RETRY_DELAY;
                         self.ready.lock().push_back(worker);
                     }
                     Err(e) => {
-                        tracing::error!("cannot start a pool worker: {e}");
+                        tracing::error!(
+                            "cannot start a pool worker (next try in {retry_delay:?}): {e}"
+                        );
                         *self.last_error.lock() = Some(e.to_string());
                         tokio::select! {
-                            _ = tokio::time::sleep(RETRY_DELAY) => {}
+                            _ = tokio::time::sleep(retry_delay) => {}
                             _ = shutdown.cancelled() => return,
                         }
+                        retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
                     }
                 }
             }

@@ -34,6 +34,8 @@ pub enum Request<'a> {
         /// Send output as `stream` frames while the cell runs, rather than in `done`.
         stream: bool,
         max_output_bytes: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cpu_seconds: Option<u64>,
     },
     /// Make `cwd` the worker's working directory (binding it to a session).
     Attach {
@@ -160,6 +162,7 @@ mod tests {
             count: 2,
             stream: false,
             max_output_bytes: 10,
+            cpu_seconds: None,
         };
         let json = serde_json::to_value(&req).expect("serializes");
         assert_eq!(

@@ -3,21 +3,29 @@
 //! The worker sits behind a `tokio::sync::Mutex`, held for a whole execution: that lock *is*
 //! the session's queue, since tokio's mutex hands itself out in the order it was asked for. A
 //! counter of waiters bounds the queue.
+//!
+//! A session outlives its workers. When one is lost (it died, or ignored an interrupt and was
+//! killed) a replacement is prepared in the background; until it is ready, executions run cold
+//! (see [`crate::cold`]), and the first reply after the loss says `session_reset: true`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
+use crate::cold::ColdRunner;
 use crate::error::Error;
-use crate::execution::{ExecRequest, Execution, Status};
+use crate::execution::{ExecRequest, Execution, Mode, Status};
 use crate::pool::WarmPool;
 use crate::protocol::ErrorInfo;
-use crate::worker::{Cell, EventSender, Worker, WorkerError};
+use crate::worker::{Cell, CellOutcome, EventSender, Interrupt, Worker, WorkerError};
 
 /// What the session needs to know of the configuration to run a cell.
 #[derive(Debug, Clone)]
@@ -26,22 +34,44 @@ pub struct Limits {
     pub max_timeout: Duration,
     pub interrupt_grace: Duration,
     pub max_output_bytes: usize,
+    pub cpu_seconds: Option<u64>,
     pub queue_depth: usize,
+    /// How long an execution waits for a warm worker before it runs cold.
+    pub acquire_timeout: Duration,
+}
+
+/// Where sessions get their workers; shared by all sessions.
+pub struct Workers {
+    pub pool: Arc<WarmPool>,
+    pub cold: ColdRunner,
+    pub limits: Limits,
 }
 
 pub struct Session {
     id: String,
     dir: PathBuf,
+    workers: Arc<Workers>,
     created_at: SystemTime,
-    last_used_at: Mutex<SystemTime>,
+    last_used: Mutex<(SystemTime, Instant)>,
     execution_count: AtomicU64,
     /// Executions waiting for or holding the worker.
     pending: AtomicUsize,
-    /// The worker's pid, readable without waiting for the lock (0: none yet).
+    /// The worker's pid, readable without waiting for the lock (0: none).
     worker_pid: AtomicU32,
-    /// `None` after the worker was lost; the next execution gets a new one.
-    worker: tokio::sync::Mutex<Option<Worker>>,
+    slot: tokio::sync::Mutex<Slot>,
+    /// Wakes the running execution to interrupt it.
+    interrupt: Notify,
     closed: CancellationToken,
+}
+
+/// The session's worker and what is known about its state.
+#[derive(Default)]
+struct Slot {
+    worker: Option<Worker>,
+    /// A warm worker being started and attached for this session.
+    replacement: Option<AbortOnDropHandle<Result<Worker, WorkerError>>>,
+    /// The namespace was lost and no reply has said so yet.
+    unreported_reset: bool,
 }
 
 /// What `GET /v1/sessions/{id}` shows.
@@ -68,19 +98,33 @@ impl Drop for QueueTicket<'_> {
 }
 
 impl Session {
-    pub fn new(id: String, dir: PathBuf, worker: Worker) -> Session {
-        let now = SystemTime::now();
-        Session {
+    /// A session whose worker starts being prepared at once; see [`Session::wait_ready`].
+    pub fn new(id: String, dir: PathBuf, workers: Arc<Workers>) -> Session {
+        let now = (SystemTime::now(), Instant::now());
+        let session = Session {
             id,
             dir,
-            created_at: now,
-            last_used_at: Mutex::new(now),
+            workers,
+            created_at: now.0,
+            last_used: Mutex::new(now),
             execution_count: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
-            worker_pid: AtomicU32::new(worker.pid()),
-            worker: tokio::sync::Mutex::new(Some(worker)),
+            worker_pid: AtomicU32::new(0),
+            slot: tokio::sync::Mutex::new(Slot::default()),
+            interrupt: Notify::new(),
             closed: CancellationToken::new(),
+        };
+        if let Ok(mut slot) = session.slot.try_lock() {
+            session.prepare_replacement(&mut slot);
         }
+        session
+    }
+
+    /// Waits (up to the acquire timeout) for the session's first worker. A session is usable
+    /// without one: its executions then run cold.
+    pub async fn wait_ready(&self) {
+        let mut slot = self.slot.lock().await;
+        self.take_replacement(&mut slot).await;
     }
 
     pub fn id(&self) -> &str {
@@ -89,6 +133,15 @@ impl Session {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0
+    }
+
+    /// When the session was last created or used.
+    pub fn last_used(&self) -> Instant {
+        self.last_used.lock().1
     }
 
     pub fn info(&self) -> SessionInfo {
@@ -103,7 +156,7 @@ impl Session {
             execution_count: self.execution_count.load(Ordering::Acquire),
             pending,
             created_at: rfc3339(self.created_at),
-            last_used_at: rfc3339(*self.last_used_at.lock()),
+            last_used_at: rfc3339(self.last_used.lock().0),
             pid,
             memory_pss_bytes: pid.and_then(pss_bytes),
         }
@@ -114,30 +167,25 @@ impl Session {
     pub async fn execute(
         &self,
         request: &ExecRequest,
-        pool: &WarmPool,
-        limits: &Limits,
         events: Option<&EventSender>,
     ) -> Result<Execution, Error> {
+        let limits = &self.workers.limits;
         let _ticket = self.enter_queue(limits.queue_depth)?;
         let mut slot = tokio::select! {
-            slot = self.worker.lock() => slot,
+            slot = self.slot.lock() => slot,
             _ = self.closed.cancelled() => return Err(Error::SessionClosed),
         };
-        let started = Instant::now();
-        let mut session_reset = false;
-        if slot.is_none() {
-            let mut worker = pool.acquire().await.map_err(Error::WorkerUnavailable)?;
-            worker
-                .attach(&self.dir)
-                .await
-                .map_err(Error::WorkerUnavailable)?;
-            self.worker_pid.store(worker.pid(), Ordering::Release);
-            *slot = Some(worker);
-            session_reset = true;
+        if let Some(worker) = slot.worker.as_mut()
+            && !worker.is_alive()
+        {
+            tracing::warn!(pid = worker.pid(), "session worker died while idle");
+            self.lose_worker(&mut slot);
         }
-        let Some(worker) = slot.as_mut() else {
-            return Err(Error::Internal("session worker vanished".into()));
-        };
+        if slot.worker.is_none() {
+            self.take_replacement(&mut slot).await;
+        }
+        // A loss of the namespace not yet reported is reported by this reply.
+        let reset_before = std::mem::take(&mut slot.unreported_reset);
         let count = self.execution_count.fetch_add(1, Ordering::AcqRel) + 1;
         let timeout = request
             .timeout
@@ -148,42 +196,128 @@ impl Session {
             stdin: request.stdin.as_deref(),
             count,
             max_output_bytes: limits.max_output_bytes,
-            deadline: started + timeout,
+            timeout,
             interrupt_grace: limits.interrupt_grace,
+            cpu_seconds: limits.cpu_seconds,
         };
-        let outcome = tokio::select! {
-            outcome = worker.execute(&cell, events) => Some(outcome),
-            _ = self.closed.cancelled() => None,
+        let started = Instant::now();
+        let ran = {
+            let run = async {
+                match slot.worker.as_mut() {
+                    Some(worker) => (
+                        Mode::Warm,
+                        worker.execute(&cell, events, &self.interrupt).await,
+                    ),
+                    None => (
+                        Mode::Cold,
+                        self.workers
+                            .cold
+                            .run(&self.dir, &cell, events, &self.interrupt)
+                            .await,
+                    ),
+                }
+            };
+            tokio::select! {
+                ran = run => Some(ran),
+                _ = self.closed.cancelled() => None,
+            }
         };
-        let Some(outcome) = outcome else {
-            *slot = None; // kills the worker mid-cell
+        let Some((mode, outcome)) = ran else {
+            *slot = Slot::default(); // kills the worker mid-cell
             return Err(Error::SessionClosed);
         };
-        *self.last_used_at.lock() = SystemTime::now();
+        *self.last_used.lock() = (SystemTime::now(), Instant::now());
         let elapsed = started.elapsed();
         let mut execution = match outcome {
-            Ok(outcome) => Execution::from_done(outcome.done, outcome.interrupted, count, elapsed),
+            Ok(CellOutcome { done, interrupted }) => {
+                Execution::from_done(done, interrupted, count, elapsed)
+            }
+            // Not even a cold interpreter could start: nothing ran, and that is the service's
+            // failure, not the code's.
+            Err(e) if mode == Mode::Cold && e.is_start_failure() => {
+                slot.unreported_reset = reset_before;
+                return Err(Error::WorkerUnavailable(e));
+            }
             Err(e) => {
-                // The worker is lost either way: drop (and so kill) it; the next execution
-                // starts a new one. The code is never run again behind the caller's back.
-                *slot = None;
-                self.worker_pid.store(0, Ordering::Release);
-                let (status, error) = lost_worker_error(&e, timeout);
+                // The worker is lost: drop (and so kill) it. The code is never run again
+                // behind the caller's back; the reply says what happened.
                 tracing::warn!("worker lost during execution: {e}");
+                if mode == Mode::Warm {
+                    self.lose_worker(&mut slot);
+                }
+                let (status, error) = lost_worker_error(&e, timeout);
                 Execution::without_reply(status, error, count, elapsed)
             }
         };
-        execution.session_reset |= session_reset;
+        execution.mode = mode;
+        execution.session_reset |= reset_before;
+        // Whatever this reply says covers losses up to now; only a cold cell's definitions,
+        // which did not persist, are news for the next reply.
+        slot.unreported_reset = mode == Mode::Cold;
         Ok(execution)
+    }
+
+    /// Interrupts the running execution, if any (SIGINT; killed if it does not stop).
+    /// Returns whether one was running.
+    pub fn interrupt(&self) -> bool {
+        let running = !self.is_idle();
+        self.interrupt.notify_waiters();
+        running
     }
 
     /// Ends the session: a running execution is abandoned and the worker killed.
     pub fn close(&self) {
         self.closed.cancel();
-        if let Ok(mut slot) = self.worker.try_lock() {
-            slot.take();
+        if let Ok(mut slot) = self.slot.try_lock() {
+            *slot = Slot::default();
         }
         self.worker_pid.store(0, Ordering::Release);
+    }
+
+    /// Drops the worker (killing it) and starts preparing another.
+    fn lose_worker(&self, slot: &mut Slot) {
+        slot.worker = None;
+        slot.unreported_reset = true;
+        self.worker_pid.store(0, Ordering::Release);
+        self.prepare_replacement(slot);
+    }
+
+    /// Starts getting a warm worker for this session in the background, unless already doing so.
+    fn prepare_replacement(&self, slot: &mut Slot) {
+        if slot.replacement.is_some() || self.closed.is_cancelled() {
+            return;
+        }
+        let pool = Arc::clone(&self.workers.pool);
+        let dir = self.dir.clone();
+        slot.replacement = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut worker = pool.acquire().await?;
+            worker.attach(&dir).await?;
+            Ok(worker)
+        })));
+    }
+
+    /// Installs the replacement worker if it is ready within the acquire timeout. Otherwise the
+    /// slot stays empty (the caller runs cold) and the replacement keeps going, or, if it
+    /// failed, a new one is started for next time.
+    async fn take_replacement(&self, slot: &mut Slot) {
+        self.prepare_replacement(slot);
+        let Some(handle) = slot.replacement.as_mut() else {
+            return;
+        };
+        let acquire_timeout = self.workers.limits.acquire_timeout;
+        let finished = match tokio::time::timeout(acquire_timeout, handle).await {
+            Err(_) => return,
+            Ok(finished) => finished,
+        };
+        slot.replacement = None;
+        match finished {
+            Ok(Ok(worker)) => {
+                self.worker_pid.store(worker.pid(), Ordering::Release);
+                slot.worker = Some(worker);
+            }
+            Ok(Err(e)) => tracing::warn!("no warm worker for the session: {e}"),
+            Err(e) => tracing::warn!("worker preparation task failed: {e}"),
+        }
     }
 
     fn enter_queue(&self, depth: usize) -> Result<QueueTicket<'_>, Error> {
@@ -209,33 +343,42 @@ impl Drop for Session {
 }
 
 fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) {
+    let error = |ename: &str, evalue: String| ErrorInfo {
+        ename: ename.into(),
+        evalue,
+        traceback: Vec::new(),
+    };
     match e {
-        WorkerError::Unresponsive => (
+        WorkerError::Unresponsive(Interrupt::Deadline) => (
             Status::Timeout,
-            ErrorInfo {
-                ename: "TimeoutError".into(),
-                evalue: format!(
+            error(
+                "TimeoutError",
+                format!(
                     "execution exceeded {} ms and ignored the interrupt; the worker was killed",
                     timeout.as_millis()
                 ),
-                traceback: Vec::new(),
-            },
+            ),
+        ),
+        WorkerError::Unresponsive(Interrupt::Requested) => (
+            Status::Error,
+            error(
+                "KeyboardInterrupt",
+                "the code ignored the interrupt; the worker was killed".into(),
+            ),
         ),
         WorkerError::Died { reason, .. } => (
             Status::Error,
-            ErrorInfo {
-                ename: "WorkerDied".into(),
-                evalue: format!("the worker process died during the execution ({reason})"),
-                traceback: Vec::new(),
-            },
+            error(
+                "WorkerDied",
+                format!("the worker process died during the execution ({reason})"),
+            ),
         ),
         other => (
             Status::Error,
-            ErrorInfo {
-                ename: "WorkerDied".into(),
-                evalue: format!("the worker was lost during the execution: {other}"),
-                traceback: Vec::new(),
-            },
+            error(
+                "WorkerDied",
+                format!("the worker was lost during the execution: {other}"),
+            ),
         ),
     }
 }

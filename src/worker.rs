@@ -18,10 +18,12 @@ use nix::unistd::Pid;
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
 use crate::protocol::{self, Done, ErrorInfo, Frame, MimeBundle, Request, StreamName};
+use crate::reaper;
 
 /// How many lines of a worker's own stderr are kept to explain its failure.
 const STDERR_TAIL_LINES: usize = 30;
@@ -37,6 +39,38 @@ pub struct WorkerSpec {
     pub blas_threads: u32,
     pub max_frame_bytes: usize,
     pub start_timeout: Duration,
+    pub limits: ResourceLimits,
+    /// A cold worker imports what it can of the preload instead of failing on a bad entry.
+    pub cold: bool,
+}
+
+/// Per-process limits, set between fork and exec so that user code inherits them and cannot
+/// raise them past the hard limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResourceLimits {
+    /// RLIMIT_AS: beyond it allocations fail (a MemoryError in Python).
+    pub address_space_bytes: Option<u64>,
+    /// RLIMIT_FSIZE: writing past it fails with EFBIG (Python ignores SIGXFSZ).
+    pub file_size_bytes: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub open_files: Option<u64>,
+}
+
+impl ResourceLimits {
+    fn apply(&self) -> std::io::Result<()> {
+        use nix::sys::resource::{Resource, setrlimit};
+        let limits = [
+            (Resource::RLIMIT_AS, self.address_space_bytes),
+            (Resource::RLIMIT_FSIZE, self.file_size_bytes),
+            (Resource::RLIMIT_NOFILE, self.open_files),
+        ];
+        for (resource, limit) in limits {
+            if let Some(limit) = limit {
+                setrlimit(resource, limit, limit)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +87,19 @@ pub enum WorkerError {
     #[error("the worker died ({reason}){}", stderr_suffix(.stderr))]
     Died { reason: String, stderr: String },
     #[error("the worker did not stop after an interrupt")]
-    Unresponsive,
+    Unresponsive(Interrupt),
     #[error("worker protocol error: {0}")]
     Protocol(String),
+}
+
+impl WorkerError {
+    /// The worker never got to run anything.
+    pub fn is_start_failure(&self) -> bool {
+        matches!(
+            self,
+            WorkerError::Spawn { .. } | WorkerError::StartTimeout(_) | WorkerError::Preload(_)
+        )
+    }
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -84,16 +128,26 @@ pub struct Cell<'a> {
     pub stdin: Option<&'a str>,
     pub count: u64,
     pub max_output_bytes: usize,
-    pub deadline: Instant,
+    /// Wall-clock limit, counted from when the request is sent to the worker.
+    pub timeout: Duration,
     pub interrupt_grace: Duration,
+    /// CPU-time limit of the cell, enforced by the worker.
+    pub cpu_seconds: Option<u64>,
+}
+
+/// Why a running cell was sent SIGINT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    Deadline,
+    Requested,
 }
 
 /// How a cell ended, when the worker answered.
 #[derive(Debug)]
 pub struct CellOutcome {
     pub done: Done,
-    /// The deadline passed and the worker was interrupted (the cell may still have finished).
-    pub interrupted: bool,
+    /// The worker was interrupted while the cell ran (the cell may still have finished).
+    pub interrupted: Option<Interrupt>,
 }
 
 pub struct Worker {
@@ -123,6 +177,7 @@ impl Worker {
         let settings = serde_json::json!({
             "preload": spec.preload,
             "max_frame_bytes": spec.max_frame_bytes,
+            "cold": spec.cold,
         });
         let threads = spec.blas_threads.to_string();
         let mut command = Command::new(&spec.python);
@@ -135,28 +190,33 @@ impl Worker {
             .env("OMP_NUM_THREADS", &threads)
             .env("MKL_NUM_THREADS", &threads)
             .env("PYTHONUNBUFFERED", "1")
+            // Marks the worker and everything it starts as this server's (for tests and ops).
+            .env("REPLPOOL_SERVER_PID", std::process::id().to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
         let server_pid = std::process::id();
+        let limits = spec.limits;
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls (prctl, getppid).
+        // system calls (prctl, getppid, setrlimit); it does not allocate.
         unsafe {
             command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 // The server may have died before prctl took effect; then nobody would kill us.
                 if nix::unistd::getppid().as_raw() as u32 != server_pid {
-                    return Err(std::io::Error::other("server exited during worker start"));
+                    return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
                 }
-                Ok(())
+                limits.apply()
             });
         }
-        let mut child = command.spawn().map_err(|source| WorkerError::Spawn {
-            python: spec.python.display().to_string(),
-            source,
-        })?;
+        let mut child = reaper::children()
+            .spawn(|| command.spawn(), Child::id)
+            .map_err(|source| WorkerError::Spawn {
+                python: spec.python.display().to_string(),
+                source,
+            })?;
         let pid = child.id().unwrap_or_default();
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -213,12 +273,14 @@ impl Worker {
 
     /// Runs a cell, forwarding streamed output to `events`.
     ///
-    /// At the deadline the worker is interrupted; if it has not answered `interrupt_grace`
-    /// later, this returns [`WorkerError::Unresponsive`] and the caller should drop the worker.
+    /// At the deadline, or when `interrupt` is notified, the worker gets SIGINT; if it has not
+    /// answered `interrupt_grace` later, this returns [`WorkerError::Unresponsive`] and the
+    /// caller should drop (and so kill) the worker.
     pub async fn execute(
         &mut self,
         cell: &Cell<'_>,
         events: Option<&EventSender>,
+        interrupt: &Notify,
     ) -> Result<CellOutcome, WorkerError> {
         let id = self.next_request_id();
         self.send(&Request::Exec {
@@ -228,20 +290,23 @@ impl Worker {
             count: cell.count,
             stream: events.is_some(),
             max_output_bytes: cell.max_output_bytes,
+            cpu_seconds: cell.cpu_seconds,
         })
         .await?;
+        let deadline = Instant::now() + cell.timeout;
         let pid = self.pid;
         let reply = self.read_reply(id, events);
         tokio::pin!(reply);
-        tokio::select! {
-            done = &mut reply => return done.map(|done| CellOutcome { done, interrupted: false }),
-            _ = tokio::time::sleep_until(cell.deadline) => {}
-        }
-        tracing::debug!(pid, "deadline passed; interrupting the worker");
+        let cause = tokio::select! {
+            done = &mut reply => return done.map(|done| CellOutcome { done, interrupted: None }),
+            _ = tokio::time::sleep_until(deadline) => Interrupt::Deadline,
+            _ = interrupt.notified() => Interrupt::Requested,
+        };
+        tracing::debug!(pid, ?cause, "interrupting the worker");
         interrupt_pid(pid);
         tokio::select! {
-            done = &mut reply => done.map(|done| CellOutcome { done, interrupted: true }),
-            _ = tokio::time::sleep(cell.interrupt_grace) => Err(WorkerError::Unresponsive),
+            done = &mut reply => done.map(|done| CellOutcome { done, interrupted: Some(cause) }),
+            _ = tokio::time::sleep(cell.interrupt_grace) => Err(WorkerError::Unresponsive(cause)),
         }
     }
 
@@ -388,7 +453,9 @@ impl Drop for Worker {
         if !self.reaped {
             self.kill_group();
         }
-        // `kill_on_drop` and tokio's orphan reaper take care of the zombie.
+        // `kill_on_drop`, tokio's orphan reaper or the sweep take care of the zombie, and the
+        // sweep of anything that had left the group.
+        reaper::children().forget(self.pid);
     }
 }
 

@@ -200,16 +200,10 @@ async fn queued_executions_run_in_arrival_order() {
 
     // The first execution holds the session until the test releases it over a socket, so the
     // next 20 queue up behind it; each is sent only once the previous one is seen queued.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
+    let (listener, code) = common::blocker().await;
     let blocker = {
         let api = Api::new(&api.base);
         let s = s.clone();
-        let code = format!(
-            "import socket\nwith socket.create_connection(('127.0.0.1', {port})) as c:\n    c.recv(1)"
-        );
         tokio::spawn(async move { api.run(&s, &code).await })
     };
     let (mut conn, _) = listener.accept().await.expect("blocker connected");
@@ -221,7 +215,7 @@ async fn queued_executions_run_in_arrival_order() {
         tasks.push(tokio::spawn(async move {
             api2.run(&s2, &format!("order.append({i})")).await
         }));
-        wait_for_pending(&api, &s, i + 2).await;
+        api.wait_for_pending(&s, i + 2).await;
     }
     use tokio::io::AsyncWriteExt;
     conn.write_all(b"x").await.expect("release the blocker");
@@ -238,21 +232,6 @@ async fn queued_executions_run_in_arrival_order() {
         api.run(&s, "order").await["result"]["text/plain"],
         format!("[{}]", expected.join(", "))
     );
-}
-
-async fn wait_for_pending(api: &Api, session: &str, pending: u64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let (_, info) = api.get(&format!("/v1/sessions/{session}")).await;
-        if info["pending"].as_u64() == Some(pending) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "session never reached {pending} pending: {info}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test]

@@ -32,6 +32,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/v1/sessions/{id}/execute", post(execute))
+        .route("/v1/sessions/{id}/interrupt", post(interrupt))
         .route("/v1/execute", post(execute_once))
         .method_not_allowed_fallback(method_not_allowed)
 }
@@ -123,6 +124,14 @@ async fn execute(
 ) -> Result<Json<Execution>, ApiError> {
     let request = ExecRequest::try_from(body)?;
     Ok(Json(state.manager.execute(&id, &request, None).await?))
+}
+
+async fn interrupt(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let interrupted = state.manager.interrupt(&id)?;
+    Ok(Json(json!({ "interrupted": interrupted })))
 }
 
 async fn execute_once(

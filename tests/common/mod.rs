@@ -101,6 +101,18 @@ impl Server {
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// Waits for the server to exit by itself.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
 }
 
 impl Drop for Server {
@@ -125,11 +137,17 @@ impl Drop for Server {
 /// signal that ends the server with the tests is tied to the thread that started it, and test
 /// threads end with their test.
 pub fn shared() -> &'static str {
+    shared_with("[pool]\nwarm_workers = 2\n")
+}
+
+/// The shared server of a test binary whose tests need a configuration of their own; the
+/// first call's `config` wins.
+pub fn shared_with(config: &'static str) -> &'static str {
     static BASE: OnceLock<String> = OnceLock::new();
     BASE.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let server = Server::start("[pool]\nwarm_workers = 2\n");
+            let server = Server::start(config);
             tx.send(server.base.clone()).expect("send base url");
             // Never returns: the server lives until the test process exits.
             let _server = server;
@@ -251,4 +269,122 @@ pub fn ok_reply(count: u64, overrides: Value) -> Value {
         }
     }
     reply
+}
+
+/// A process seen in `/proc`.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub state: char,
+}
+
+fn read_proc(pid: u32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_owned();
+    let mut rest = stat[close + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some(Proc {
+        pid,
+        ppid,
+        comm,
+        state,
+    })
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every live process started by the server `server_pid` or by its workers: workers carry
+/// `REPLPOOL_SERVER_PID` in their environment, and whatever they start inherits it.
+pub fn processes_of(server_pid: u32) -> Vec<Proc> {
+    let marker = format!("REPLPOOL_SERVER_PID={server_pid}");
+    all_pids()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|var| var == marker.as_bytes()))
+                .unwrap_or(false)
+        })
+        .filter_map(read_proc)
+        .filter(|p| p.state != 'Z')
+        .collect()
+}
+
+/// Zombie children of `parent`.
+pub fn zombies_of(parent: u32) -> Vec<Proc> {
+    all_pids()
+        .into_iter()
+        .filter_map(read_proc)
+        .filter(|p| p.ppid == parent && p.state == 'Z')
+        .collect()
+}
+
+/// Open file descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// True when the process is gone or a zombie (dead, not yet reaped).
+pub fn is_dead(pid: u32) -> bool {
+    read_proc(pid).is_none_or(|p| p.state == 'Z' || p.state == 'X')
+}
+
+/// Polls `condition` until it holds or `within` passes; returns whether it held. For waiting
+/// on other processes, which give no event to wait for.
+pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Api {
+    /// Waits until the session has `pending` executions running or queued.
+    pub async fn wait_for_pending(&self, session: &str, pending: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, info) = self.get(&format!("/v1/sessions/{session}")).await;
+            if info["pending"].as_u64() == Some(pending) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "session never reached {pending} pending: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Python that blocks until the test writes a byte to the returned listener's connection: a
+/// way to hold a session busy for exactly as long as a test needs, without sleeping.
+pub async fn blocker() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let code = format!(
+        "import socket\nwith socket.create_connection(('127.0.0.1', {port})) as c:\n    c.recv(1)"
+    );
+    (listener, code)
 }

@@ -1,0 +1,133 @@
+//! Orphans: processes that user code detached from its worker.
+//!
+//! Killing a worker's process group ends everything it started, except what left the group
+//! (`setsid()`, `start_new_session=True`, a daemonising double fork). The server makes itself a
+//! *child subreaper*, so such processes are re-parented to it rather than to init when their
+//! worker dies; a sweep then kills and reaps every child of the server that it did not spawn
+//! itself. So nothing user code starts outlives its session by more than a sweep interval.
+//!
+//! The registry of the server's own children is process-wide, like the subreaper flag. Spawns
+//! go through [`ChildRegistry::spawn`], which holds the registry lock across the fork, so a sweep
+//! can never mistake a worker that is being born for an orphan.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+/// How often orphans are looked for (also right after a worker is dropped).
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+#[derive(Default)]
+pub struct ChildRegistry {
+    ours: Mutex<HashSet<u32>>,
+    swept: tokio::sync::Notify,
+}
+
+/// The registry of this process.
+pub fn children() -> &'static ChildRegistry {
+    static REGISTRY: OnceLock<ChildRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(ChildRegistry::default)
+}
+
+impl ChildRegistry {
+    /// Spawns with `spawn` and records the child's pid, atomically with respect to sweeps.
+    pub fn spawn<T>(
+        &self,
+        spawn: impl FnOnce() -> std::io::Result<T>,
+        pid_of: impl Fn(&T) -> Option<u32>,
+    ) -> std::io::Result<T> {
+        let mut ours = self.ours.lock();
+        let child = spawn()?;
+        if let Some(pid) = pid_of(&child) {
+            ours.insert(pid);
+        }
+        Ok(child)
+    }
+
+    /// The child is being ended by its owner; from now on a sweep may reap it.
+    pub fn forget(&self, pid: u32) {
+        self.ours.lock().remove(&pid);
+        self.swept.notify_one();
+    }
+
+    /// Kills and reaps every child of this process that is not one of ours. Returns how many.
+    pub fn sweep(&self) -> usize {
+        let me = std::process::id();
+        let ours = self.ours.lock();
+        let mut ended = 0;
+        for pid in children_of(me) {
+            if ours.contains(&pid) {
+                continue;
+            }
+            let target = Pid::from_raw(pid as i32);
+            let _ = signal::kill(target, Signal::SIGKILL);
+            // A zombie is reaped now; one still dying is reaped by the next sweep.
+            if let Ok(status) = waitpid(target, Some(WaitPidFlag::WNOHANG))
+                && status != nix::sys::wait::WaitStatus::StillAlive
+            {
+                ended += 1;
+            }
+        }
+        ended
+    }
+
+    /// Makes this process the subreaper of its descendants and sweeps until `shutdown`.
+    pub fn start_sweeping(&'static self, shutdown: CancellationToken) {
+        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+            tracing::warn!(
+                "cannot become a child subreaper ({e}); detached user processes may outlive their sessions"
+            );
+        }
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+                    _ = self.swept.notified() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let ended = tokio::task::spawn_blocking(move || self.sweep())
+                    .await
+                    .unwrap_or(0);
+                if ended > 0 {
+                    tracing::info!(ended, "killed processes left behind by ended workers");
+                }
+            }
+        });
+    }
+}
+
+/// Pids whose parent is `parent`, from `/proc/<pid>/stat`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| parent_of(*pid) == Some(parent))
+        .collect()
+}
+
+/// The ppid field of `/proc/<pid>/stat`: the fourth field, counted after the `(comm)` that may
+/// itself contain spaces and parentheses.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_parent_of_this_process() {
+        let me = std::process::id();
+        assert_eq!(parent_of(me), Some(nix::unistd::getppid().as_raw() as u32));
+    }
+}

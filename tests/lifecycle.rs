@@ -1,0 +1,238 @@
+//! Lifecycle, each on a server of its own: the session limit and LRU eviction, the queue
+//! bound, idle eviction, the cold fallback when warm workers cannot start, and no process or
+//! fd left behind — after deletes, after the server is killed, after SIGTERM.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, Server, eventually, fd_count, processes_of, zombies_of};
+use serde_json::json;
+
+/// A server whose workers import nothing: they start in milliseconds, and these tests are
+/// about processes, not imports. (`[python]` is written by the harness, so the preload comes
+/// as an environment override.)
+fn bare(extra: &str) -> Server {
+    Server::start_with_env(extra, &[("REPLPOOL_PYTHON_PRELOAD", "[]")])
+}
+
+#[tokio::test]
+async fn session_limit_evicts_the_least_recently_used_idle_session() {
+    let server = bare("[sessions]\nmax = 2\nqueue_depth = 1\n\n[pool]\nwarm_workers = 1\n");
+    let api = Api::new(&server.base);
+    let a = api.session().await;
+    let b = api.session().await;
+    api.run(&a, "1").await; // b is now the least recently used
+    let c = api.session().await;
+    let (status, body) = api.get(&format!("/v1/sessions/{b}")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "session_not_found");
+    assert_eq!(api.get(&format!("/v1/sessions/{a}")).await.0, 200);
+
+    // Both sessions busy: a new one is refused, and nothing is evicted.
+    let (listener, code) = common::blocker().await;
+    let mut running = Vec::new();
+    let mut conns = Vec::new();
+    for s in [&a, &c] {
+        let api2 = Api::new(&api.base);
+        let (s2, code2) = (s.clone(), code.clone());
+        running.push(tokio::spawn(async move { api2.run(&s2, &code2).await }));
+        conns.push(listener.accept().await.expect("blocker connected").0);
+    }
+    let (status, body) = api.post("/v1/sessions", json!({})).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_sessions");
+
+    // Queue depth 1: one running, one waiting, the next is refused.
+    let waiting = {
+        let api2 = Api::new(&api.base);
+        let a2 = a.clone();
+        tokio::spawn(async move { api2.run(&a2, "'waited'").await })
+    };
+    api.wait_for_pending(&a, 2).await;
+    let (status, body) = api
+        .post(&format!("/v1/sessions/{a}/execute"), json!({"code": "1"}))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "queue_full");
+
+    use tokio::io::AsyncWriteExt;
+    for mut conn in conns {
+        conn.write_all(b"x").await.expect("release");
+    }
+    for task in running {
+        assert_eq!(task.await.expect("task")["status"], "ok");
+    }
+    assert_eq!(
+        waiting.await.expect("task")["result"]["text/plain"],
+        "'waited'"
+    );
+}
+
+#[tokio::test]
+async fn idle_sessions_are_evicted() {
+    let server = bare("[sessions]\nidle_ttl_secs = 1\n\n[pool]\nwarm_workers = 1\n");
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    let path = format!("/v1/sessions/{s}");
+    let mut last = 200;
+    for _ in 0..200 {
+        last = api.get(&path).await.0;
+        if last == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(last, 404, "an idle session outlived its TTL");
+}
+
+#[tokio::test]
+async fn without_warm_workers_everything_runs_cold_and_health_says_why() {
+    let server = Server::start_with_env(
+        "[pool]\nwarm_workers = 1\nacquire_timeout_ms = 500\n",
+        &[(
+            "REPLPOOL_PYTHON_PRELOAD",
+            r#"["numpy as np", "no_such_module_for_replpool"]"#,
+        )],
+    );
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    let reply = api.run(&s, "int(np.arange(4).sum())").await;
+    assert_eq!(
+        reply,
+        common::ok_reply(1, json!({"result": {"text/plain": "6"}, "mode": "cold"}))
+    );
+    // A cold cell's variables do not persist, and the next reply says so.
+    let reply = api.run(&s, "'again'").await;
+    assert_eq!(reply["mode"], "cold");
+    assert_eq!(reply["session_reset"], true);
+
+    let (status, reply) = api
+        .post("/v1/execute", json!({"code": "print('one-shot')"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["mode"], "cold");
+    assert_eq!(reply["stdout"], "one-shot\n");
+
+    let (status, health) = api.get("/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "degraded");
+    let reason = health["reason"].as_str().expect("reason");
+    assert!(reason.contains("no_such_module_for_replpool"), "{reason}");
+}
+
+#[tokio::test]
+async fn nothing_is_left_behind_by_deleted_sessions() {
+    let server = bare("[pool]\nwarm_workers = 1\n");
+    let api = Api::new(&server.base);
+    let pid = server.pid();
+    // One client throughout, so that the server holds the same one connection at both counts.
+    let pool_full = || async {
+        let (_, health) = api.get("/healthz").await;
+        health["pool"]["ready"] == 1
+    };
+    // Warm up, then take the baseline with the pool full.
+    let s = api.session().await;
+    api.run(&s, "1").await;
+    assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    while !pool_full().await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let baseline_fds = fd_count(pid);
+
+    for i in 0..200 {
+        let s = api.session().await;
+        assert_eq!(api.run(&s, &format!("{i} * 2")).await["status"], "ok");
+        assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    }
+    for _ in 0..50 {
+        let s = api.session().await;
+        let reply = api
+            .run(
+                &s,
+                "import subprocess\np = subprocess.Popen(['sleep', '1000'], start_new_session=True)\np.pid > 0",
+            )
+            .await;
+        assert_eq!(reply["result"]["text/plain"], "True", "{reply}");
+        assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    }
+
+    let settled = eventually(Duration::from_secs(20), || {
+        let left = processes_of(pid);
+        let sleeps = left.iter().filter(|p| p.comm == "sleep").count();
+        let workers = left.iter().filter(|p| p.comm.starts_with("python")).count();
+        sleeps == 0 && workers <= 1 && zombies_of(pid).is_empty()
+    })
+    .await;
+    assert!(
+        settled,
+        "left behind: {:?}, zombies: {:?}",
+        processes_of(pid),
+        zombies_of(pid)
+    );
+    while !pool_full().await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || fd_count(pid) <= baseline_fds).await,
+        "fds: {} now, {baseline_fds} at the start",
+        fd_count(pid)
+    );
+}
+
+#[tokio::test]
+async fn a_killed_server_leaves_no_worker() {
+    let server = bare("[pool]\nwarm_workers = 1\n");
+    let api = Api::new(&server.base);
+    let pid = server.pid();
+    let mut running = Vec::new();
+    for _ in 0..4 {
+        let s = api.session().await;
+        let api2 = Api::new(&api.base);
+        let s2 = s.clone();
+        running.push(tokio::spawn(async move {
+            let _ = api2
+                .http
+                .post(api2.url(&format!("/v1/sessions/{s2}/execute")))
+                .json(&json!({"code": "import time\ntime.sleep(100)"}))
+                .send()
+                .await;
+        }));
+        api.wait_for_pending(&s, 1).await;
+    }
+    assert!(processes_of(pid).len() >= 4);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the server");
+    assert!(
+        eventually(Duration::from_secs(2), || processes_of(pid).is_empty()).await,
+        "left behind: {:?}",
+        processes_of(pid)
+    );
+    for task in running {
+        let _ = task.await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_ends_the_server_cleanly() {
+    let mut server = bare("[pool]\nwarm_workers = 1\n\n[server]\nshutdown_grace_ms = 2000\n");
+    let api = Api::new(&server.base);
+    let pid = server.pid();
+    let s = api.session().await;
+    api.run(&s, "1").await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert!(
+        eventually(Duration::from_secs(2), || processes_of(pid).is_empty()).await,
+        "left behind: {:?}",
+        processes_of(pid)
+    );
+}
