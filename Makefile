@@ -6,6 +6,7 @@ VENV_PY := $(VENV)/bin/python
 # Touched after a successful install, so a changed requirements file reinstalls.
 VENV_STAMP := $(VENV)/.installed
 CONFIG ?= config.toml
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: serve test bench venv build clean
 
@@ -17,19 +18,29 @@ $(VENV_STAMP): bootstrap/requirements.txt
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r bootstrap/requirements.txt
 	touch $(VENV_STAMP)
 
+# The benchmark's Jupyter peer, on top of the workers' packages.
+$(BENCH_STAMP): benches/requirements.txt $(VENV_STAMP)
+	@echo "==> installing the benchmark's peers from benches/requirements.txt"
+	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r benches/requirements.txt
+	touch $(BENCH_STAMP)
+
 build:
 	cargo build --release --locked
 
 serve: venv build
 	./target/release/replpool serve --config $(CONFIG)
 
-test: venv
+test: venv $(BENCH_STAMP) build
 	cargo build --locked --all-targets
 	cargo test --locked
 	$(VENV_PY) -m unittest discover -s bootstrap -p 'test_*.py'
+	@echo "==> the benchmark, quick, so that it cannot rot (no speed is asserted)"
+	cargo bench --locked --bench replpool -- --quick --out target/bench-quick.md --json target/bench-quick.json
 
-bench: venv build
-	@echo "the benchmark arrives with its own issue; nothing to measure yet"
+# `make bench` writes docs/benchmarks.md and target/bench.json; `make bench QUICK=1` is a
+# reduced run (under a minute) that writes the same files.
+bench: venv $(BENCH_STAMP) build
+	cargo bench --locked --bench replpool -- $(if $(QUICK),--quick)
 
 clean:
 	cargo clean
