@@ -15,12 +15,14 @@ Standard library only: this file must run under whatever interpreter the operato
 import ast
 import base64
 import codecs
+import gc
 import io
 import json
 import linecache
 import os
 import select
 import signal
+import socket
 import struct
 import sys
 import threading
@@ -592,39 +594,45 @@ def build_base_namespace(preload, best_effort=False, log=None):
     return base
 
 
-def main():
-    global _FFLUSH
-    config = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    started = time.monotonic()
+def warm_up():
+    """Pays once, in the template, what a first cell would otherwise pay in every worker: the
+    first DataFrame repr, the first figure drawn to PNG, the cell machinery itself."""
+    try:
+        run_cell("_ = 1 + 1", {}, "<warm-up>")
+        error_info(ValueError("warm-up"))
+        json.dumps({"a": [1, 2.5, None, "x"]})
+        pandas = sys.modules.get("pandas")
+        if pandas is not None:
+            frame = pandas.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+            mime_bundle(frame)
+            frame.groupby("a")["a"].count()
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is not None:
+            pyplot.plot([1, 2, 3])
+            open_figures()
+        _libc_fflush()
+        import resource  # noqa: F401  (CpuLimit)
+    except Exception:
+        traceback.print_exc()
 
-    # First of all, move the protocol off fds 0/1: nothing after this can corrupt it.
-    proto_in = os.dup(0)
-    proto_out = os.dup(1)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    os.dup2(devnull, 0)
-    os.dup2(2, 1)  # anything printed during the preload goes to the server's log
-    protocol = Protocol(proto_in, proto_out, int(config.get("max_frame_bytes", 16 << 20)))
-    # The worker's own diagnostics (the server logs them), kept apart from user output: a
-    # private copy of the stderr the server gave us. A crash in C code dumps tracebacks here.
-    log = open(os.dup(2), "w", buffering=1, closefd=True)
+
+def common_setup(log):
+    """What every kind of worker process does before the preload."""
     import faulthandler
 
     faulthandler.enable(file=log)
-
     # The script's own directory must not shadow user modules; the session directory should.
     script_dir = os.path.dirname(WORKER_FILE)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != script_dir]
     sys.path.insert(0, "")
-
     signal.signal(signal.SIGINT, UserCode.on_sigint)
     signal.signal(signal.SIGXCPU, UserCode.on_sigxcpu)
-    try:
-        base = build_base_namespace(config.get("preload", []), bool(config.get("cold")), log)
-    except BaseException as exc:
-        protocol.send({"op": "fatal", "error": error_info(exc)})
-        return 1
-    _FFLUSH = _libc_fflush()
 
+
+def serve_worker(protocol, base, devnull, started):
+    """Sets up output capture and serves requests until the server closes the pipe."""
+    global _FFLUSH
+    _FFLUSH = _libc_fflush()
     capture = Capture()
     stdio = Stdio()
     stdio.install()
@@ -639,6 +647,182 @@ def main():
     )
     worker.serve()
     return 0
+
+
+def worker_main(settings):
+    """A worker started directly by the server (or a cold one), protocol on fds 0 and 1."""
+    started = time.monotonic()
+    # First of all, move the protocol off fds 0/1: nothing after this can corrupt it.
+    proto_in = os.dup(0)
+    proto_out = os.dup(1)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)  # anything printed during the preload goes to the server's log
+    protocol = Protocol(proto_in, proto_out, int(settings.get("max_frame_bytes", 16 << 20)))
+    # The worker's own diagnostics (the server logs them), kept apart from user output: a
+    # private copy of the stderr the server gave us. A crash in C code dumps tracebacks here.
+    log = open(os.dup(2), "w", buffering=1, closefd=True)
+    common_setup(log)
+    try:
+        base = build_base_namespace(settings.get("preload", []), bool(settings.get("cold")), log)
+    except BaseException as exc:
+        protocol.send({"op": "fatal", "error": error_info(exc)})
+        return 1
+    return serve_worker(protocol, base, devnull, started)
+
+
+class Template:
+    """The zygote: imports the preload once, then forks a worker per request.
+
+    Requests arrive as datagrams on fd 0 (a socket pair end), each carrying the new worker's
+    protocol descriptors (requests, replies, log) as SCM_RIGHTS. The worker is forked twice
+    over, so that it is re-parented to the server (a child subreaper), which can then signal,
+    watch and reap it like any child of its own; the template keeps no state about it.
+    """
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.control = socket.socket(fileno=os.dup(0))
+        self.devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(self.devnull, 0)
+        os.dup2(2, 1)
+        self.log = open(os.dup(2), "w", buffering=1, closefd=True)
+        self.server_pid = os.getppid()
+        self.base = None
+
+    def send(self, message):
+        self.control.send(json.dumps(message).encode("utf-8", "replace"))
+
+    def run(self):
+        started = time.monotonic()
+        common_setup(self.log)
+        try:
+            self.base = build_base_namespace(self.settings.get("preload", []))
+        except BaseException as exc:
+            self.send({"op": "fatal", "error": error_info(exc)})
+            return 1
+        warm_up()
+        # Objects made so far are never collected, so the collector does not touch (and so
+        # copy) the pages that forked workers share with the template.
+        gc.freeze()
+        self.send(
+            {
+                "op": "ready",
+                "pid": os.getpid(),
+                "python": sys.version.split()[0],
+                "preload_ms": (time.monotonic() - started) * 1000.0,
+            }
+        )
+        while True:
+            message, fds, _, _ = socket.recv_fds(self.control, 65536, 3)
+            if not message:
+                return 0
+            request = json.loads(message)
+            try:
+                if len(fds) != 3:
+                    raise ProtocolError(f"fork request with {len(fds)} descriptors, not 3")
+                pid = self.fork(fds)
+                self.send({"op": "forked", "id": request.get("id"), "pid": pid})
+            except Exception as exc:
+                self.send({"op": "error", "id": request.get("id"), "error": error_info(exc)})
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+    def fork(self, fds):
+        """Forks a worker through a short-lived intermediate; returns the worker's pid."""
+        r, w = os.pipe()
+        intermediate = os.fork()
+        if intermediate == 0:
+            code = 0
+            try:
+                os.close(r)
+                pid = os.fork()
+                if pid == 0:
+                    os.close(w)
+                    self.become_worker(fds)  # never returns
+                os.write(w, str(pid).encode())
+            except BaseException:
+                traceback.print_exc(file=self.log)
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        data = os.read(r, 64)
+        os.close(r)
+        os.waitpid(intermediate, 0)
+        if not data:
+            raise RuntimeError("the intermediate process died before forking the worker")
+        return int(data)
+
+    def become_worker(self, fds):
+        """In the forked worker: cut every tie to the template, then serve like any worker."""
+        code = 1
+        try:
+            started = time.monotonic()
+            os.setpgid(0, 0)
+            # The intermediate exits at once; when we are the server's child, tie our life to
+            # the server's (the death signal is relative to the current parent).
+            while os.getppid() != self.server_pid:
+                if os.getppid() == 1:
+                    os._exit(1)
+                time.sleep(0.0001)
+            set_parent_death_signal()
+            if os.getppid() != self.server_pid:
+                os._exit(1)
+            req_r, rep_w, log_w = fds
+            keep = {0, 1, 2, req_r, rep_w, log_w}
+            for name in os.listdir("/proc/self/fd"):
+                fd = int(name)
+                if fd not in keep:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            for fd in (req_r, rep_w, log_w):
+                os.set_inheritable(fd, False)
+            os.dup2(log_w, 2)
+            os.dup2(log_w, 1)
+            log = open(log_w, "w", buffering=1, closefd=True)
+            import faulthandler
+
+            faulthandler.enable(file=log)
+            reseed()
+            protocol = Protocol(req_r, rep_w, int(self.settings.get("max_frame_bytes", 16 << 20)))
+            code = serve_worker(protocol, self.base, os.open(os.devnull, os.O_RDWR), started)
+        except BaseException:
+            try:
+                traceback.print_exc()
+            except BaseException:
+                pass
+        finally:
+            os._exit(code)
+
+
+def set_parent_death_signal():
+    """PR_SET_PDEATHSIG(SIGKILL), through libc (Python has no binding for prctl)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGKILL, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+def reseed():
+    """Forked workers share the template's random state; give each its own streams."""
+    import random
+
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+
+
+def main():
+    settings = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    if settings.get("template"):
+        return Template(settings).run()
+    return worker_main(settings)
 
 
 if __name__ == "__main__":

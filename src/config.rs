@@ -99,6 +99,9 @@ pub struct PoolConfig {
     pub start_timeout_ms: u64,
     /// How long an execution waits for a warm worker before it runs cold instead.
     pub acquire_timeout_ms: u64,
+    /// Fork workers from a preloaded template process (milliseconds per worker) rather than
+    /// start each one directly (about a second each).
+    pub template: bool,
 }
 
 impl Default for PoolConfig {
@@ -107,6 +110,7 @@ impl Default for PoolConfig {
             warm_workers: 2,
             start_timeout_ms: 60_000,
             acquire_timeout_ms: 5_000,
+            template: true,
         }
     }
 }

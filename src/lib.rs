@@ -10,9 +10,11 @@ pub mod error;
 pub mod execution;
 pub mod manager;
 pub mod pool;
+pub mod process;
 pub mod protocol;
 pub mod reaper;
 pub mod session;
+pub mod template;
 pub mod worker;
 
 pub use config::Config;

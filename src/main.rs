@@ -85,10 +85,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let manager = SessionManager::start(&config)?;
     let stop = CancellationToken::new();
-    // Processes that user code detaches from its worker come back to us and are ended.
+    // Processes that user code detaches from its worker come back to us and are ended; and
+    // workers forked by the template become our children. Before the manager starts.
     replpool::reaper::children().start_sweeping(stop.clone());
+    let manager = SessionManager::start(&config)?;
     let listener = tokio::net::TcpListener::bind(config.server.bind)
         .await
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;

@@ -14,7 +14,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution};
 use crate::pool::{PoolStatus, WarmPool};
+use crate::reaper;
 use crate::session::{Limits, Session, SessionInfo, Workers};
+use crate::template::Template;
 use crate::worker::{EventSender, ResourceLimits, WorkerSpec};
 
 /// The file the worker runs, compiled into the binary so the server cannot run against a
@@ -81,7 +83,11 @@ impl SessionManager {
         };
         let shutdown = CancellationToken::new();
         let cold = ColdRunner::new(&spec);
-        let pool = WarmPool::start(spec, config.pool.warm_workers, shutdown.clone());
+        // Forked workers become the server's children by re-parenting, which needs the server
+        // to be a child subreaper; without that, workers are started directly.
+        let template = (config.pool.template && reaper::children().is_subreaper())
+            .then(|| Template::start(spec.clone(), shutdown.clone()));
+        let pool = WarmPool::start(spec, template, config.pool.warm_workers, shutdown.clone());
         let workers = Arc::new(Workers {
             pool,
             cold,

@@ -2,8 +2,11 @@
 //!
 //! A background task keeps `target` started, preloaded, idle workers. Taking one is a pop; when
 //! the pool is empty the caller starts its own, so a burst of new sessions is slower but never
-//! refused. Refills run one at a time: on a small machine, starting several interpreters at
-//! once would slow the running sessions more than it helps the new ones.
+//! refused. Refills run one at a time: on a small machine, starting several workers at once
+//! would slow the running sessions more than it helps the new ones.
+//!
+//! Workers are forked from the template when it runs (milliseconds), and started directly
+//! (`python worker.py`, a second or so) while it does not.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::template::{Template, TemplateStatus};
 use crate::worker::{Worker, WorkerError, WorkerSpec};
 
 /// After a failed start the refill task waits before trying again, doubling the wait up to the
@@ -22,6 +26,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 pub struct WarmPool {
     spec: WorkerSpec,
+    template: Option<Arc<Template>>,
     target: usize,
     ready: Mutex<VecDeque<Worker>>,
     /// Wakes the refill task when a worker was taken.
@@ -36,13 +41,21 @@ pub struct PoolStatus {
     pub ready: usize,
     pub target: usize,
     pub last_error: Option<String>,
+    /// `None` when workers are always started directly.
+    pub template: Option<TemplateStatus>,
 }
 
 impl WarmPool {
     /// Creates the pool and starts its refill task, which ends with `shutdown`.
-    pub fn start(spec: WorkerSpec, target: usize, shutdown: CancellationToken) -> Arc<WarmPool> {
+    pub fn start(
+        spec: WorkerSpec,
+        template: Option<Arc<Template>>,
+        target: usize,
+        shutdown: CancellationToken,
+    ) -> Arc<WarmPool> {
         let pool = Arc::new(WarmPool {
             spec,
+            template,
             target,
             ready: Mutex::new(VecDeque::new()),
             taken: Notify::new(),
@@ -71,7 +84,7 @@ impl WarmPool {
                 }
                 None => {
                     self.taken.notify_one();
-                    let started = Worker::start(&self.spec).await;
+                    let started = self.start_worker().await;
                     if let Err(e) = &started {
                         *self.last_error.lock() = Some(e.to_string());
                     }
@@ -86,7 +99,20 @@ impl WarmPool {
             ready: self.ready.lock().len(),
             target: self.target,
             last_error: self.last_error.lock().clone(),
+            template: self.template.as_ref().map(|t| t.status()),
         }
+    }
+
+    /// A new worker: forked from the template if it runs, else started directly.
+    async fn start_worker(&self) -> Result<Worker, WorkerError> {
+        if let Some(template) = &self.template {
+            match template.fork().await {
+                Ok(worker) => return Ok(worker),
+                Err(WorkerError::TemplateDown) => {}
+                Err(e) => tracing::warn!("fork from the template failed, starting directly: {e}"),
+            }
+        }
+        Worker::start(&self.spec).await
     }
 
     async fn refill(self: Arc<Self>, shutdown: CancellationToken) {
@@ -94,7 +120,7 @@ impl WarmPool {
         loop {
             while self.ready.lock().len() < self.target {
                 let started = tokio::select! {
-                    started = Worker::start(&self.spec) => started,
+                    started = self.start_worker() => started,
                     _ = shutdown.cancelled() => return,
                 };
                 match started {

@@ -8,11 +8,14 @@
 //!
 //! The registry of the server's own children is process-wide, like the subreaper flag. Spawns
 //! go through [`ChildRegistry::spawn`], which holds the registry lock across the fork, so a sweep
-//! can never mistake a worker that is being born for an orphan.
+//! can never mistake a worker that is being born for an orphan. Workers forked by the template
+//! become the server's children by re-parenting, a moment before the server learns their pid
+//! and [adopts](ChildRegistry::adopt) them; so a sweep ends an unknown child only once it has
+//! been unknown for [`ORPHAN_GRACE`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, Signal};
 use nix::sys::wait::{WaitPidFlag, waitpid};
@@ -23,9 +26,16 @@ use tokio_util::sync::CancellationToken;
 /// How often orphans are looked for (also right after a worker is dropped).
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long an unknown child is left alone before it counts as an orphan.
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 pub struct ChildRegistry {
+    /// Set once this process is a child subreaper (and sweeps).
+    subreaper: std::sync::atomic::AtomicBool,
     ours: Mutex<HashSet<u32>>,
+    /// Unknown children, and when a sweep first saw them.
+    unknown: Mutex<HashMap<u32, Instant>>,
     swept: tokio::sync::Notify,
 }
 
@@ -50,6 +60,17 @@ impl ChildRegistry {
         Ok(child)
     }
 
+    /// Whether orphans of this process's descendants come back to it (and forked workers can
+    /// be its children).
+    pub fn is_subreaper(&self) -> bool {
+        self.subreaper.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records a child that became ours by re-parenting (a forked worker).
+    pub fn adopt(&self, pid: u32) {
+        self.ours.lock().insert(pid);
+    }
+
     /// The child is being ended by its owner; from now on a sweep may reap it.
     pub fn forget(&self, pid: u32) {
         self.ours.lock().remove(&pid);
@@ -60,9 +81,17 @@ impl ChildRegistry {
     pub fn sweep(&self) -> usize {
         let me = std::process::id();
         let ours = self.ours.lock();
+        let mut unknown = self.unknown.lock();
+        let now = Instant::now();
+        let children: HashSet<u32> = children_of(me).into_iter().collect();
+        unknown.retain(|pid, _| children.contains(pid) && !ours.contains(pid));
         let mut ended = 0;
-        for pid in children_of(me) {
+        for &pid in &children {
             if ours.contains(&pid) {
+                continue;
+            }
+            let first_seen = *unknown.entry(pid).or_insert(now);
+            if now.duration_since(first_seen) < ORPHAN_GRACE {
                 continue;
             }
             let target = Pid::from_raw(pid as i32);
@@ -79,10 +108,13 @@ impl ChildRegistry {
 
     /// Makes this process the subreaper of its descendants and sweeps until `shutdown`.
     pub fn start_sweeping(&'static self, shutdown: CancellationToken) {
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::warn!(
+        match nix::sys::prctl::set_child_subreaper(true) {
+            Ok(()) => self
+                .subreaper
+                .store(true, std::sync::atomic::Ordering::Release),
+            Err(e) => tracing::warn!(
                 "cannot become a child subreaper ({e}); detached user processes may outlive their sessions"
-            );
+            ),
         }
         tokio::spawn(async move {
             loop {

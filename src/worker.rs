@@ -7,21 +7,21 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use crate::process::{self, Process};
 use crate::protocol::{self, Done, ErrorInfo, Frame, MimeBundle, Request, StreamName};
 use crate::reaper;
 
@@ -90,6 +90,8 @@ pub enum WorkerError {
     Unresponsive(Interrupt),
     #[error("worker protocol error: {0}")]
     Protocol(String),
+    #[error("the template is not running")]
+    TemplateDown,
 }
 
 impl WorkerError {
@@ -97,7 +99,10 @@ impl WorkerError {
     pub fn is_start_failure(&self) -> bool {
         matches!(
             self,
-            WorkerError::Spawn { .. } | WorkerError::StartTimeout(_) | WorkerError::Preload(_)
+            WorkerError::Spawn { .. }
+                | WorkerError::StartTimeout(_)
+                | WorkerError::Preload(_)
+                | WorkerError::TemplateDown
         )
     }
 }
@@ -150,16 +155,25 @@ pub struct CellOutcome {
     pub interrupted: Option<Interrupt>,
 }
 
+/// Either end of a worker's protocol: a child's stdio pipe or a pipe made for a forked worker.
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// The last lines of a worker's own stderr, to explain its failure.
+pub type StderrTail = Arc<Mutex<VecDeque<String>>>;
+
+pub fn new_stderr_tail() -> StderrTail {
+    Arc::new(Mutex::new(VecDeque::new()))
+}
+
 pub struct Worker {
-    child: Child,
+    process: Process,
     pid: u32,
-    reader: FramedRead<ChildStdout, LengthDelimitedCodec>,
-    writer: FramedWrite<ChildStdin, LengthDelimitedCodec>,
-    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    reader: FramedRead<Reader, LengthDelimitedCodec>,
+    writer: FramedWrite<Writer, LengthDelimitedCodec>,
+    stderr_tail: StderrTail,
     next_id: u64,
     python_version: String,
-    /// The process was waited for: its pid (and so its process group id) may be reused now.
-    reaped: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -168,23 +182,16 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-impl Worker {
-    /// Starts a worker and waits until its preload is done.
+impl WorkerSpec {
+    /// What every process the server starts for Python gets: the environment, its own process
+    /// group, the death signal tied to the server, and the resource limits.
     ///
-    /// Must run on a runtime worker thread, never in `spawn_blocking`: the death signal is tied
-    /// to the thread that forks, and blocking-pool threads exit when idle.
-    pub async fn start(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
-        let settings = serde_json::json!({
-            "preload": spec.preload,
-            "max_frame_bytes": spec.max_frame_bytes,
-            "cold": spec.cold,
-        });
-        let threads = spec.blas_threads.to_string();
-        let mut command = Command::new(&spec.python);
+    /// The command must be spawned on a runtime worker thread, never in `spawn_blocking`: the
+    /// death signal is tied to the thread that forks, and blocking-pool threads exit when idle.
+    pub fn prepare(&self, command: &mut Command) {
+        let threads = self.blas_threads.to_string();
         command
-            .arg(&spec.script)
-            .arg(settings.to_string())
-            .current_dir(&spec.cwd)
+            .current_dir(&self.cwd)
             .env("MPLBACKEND", "Agg")
             .env("OPENBLAS_NUM_THREADS", &threads)
             .env("OMP_NUM_THREADS", &threads)
@@ -192,13 +199,10 @@ impl Worker {
             .env("PYTHONUNBUFFERED", "1")
             // Marks the worker and everything it starts as this server's (for tests and ops).
             .env("REPLPOOL_SERVER_PID", std::process::id().to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
         let server_pid = std::process::id();
-        let limits = spec.limits;
+        let limits = self.limits;
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // system calls (prctl, getppid, setrlimit); it does not allocate.
         unsafe {
@@ -211,6 +215,26 @@ impl Worker {
                 limits.apply()
             });
         }
+    }
+}
+
+impl Worker {
+    /// Starts a worker process directly (`python worker.py`) and waits until its preload is
+    /// done.
+    pub async fn start(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
+        let settings = serde_json::json!({
+            "preload": spec.preload,
+            "max_frame_bytes": spec.max_frame_bytes,
+            "cold": spec.cold,
+        });
+        let mut command = Command::new(&spec.python);
+        command
+            .arg(&spec.script)
+            .arg(settings.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        spec.prepare(&mut command);
         let mut child = reaper::children()
             .spawn(|| command.spawn(), Child::id)
             .map_err(|source| WorkerError::Spawn {
@@ -223,18 +247,38 @@ impl Worker {
         else {
             return Err(WorkerError::Protocol("worker pipes missing".into()));
         };
-        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_tail = new_stderr_tail();
         tokio::spawn(drain_stderr(pid, stderr, Arc::clone(&stderr_tail)));
+        let process = Process::spawned(child)
+            .map_err(|e| WorkerError::Protocol(format!("cannot watch worker {pid}: {e}")))?;
+        Worker::handshake(
+            process,
+            Box::new(stdout),
+            Box::new(stdin),
+            stderr_tail,
+            spec,
+        )
+        .await
+    }
+
+    /// Waits for a started worker's `ready` frame.
+    pub async fn handshake(
+        process: Process,
+        reader: Reader,
+        writer: Writer,
+        stderr_tail: StderrTail,
+        spec: &WorkerSpec,
+    ) -> Result<Worker, WorkerError> {
         let mut worker = Worker {
-            child,
-            pid,
-            reader: FramedRead::new(stdout, protocol::codec(spec.max_frame_bytes)),
-            writer: FramedWrite::new(stdin, protocol::codec(spec.max_frame_bytes)),
+            pid: process.pid(),
+            process,
+            reader: FramedRead::new(reader, protocol::codec(spec.max_frame_bytes)),
+            writer: FramedWrite::new(writer, protocol::codec(spec.max_frame_bytes)),
             stderr_tail,
             next_id: 1,
             python_version: String::new(),
-            reaped: false,
         };
+        let pid = worker.pid;
         match tokio::time::timeout(spec.start_timeout, worker.next_frame()).await {
             Err(_) => Err(WorkerError::StartTimeout(spec.start_timeout)),
             Ok(Err(e)) => Err(e),
@@ -262,13 +306,13 @@ impl Worker {
 
     /// False once the process has exited (it may have been killed while idle).
     pub fn is_alive(&mut self) -> bool {
-        !self.reaped && matches!(self.child.try_wait(), Ok(None))
+        self.process.is_alive()
     }
 
     /// Sends SIGINT to the worker (not its group: child processes of the cell are the cell's
     /// business, and the worker turns the signal into a KeyboardInterrupt in user code only).
     pub fn interrupt(&self) {
-        interrupt_pid(self.pid);
+        process::interrupt(self.pid);
     }
 
     /// Runs a cell, forwarding streamed output to `events`.
@@ -303,7 +347,7 @@ impl Worker {
             _ = interrupt.notified() => Interrupt::Requested,
         };
         tracing::debug!(pid, ?cause, "interrupting the worker");
-        interrupt_pid(pid);
+        process::interrupt(pid);
         tokio::select! {
             done = &mut reply => done.map(|done| CellOutcome { done, interrupted: Some(cause) }),
             _ = tokio::time::sleep(cell.interrupt_grace) => Err(WorkerError::Unresponsive(cause)),
@@ -419,16 +463,12 @@ impl Worker {
 
     /// After the pipe broke: the worker's death and its cause, or `otherwise` if it lives.
     async fn died_or(&mut self, otherwise: WorkerError) -> WorkerError {
-        match tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await {
-            Ok(Ok(status)) => {
-                self.kill_group();
-                self.reaped = true;
-                WorkerError::Died {
-                    reason: describe_exit(status),
-                    stderr: self.stderr_tail(),
-                }
-            }
-            _ => otherwise,
+        match tokio::time::timeout(Duration::from_secs(2), self.process.wait()).await {
+            Ok(reason) => WorkerError::Died {
+                reason,
+                stderr: self.stderr_tail(),
+            },
+            Err(_) => otherwise,
         }
     }
 
@@ -436,55 +476,10 @@ impl Worker {
         let tail = self.stderr_tail.lock();
         tail.iter().cloned().collect::<Vec<_>>().join("\n")
     }
-
-    /// SIGKILL to the worker's whole process group.
-    fn kill_group(&self) {
-        if self.pid != 0 {
-            // ESRCH (the group is already gone) is the expected case after a clean exit.
-            let _ = signal::killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        }
-    }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        // Once reaped, the pid may belong to someone else: only the group members could
-        // remain, and they were killed when the worker was reaped.
-        if !self.reaped {
-            self.kill_group();
-        }
-        // `kill_on_drop`, tokio's orphan reaper or the sweep take care of the zombie, and the
-        // sweep of anything that had left the group.
-        reaper::children().forget(self.pid);
-    }
-}
-
-fn interrupt_pid(pid: u32) {
-    if pid != 0 {
-        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGINT);
-    }
-}
-
-/// "exit code 3" or "signal 11 (SIGSEGV)".
-pub fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(code) = status.code() {
-        format!("exit code {code}")
-    } else if let Some(sig) = status.signal() {
-        match Signal::try_from(sig) {
-            Ok(s) => format!("signal {sig} ({})", s.as_str()),
-            Err(_) => format!("signal {sig}"),
-        }
-    } else {
-        status.to_string()
-    }
-}
-
-async fn drain_stderr(
-    pid: u32,
-    stderr: tokio::process::ChildStderr,
-    tail: Arc<Mutex<VecDeque<String>>>,
-) {
+/// Logs a worker's own stderr line by line, keeping the last lines in `tail`.
+pub async fn drain_stderr(pid: u32, stderr: impl AsyncRead + Unpin, tail: StderrTail) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::info!(pid, "worker stderr: {line}");

@@ -338,9 +338,11 @@ pub fn fd_count(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// True when the process is gone or a zombie (dead, not yet reaped).
+/// True when the process is gone, or a zombie whose threads have all exited too (the leader
+/// shows `Z` while its other threads may still be tearing down the address space).
 pub fn is_dead(pid: u32) -> bool {
-    read_proc(pid).is_none_or(|p| p.state == 'Z' || p.state == 'X')
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    read_proc(pid).is_none_or(|p| (p.state == 'Z' || p.state == 'X') && threads <= 1)
 }
 
 /// Polls `condition` until it holds or `within` passes; returns whether it held. For waiting

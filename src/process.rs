@@ -1,0 +1,153 @@
+//! The OS process behind a worker (or the template), however it was made: spawned by the
+//! server (a tokio `Child`), or forked by the template and re-parented to the server.
+//!
+//! Both are watched through a pidfd, which refers to the process itself rather than to its pid
+//! number: the owner can ask whether it lives, wait for its end without reaping it, kill its
+//! process group while the group id cannot yet be reused, and only then reap it and learn how
+//! it ended. Dropping a `Process` kills its group, unless it was already reaped.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::process::Child;
+
+use crate::reaper;
+
+pub struct Process {
+    pid: u32,
+    pidfd: AsyncFd<OwnedFd>,
+    /// Spawned processes are reaped through tokio, which owns their `Child`.
+    child: Option<Child>,
+    reaped: bool,
+}
+
+impl Process {
+    pub fn spawned(child: Child) -> std::io::Result<Process> {
+        let pid = child
+            .id()
+            .ok_or_else(|| std::io::Error::other("the child has no pid"))?;
+        Process::watch(pid, Some(child))
+    }
+
+    /// A process forked by the template, now (or about to be) our child by re-parenting.
+    pub fn forked(pid: u32) -> std::io::Result<Process> {
+        reaper::children().adopt(pid);
+        Process::watch(pid, None)
+    }
+
+    fn watch(pid: u32, child: Option<Child>) -> std::io::Result<Process> {
+        let fd = pidfd_open(pid)?;
+        // SAFETY: the OwnedFd is a valid descriptor, owned by the AsyncFd from here on, and
+        // refers to the same pidfd for as long as it lives.
+        let pidfd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Process {
+            pid,
+            pidfd,
+            child,
+            reaped: false,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// False once the process has ended (it may have been killed while idle).
+    pub fn is_alive(&self) -> bool {
+        if self.reaped {
+            return false;
+        }
+        // A pidfd becomes readable when the process ends.
+        let mut fds = [nix::poll::PollFd::new(
+            self.pidfd.get_ref().as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+            Ok(0)
+        )
+    }
+
+    /// Waits for the end; then kills what is left of the group, reaps, and says how it ended
+    /// ("exit code 3", "signal 11 (SIGSEGV)").
+    pub async fn wait(&mut self) -> String {
+        if !self.reaped {
+            let _ = self.pidfd.readable().await;
+        }
+        self.kill_group();
+        let how = match self.child.as_mut() {
+            Some(child) => match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(e) => format!("status unknown: {e}"),
+            },
+            None => match waitpid(Pid::from_raw(self.pid as i32), None) {
+                Ok(WaitStatus::Exited(_, code)) => format!("exit code {code}"),
+                Ok(WaitStatus::Signaled(_, sig, _)) => describe_signal(sig as i32),
+                Ok(other) => format!("{other:?}"),
+                // Not our child: the server is not a subreaper, so init reaped it.
+                Err(e) => format!("status unknown: {e}"),
+            },
+        };
+        self.reaped = true;
+        how
+    }
+
+    /// SIGKILL to the process group (workers and the template lead their own).
+    pub fn kill_group(&self) {
+        if !self.reaped {
+            // ESRCH (the group is already gone) is the expected case after a clean exit.
+            let _ = signal::killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_group();
+        // The zombie is reaped by tokio's orphan reaper (spawned) or by the sweep (forked).
+        reaper::children().forget(self.pid);
+    }
+}
+
+/// SIGINT to one process (not its group).
+pub fn interrupt(pid: u32) {
+    if pid != 0 {
+        let _ = signal::kill(Pid::from_raw(pid as i32), Signal::SIGINT);
+    }
+}
+
+/// `pidfd_open(2)`.
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: a plain system call with integer arguments; on success it returns a new
+    // descriptor that nothing else owns.
+    let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as nix::libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// "exit code 3" or "signal 11 (SIGSEGV)".
+pub fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        format!("exit code {code}")
+    } else if let Some(sig) = status.signal() {
+        describe_signal(sig)
+    } else {
+        status.to_string()
+    }
+}
+
+fn describe_signal(sig: i32) -> String {
+    match Signal::try_from(sig) {
+        Ok(s) => format!("signal {sig} ({})", s.as_str()),
+        Err(_) => format!("signal {sig}"),
+    }
+}

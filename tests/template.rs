@@ -1,0 +1,175 @@
+//! Workers forked from the preloaded template: fresh random streams, the preload already paid,
+//! the template's death survived, and nothing left behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, Server, eventually, fd_count, processes_of, shared, zombies_of};
+use serde_json::Value;
+
+#[tokio::test]
+async fn forked_sessions_do_not_share_random_streams() {
+    let api = Api::new(shared());
+    let mut draws = Vec::new();
+    for _ in 0..2 {
+        let s = api.session().await;
+        let reply = api
+            .run(
+                &s,
+                "import random\n(float(np.random.rand()), random.random())",
+            )
+            .await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        draws.push(
+            reply["result"]["text/plain"]
+                .as_str()
+                .expect("draws")
+                .to_owned(),
+        );
+    }
+    let parse = |s: &str| -> Vec<String> {
+        s.trim_matches(|c| c == '(' || c == ')')
+            .split(", ")
+            .map(str::to_owned)
+            .collect()
+    };
+    let (a, b) = (parse(&draws[0]), parse(&draws[1]));
+    assert_ne!(a[0], b[0], "numpy streams are shared: {draws:?}");
+    assert_ne!(a[1], b[1], "random streams are shared: {draws:?}");
+}
+
+#[tokio::test]
+async fn the_preload_is_already_paid_in_a_new_session() {
+    let api = Api::new(shared());
+    let s = api.session().await;
+    let reply = api
+        .run(
+            &s,
+            "import sys\nbefore = all(m in sys.modules for m in ('numpy', 'pandas', 'matplotlib.pyplot'))\nimport pandas\nbefore",
+        )
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "True", "{reply}");
+    // And it came from the template: the worker's parent is the server, not a fresh exec.
+    let (_, health) = api.get("/healthz").await;
+    assert_eq!(health["pool"]["template"]["state"], "running", "{health}");
+    assert!(
+        health["pool"]["template"]["forks"].as_u64().unwrap_or(0) > 0,
+        "{health}"
+    );
+}
+
+async fn template_pid(api: &Api) -> Option<u32> {
+    let (_, health) = api.get("/healthz").await;
+    health["pool"]["template"]["pid"].as_u64().map(|p| p as u32)
+}
+
+#[tokio::test]
+async fn sessions_keep_coming_while_the_template_is_dead_and_it_comes_back() {
+    let server = Server::start("[pool]\nwarm_workers = 1\n");
+    let api = Api::new(&server.base);
+    let mut first = None;
+    for _ in 0..1000 {
+        first = template_pid(&api).await;
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = first.expect("the template started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the template");
+    // More sessions than the pool holds: some must be made while the template is down.
+    for i in 0..4 {
+        let s = api.session().await;
+        let reply = api.run(&s, &format!("int(np.int64({i}) * 2)")).await;
+        assert_eq!(
+            reply["result"]["text/plain"],
+            (i * 2).to_string(),
+            "{reply}"
+        );
+        assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    }
+    let mut restarted: Value = Value::Null;
+    for _ in 0..1500 {
+        let (_, health) = api.get("/healthz").await;
+        restarted = health["pool"]["template"].clone();
+        if restarted["state"] == "running" && restarted["pid"].as_u64() != Some(u64::from(first)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(restarted["state"], "running", "{restarted}");
+    assert!(
+        restarted["restarts"].as_u64().unwrap_or(0) >= 1,
+        "{restarted}"
+    );
+}
+
+#[tokio::test]
+async fn three_hundred_forked_sessions_leave_nothing_behind() {
+    let server = Server::start("[pool]\nwarm_workers = 2\n");
+    let api = Api::new(&server.base);
+    let pid = server.pid();
+    let s = api.session().await;
+    api.run(&s, "1").await;
+    assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    let pool_full = || async {
+        let (_, health) = api.get("/healthz").await;
+        health["pool"]["ready"] == 2
+    };
+    while !pool_full().await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let baseline_fds = fd_count(pid);
+    for i in 0..300 {
+        let s = api.session().await;
+        assert_eq!(api.run(&s, &format!("{i} + 1")).await["status"], "ok");
+        assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    }
+    while !pool_full().await {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The template and the two pooled workers remain; nothing else, and no zombie.
+    let settled = eventually(Duration::from_secs(20), || {
+        processes_of(pid).len() == 3 && zombies_of(pid).is_empty()
+    })
+    .await;
+    assert!(
+        settled,
+        "left: {:?}, zombies: {:?}",
+        processes_of(pid),
+        zombies_of(pid)
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || fd_count(pid) <= baseline_fds).await,
+        "fds: {} now, {baseline_fds} at the start",
+        fd_count(pid)
+    );
+}
+
+#[tokio::test]
+async fn a_killed_server_leaves_neither_template_nor_workers() {
+    let server = Server::start("[pool]\nwarm_workers = 2\n");
+    let api = Api::new(&server.base);
+    let pid = server.pid();
+    for _ in 0..3 {
+        let s = api.session().await;
+        api.run(&s, "x = 1").await;
+    }
+    assert!(template_pid(&api).await.is_some());
+    assert!(processes_of(pid).len() >= 4, "{:?}", processes_of(pid));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the server");
+    assert!(
+        eventually(Duration::from_secs(2), || processes_of(pid).is_empty()).await,
+        "left behind: {:?}",
+        processes_of(pid)
+    );
+}
