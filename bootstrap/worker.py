@@ -465,8 +465,9 @@ class StdinFile:
 
 
 class Worker:
-    def __init__(self, protocol, base, capture, stdio, devnull):
+    def __init__(self, protocol, base, capture, stdio, devnull, parent_tie=None):
         self.protocol = protocol
+        self.parent_tie = parent_tie
         self.base = base
         self.capture = capture
         self.stdio = stdio
@@ -482,11 +483,19 @@ class Worker:
         sys.modules["__main__"] = module
         self.namespace = module.__dict__
 
+    def warm_up(self):
+        """Runs one throw-away cell through the whole path, so that the copy-on-write faults
+        and first-call costs are paid before the worker is handed out, not by the first cell."""
+        self.execute({"id": 0, "code": "_ = 1 + 1\n_", "count": 0})
+        self.reset()
+
     def serve(self):
         while True:
             request = self.protocol.read()
             if request is None:
                 return
+            if self.parent_tie is not None:
+                self.parent_tie.ensure()
             op = request.get("op")
             rid = request.get("id")
             if op == "exec":
@@ -629,14 +638,15 @@ def common_setup(log):
     signal.signal(signal.SIGXCPU, UserCode.on_sigxcpu)
 
 
-def serve_worker(protocol, base, devnull, started):
+def serve_worker(protocol, base, devnull, started, parent_tie=None):
     """Sets up output capture and serves requests until the server closes the pipe."""
     global _FFLUSH
     _FFLUSH = _libc_fflush()
     capture = Capture()
     stdio = Stdio()
     stdio.install()
-    worker = Worker(protocol, base, capture, stdio, devnull)
+    worker = Worker(protocol, base, capture, stdio, devnull, parent_tie)
+    worker.warm_up()
     protocol.send(
         {
             "op": "ready",
@@ -728,9 +738,14 @@ class Template:
             finally:
                 for fd in fds:
                     os.close(fd)
+            self.reap_intermediates()
 
     def fork(self, fds):
-        """Forks a worker through a short-lived intermediate; returns the worker's pid."""
+        """Forks a worker through a short-lived intermediate; returns the worker's pid.
+
+        The intermediate is reaped later (`reap_intermediates`): its exit tears down a copy of
+        the template's address space, which takes milliseconds nobody needs to wait for.
+        """
         r, w = os.pipe()
         intermediate = os.fork()
         if intermediate == 0:
@@ -750,10 +765,18 @@ class Template:
         os.close(w)
         data = os.read(r, 64)
         os.close(r)
-        os.waitpid(intermediate, 0)
         if not data:
             raise RuntimeError("the intermediate process died before forking the worker")
         return int(data)
+
+    def reap_intermediates(self):
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
 
     def become_worker(self, fds):
         """In the forked worker: cut every tie to the template, then serve like any worker."""
@@ -761,15 +784,6 @@ class Template:
         try:
             started = time.monotonic()
             os.setpgid(0, 0)
-            # The intermediate exits at once; when we are the server's child, tie our life to
-            # the server's (the death signal is relative to the current parent).
-            while os.getppid() != self.server_pid:
-                if os.getppid() == 1:
-                    os._exit(1)
-                time.sleep(0.0001)
-            set_parent_death_signal()
-            if os.getppid() != self.server_pid:
-                os._exit(1)
             req_r, rep_w, log_w = fds
             keep = {0, 1, 2, req_r, rep_w, log_w}
             for name in os.listdir("/proc/self/fd"):
@@ -789,7 +803,13 @@ class Template:
             faulthandler.enable(file=log)
             reseed()
             protocol = Protocol(req_r, rep_w, int(self.settings.get("max_frame_bytes", 16 << 20)))
-            code = serve_worker(protocol, self.base, os.open(os.devnull, os.O_RDWR), started)
+            code = serve_worker(
+                protocol,
+                self.base,
+                os.open(os.devnull, os.O_RDWR),
+                started,
+                ParentTie(self.server_pid),
+            )
         except BaseException:
             try:
                 traceback.print_exc()
@@ -797,6 +817,34 @@ class Template:
                 pass
         finally:
             os._exit(code)
+
+
+class ParentTie:
+    """Ties a forked worker's life to the server's once it is the server's child.
+
+    The worker is re-parented to the server only when the intermediate process has exited,
+    which takes a few milliseconds (it tears down a copy of the template's memory). The worker
+    does not wait for that to get ready: before it runs any request it makes sure its parent
+    is the server and sets the death signal (which is relative to the current parent). Until
+    then a server that dies closes the protocol pipe, and the worker exits on that.
+    """
+
+    def __init__(self, server_pid):
+        self.server_pid = server_pid
+        self.tied = False
+
+    def ensure(self):
+        if self.tied:
+            return
+        deadline = time.monotonic() + 10.0
+        while os.getppid() != self.server_pid:
+            if os.getppid() == 1 or time.monotonic() > deadline:
+                os._exit(1)  # the server is gone (or is not a subreaper)
+            time.sleep(0.0002)
+        set_parent_death_signal()
+        if os.getppid() != self.server_pid:
+            os._exit(1)
+        self.tied = True
 
 
 def set_parent_death_signal():

@@ -111,6 +111,7 @@ impl Template {
     /// [`WorkerError::TemplateDown`].
     pub async fn fork(&self) -> Result<Worker, WorkerError> {
         let instance = self.running_instance().await?;
+        let asked = std::time::Instant::now();
         let forked = {
             let _turn = instance.turn.lock().await;
             tokio::select! {
@@ -131,6 +132,7 @@ impl Template {
             }
         };
         self.status.lock().forks += 1;
+        let forked_after = asked.elapsed();
         let process = Process::forked(pid)
             .map_err(|e| WorkerError::Protocol(format!("cannot watch forked worker {pid}: {e}")))?;
         let stderr_tail = new_stderr_tail();
@@ -141,14 +143,21 @@ impl Template {
             .map_err(|e| WorkerError::Protocol(format!("request pipe: {e}")))?;
         let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(ours.replies)
             .map_err(|e| WorkerError::Protocol(format!("reply pipe: {e}")))?;
-        Worker::handshake(
+        let worker = Worker::handshake(
             process,
             Box::new(reader),
             Box::new(writer),
             stderr_tail,
             &self.spec,
         )
-        .await
+        .await?;
+        tracing::debug!(
+            pid,
+            forked_ms = forked_after.as_secs_f64() * 1e3,
+            ready_ms = asked.elapsed().as_secs_f64() * 1e3,
+            "worker forked"
+        );
+        Ok(worker)
     }
 
     async fn running_instance(&self) -> Result<Arc<Instance>, WorkerError> {
