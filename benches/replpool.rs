@@ -210,9 +210,16 @@ fn main() -> anyhow::Result<()> {
 impl Bench {
     async fn run(&mut self, n: &Counts) -> anyhow::Result<()> {
         let total = 7;
+        self.wait_for_pool().await?;
         step(1, total, "session ready (create + first 1+1)");
-        let samples = self.replpool_ready(n.ready).await?;
+        let samples = self.replpool_ready(n.ready, true).await?;
         self.push(Figure::latency("session ready", "replpool", &samples));
+        let samples = self.replpool_ready(n.ready, false).await?;
+        self.push(Figure::latency(
+            "session ready, back to back",
+            "replpool",
+            &samples,
+        ));
         let code = format!("{}\nprint(1+1)", self.preload_code);
         let samples = self.cold_runs(n.ready_peer, &code, None)?;
         self.push(Figure::latency("session ready", "cold", &samples));
@@ -398,9 +405,36 @@ impl Bench {
         Ok(reply)
     }
 
-    async fn replpool_ready(&self, n: usize) -> anyhow::Result<Vec<Duration>> {
+    /// Waits until the server's pool holds as many ready workers as it aims to (and its
+    /// template, if any, runs): measurements start from a server that has finished starting.
+    async fn wait_for_pool(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let health: Value = self
+                .http
+                .get(self.url("/healthz"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let pool = &health["pool"];
+            let template_ok = pool["template"].is_null() || pool["template"]["state"] == "running";
+            if template_ok && pool["ready"] == pool["target"] {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the pool never filled: {health}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `refilled`: each sample starts with the pool full again (the latency a user sees);
+    /// otherwise sessions are made back to back, as fast as workers can be made.
+    async fn replpool_ready(&self, n: usize, refilled: bool) -> anyhow::Result<Vec<Duration>> {
         let mut samples = Vec::with_capacity(n);
         for _ in 0..n {
+            if refilled {
+                self.wait_for_pool().await?;
+            }
             let started = Instant::now();
             let id = self.create_session().await?;
             self.exec(&id, "1+1").await?;
@@ -782,7 +816,8 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     }
     md.push_str(
         "\nWhat each workload is:\n\n\
-         - **session ready**: replpool `POST /v1/sessions` + first `1+1`; cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.\n\
+         - **session ready**: replpool `POST /v1/sessions` + first `1+1`, each sample starting with the warm pool full (the server refills it between samples, untimed); cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.\n\
+         - **session ready, back to back**: the same without waiting: sessions made as fast as workers can be forked, so the pool runs dry.\n\
          - **warm exec 1+1**: `1+1` in a session that exists (cold has no sessions).\n\
          - **data cell**: `df.groupby('k')['v'].mean()` on a 100,000-row DataFrame made earlier in the session (cold makes it in the same run).\n\
          - **plot cell**: a 1,000-point line plot returned as PNG.\n\
