@@ -7,6 +7,7 @@ VENV_PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 CONFIG ?= config.toml
 BENCH_STAMP := $(VENV)/.bench-installed
+TEST_STAMP := $(VENV)/.tests-installed
 
 .PHONY: serve test bench venv build clean
 
@@ -24,13 +25,19 @@ $(BENCH_STAMP): benches/requirements.txt $(VENV_STAMP)
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r benches/requirements.txt
 	touch $(BENCH_STAMP)
 
+# What the integration tests need beyond the workers' packages (nbformat).
+$(TEST_STAMP): tests/requirements.txt $(VENV_STAMP)
+	@echo "==> installing the tests' packages from tests/requirements.txt"
+	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r tests/requirements.txt
+	touch $(TEST_STAMP)
+
 build:
 	cargo build --release --locked
 
 serve: venv build
 	./target/release/replpool serve --config $(CONFIG)
 
-test: venv $(BENCH_STAMP) build
+test: venv $(TEST_STAMP) $(BENCH_STAMP) build
 	cargo build --locked --all-targets
 	cargo test --locked
 	$(VENV_PY) -m unittest discover -s bootstrap -p 'test_*.py'

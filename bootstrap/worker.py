@@ -216,6 +216,19 @@ class Capture:
                 self._read_available(fd)  # stray output from between cells is dropped
             self.sink = sink
 
+    def flush_pending(self):
+        """Sends what the cell wrote so far (streaming), e.g. before a display frame."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        with self.lock:
+            for fd in self.fds:
+                self._read_available(fd)
+            if self.sink is not None:
+                self.sink.flush()
+
     def stop(self):
         """Drains what user code wrote and detaches the sink; returns (stdout, stderr, truncated)."""
         for stream in (sys.stdout, sys.stderr):
@@ -396,6 +409,40 @@ def open_figures():
     return bundles
 
 
+class Display:
+    """Where `display()` and `plt.show()` send MIME bundles while a cell runs: as `display`
+    frames at once when the cell streams (after the output written before them, to keep the
+    order), else into the cell's reply. Outside a cell, nowhere."""
+
+    emit = None
+
+    @classmethod
+    def show(cls, bundle):
+        if cls.emit is not None:
+            cls.emit(bundle)
+
+
+def display(*objs, **_ignored):
+    """IPython's `display` for the common cases: each object as a MIME bundle (a matplotlib
+    figure as PNG, and then closed), in order."""
+    for obj in objs:
+        Display.show(mime_bundle(obj))
+
+
+def show_figures(*_args, **_kwargs):
+    """`plt.show()`: every open figure is displayed now, and closed (as IPython's inline
+    backend does)."""
+    for bundle in open_figures():
+        Display.show(bundle)
+
+
+def hook_pyplot():
+    """Points `plt.show` at `show_figures` once pyplot is imported (by the preload or a cell)."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None and pyplot.show is not show_figures:
+        pyplot.show = show_figures
+
+
 def error_info(exc):
     """ename/evalue/traceback for an exception, without this file's frames."""
     # User code enters through a cell; start there. Otherwise drop this file's leading frames.
@@ -529,9 +576,18 @@ class Worker:
         def stream_to(name, text):
             self.protocol.send({"op": "stream", "id": rid, "name": name, "text": text})
 
+        def emit(bundle):
+            if streaming:
+                self.capture.flush_pending()
+                self.protocol.send({"op": "display", "id": rid, "data": bundle})
+            else:
+                displays.append(bundle)
+
         sink = Sink(int(request.get("max_output_bytes", 1 << 20)), stream_to if streaming else None)
         self.stdin.set(request.get("stdin"))
         self.stdio.install()
+        hook_pyplot()
+        Display.emit = emit
         self.capture.start(sink)
         cpu_seconds = request.get("cpu_seconds")
         self.cpu.arm(cpu_seconds)
@@ -549,10 +605,11 @@ class Worker:
             status, error = "error", error_info(exc)
         self.cpu.disarm(cpu_seconds)
         try:
-            displays.extend(open_figures())
+            show_figures()
         except Exception as exc:
             if error is None:
                 status, error = "error", error_info(exc)
+        Display.emit = None
         stdout, stderr, truncated = self.capture.stop()
         self.stdin.set(None)
         reply = {
@@ -591,7 +648,12 @@ def build_base_namespace(preload, best_effort=False, log=None):
     A cold worker imports what it can: it is the fallback for when preloaded workers cannot
     start, so a broken preload entry must not stop it.
     """
-    base = {"__name__": "__main__", "__builtins__": __builtins__, "__doc__": None}
+    base = {
+        "__name__": "__main__",
+        "__builtins__": __builtins__,
+        "__doc__": None,
+        "display": display,
+    }
     for spec in preload:
         try:
             exec(f"import {spec}", base)

@@ -44,6 +44,25 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub execution: ExecutionConfig,
     pub limits: LimitsConfig,
+    pub files: FilesConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesConfig {
+    /// Largest file the files API accepts (413 above it).
+    pub max_bytes: u64,
+    /// Largest total of a session's files, uploads and what code wrote (507 above it).
+    pub max_total_bytes: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            max_bytes: 100 << 20,
+            max_total_bytes: 1 << 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +143,8 @@ pub struct SessionsConfig {
     pub queue_depth: usize,
     /// A session unused this long is ended (0: never).
     pub idle_ttl_secs: u64,
+    /// Executions kept in a session's history and notebook (the oldest are dropped).
+    pub history_max: usize,
 }
 
 impl Default for SessionsConfig {
@@ -132,6 +153,7 @@ impl Default for SessionsConfig {
             max: 64,
             queue_depth: 32,
             idle_ttl_secs: 3600,
+            history_max: 1000,
         }
     }
 }
@@ -304,6 +326,12 @@ impl Config {
                 "must fit a 4-byte length (at most 4294967295)",
             ));
         }
+        if self.files.max_bytes == 0 || self.files.max_total_bytes < self.files.max_bytes {
+            return Err(ConfigError::field(
+                "files.max_total_bytes",
+                "must be at least files.max_bytes, which must be greater than 0",
+            ));
+        }
         if self.limits.memory_mb != 0 && self.limits.memory_mb < 256 {
             return Err(ConfigError::field(
                 "limits.memory_mb",
@@ -348,13 +376,14 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "server",
     "python",
     "pool",
     "sessions",
     "execution",
     "limits",
+    "files",
 ];
 
 /// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML

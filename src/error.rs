@@ -3,6 +3,7 @@
 //! Errors in user code are not here: they are a normal [`crate::Execution`] with
 //! `status: "error"`. These are the service's own refusals and failures.
 
+use crate::files::FileError;
 use crate::worker::WorkerError;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum Error {
     WorkerUnavailable(#[source] WorkerError),
     #[error("the service is shutting down")]
     ShuttingDown,
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -13,9 +13,11 @@ use crate::cold::ColdRunner;
 use crate::config::Config;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution};
+use crate::files::{FileInfo, FileLimits};
+use crate::notebook;
 use crate::pool::{PoolStatus, WarmPool};
 use crate::reaper;
-use crate::session::{Limits, Session, SessionInfo, Workers};
+use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
 use crate::template::Template;
 use crate::worker::{EventSender, ResourceLimits, WorkerSpec};
 
@@ -61,7 +63,10 @@ impl SessionManager {
         let script = state_dir.path().join("worker.py");
         std::fs::write(&script, WORKER_SCRIPT)
             .map_err(|e| Error::Internal(format!("cannot write {}: {e}", script.display())))?;
-        let sessions_dir = state_dir.path().join("sessions");
+        // Canonical, so that the files API can compare resolved paths against it.
+        let sessions_dir = std::fs::canonicalize(state_dir.path())
+            .map_err(|e| Error::Internal(format!("cannot resolve the state directory: {e}")))?
+            .join("sessions");
         std::fs::create_dir(&sessions_dir).map_err(|e| {
             Error::Internal(format!("cannot create {}: {e}", sessions_dir.display()))
         })?;
@@ -99,6 +104,11 @@ impl SessionManager {
                 cpu_seconds: config.limits.cpu_seconds(),
                 queue_depth: config.sessions.queue_depth,
                 acquire_timeout: Duration::from_millis(config.pool.acquire_timeout_ms),
+                history_max: config.sessions.history_max,
+                files: FileLimits {
+                    max_bytes: config.files.max_bytes,
+                    max_total_bytes: config.files.max_total_bytes,
+                },
             },
         });
         let manager = Arc::new(SessionManager {
@@ -156,6 +166,46 @@ impl SessionManager {
 
     pub fn delete(&self, id: &str) -> Result<(), Error> {
         self.end(id, "deleted")
+    }
+
+    /// A fresh namespace (and worker) for the session, keeping its id, files and history.
+    pub async fn reset(&self, id: &str) -> Result<SessionInfo, Error> {
+        let session = self.session(id)?;
+        session.reset().await?;
+        Ok(session.info())
+    }
+
+    pub fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, Error> {
+        Ok(self.session(id)?.history())
+    }
+
+    /// The session's history as an nbformat 4 notebook.
+    pub fn notebook(&self, id: &str) -> Result<serde_json::Value, Error> {
+        let session = self.session(id)?;
+        Ok(notebook::to_notebook(
+            &session.history(),
+            session.python_version().as_deref(),
+        ))
+    }
+
+    pub async fn put_file(&self, id: &str, path: &str, data: &[u8]) -> Result<(), Error> {
+        Ok(self.session(id)?.files().put(path, data).await?)
+    }
+
+    pub async fn get_file(&self, id: &str, path: &str) -> Result<Vec<u8>, Error> {
+        Ok(self.session(id)?.files().get(path).await?)
+    }
+
+    pub async fn delete_file(&self, id: &str, path: &str) -> Result<(), Error> {
+        Ok(self.session(id)?.files().delete(path).await?)
+    }
+
+    pub async fn list_files(&self, id: &str) -> Result<Vec<FileInfo>, Error> {
+        let session = self.session(id)?;
+        let listed = tokio::task::spawn_blocking(move || session.files().list())
+            .await
+            .map_err(|e| Error::Internal(format!("listing failed: {e}")))??;
+        Ok(listed)
     }
 
     /// Interrupts the session's running execution; returns whether one was running.

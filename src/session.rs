@@ -8,6 +8,7 @@
 //! killed) a replacement is prepared in the background; until it is ready, executions run cold
 //! (see [`crate::cold`]), and the first reply after the loss says `session_reset: true`.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -23,6 +24,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::cold::ColdRunner;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution, Mode, Status};
+use crate::files::{FileLimits, SessionFiles};
 use crate::pool::WarmPool;
 use crate::protocol::ErrorInfo;
 use crate::worker::{Cell, CellOutcome, EventSender, Interrupt, Worker, WorkerError};
@@ -38,6 +40,9 @@ pub struct Limits {
     pub queue_depth: usize,
     /// How long an execution waits for a warm worker before it runs cold.
     pub acquire_timeout: Duration,
+    /// Executions kept in a session's history (the oldest are dropped).
+    pub history_max: usize,
+    pub files: FileLimits,
 }
 
 /// Where sessions get their workers; shared by all sessions.
@@ -62,6 +67,18 @@ pub struct Session {
     /// Wakes the running execution to interrupt it.
     interrupt: Notify,
     closed: CancellationToken,
+    history: Mutex<VecDeque<HistoryEntry>>,
+    /// The Python version of the session's workers, once one was seen (for notebooks).
+    python_version: Mutex<Option<String>>,
+}
+
+/// One execution as the history keeps it: the code and the reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryEntry {
+    pub code: String,
+    pub started_at: String,
+    #[serde(flatten)]
+    pub execution: Execution,
 }
 
 /// The session's worker and what is known about its state.
@@ -113,6 +130,8 @@ impl Session {
             slot: tokio::sync::Mutex::new(Slot::default()),
             interrupt: Notify::new(),
             closed: CancellationToken::new(),
+            history: Mutex::new(VecDeque::new()),
+            python_version: Mutex::new(None),
         };
         if let Ok(mut slot) = session.slot.try_lock() {
             session.prepare_replacement(&mut slot);
@@ -201,6 +220,7 @@ impl Session {
             cpu_seconds: limits.cpu_seconds,
         };
         let started = Instant::now();
+        let started_at = SystemTime::now();
         let ran = {
             let run = async {
                 match slot.worker.as_mut() {
@@ -254,7 +274,54 @@ impl Session {
         // Whatever this reply says covers losses up to now; only a cold cell's definitions,
         // which did not persist, are news for the next reply.
         slot.unreported_reset = mode == Mode::Cold;
+        self.record(&request.code, started_at, &execution);
         Ok(execution)
+    }
+
+    fn record(&self, code: &str, started_at: SystemTime, execution: &Execution) {
+        let max = self.workers.limits.history_max;
+        if max == 0 {
+            return;
+        }
+        let mut history = self.history.lock();
+        if history.len() == max {
+            history.pop_front();
+        }
+        history.push_back(HistoryEntry {
+            code: code.to_owned(),
+            started_at: rfc3339(started_at),
+            execution: execution.clone(),
+        });
+    }
+
+    /// The executions kept, oldest first.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        self.history.lock().iter().cloned().collect()
+    }
+
+    pub fn python_version(&self) -> Option<String> {
+        self.python_version.lock().clone()
+    }
+
+    /// The session's working directory, through the files API's checks.
+    pub fn files(&self) -> SessionFiles<'_> {
+        SessionFiles::new(&self.dir, self.workers.limits.files)
+    }
+
+    /// A fresh namespace on a fresh worker, after the executions already queued; the id, the
+    /// files and the history stay.
+    pub async fn reset(&self) -> Result<(), Error> {
+        let _ticket = self.enter_queue(self.workers.limits.queue_depth)?;
+        let mut slot = tokio::select! {
+            slot = self.slot.lock() => slot,
+            _ = self.closed.cancelled() => return Err(Error::SessionClosed),
+        };
+        slot.worker = None;
+        self.worker_pid.store(0, Ordering::Release);
+        self.take_replacement(&mut slot).await;
+        // The caller asked for it: no reply needs to announce it.
+        slot.unreported_reset = false;
+        Ok(())
     }
 
     /// Interrupts the running execution, if any (SIGINT; killed if it does not stop).
@@ -313,6 +380,7 @@ impl Session {
         match finished {
             Ok(Ok(worker)) => {
                 self.worker_pid.store(worker.pid(), Ordering::Release);
+                *self.python_version.lock() = Some(worker.python_version().to_owned());
                 slot.worker = Some(worker);
             }
             Ok(Err(e)) => tracing::warn!("no warm worker for the session: {e}"),

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::Error;
+use crate::files::FileError;
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -45,6 +46,16 @@ impl From<Error> for ApiError {
             Error::WorkerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable"),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Error::File(file) => match file {
+                FileError::InvalidPath { .. } => (StatusCode::BAD_REQUEST, "invalid_path"),
+                FileError::IsADirectory(_) => (StatusCode::BAD_REQUEST, "is_a_directory"),
+                FileError::NotFound(_) => (StatusCode::NOT_FOUND, "file_not_found"),
+                FileError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large"),
+                FileError::QuotaExceeded { .. } => {
+                    (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded")
+                }
+                FileError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            },
         };
         ApiError::new(status, code, e.to_string())
     }

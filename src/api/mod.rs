@@ -3,6 +3,7 @@
 
 mod error;
 mod native;
+mod stream;
 
 use std::sync::Arc;
 
@@ -20,10 +21,15 @@ pub struct AppState {
     pub manager: Arc<SessionManager>,
 }
 
-/// The whole API. `max_body_bytes` bounds every request body (413 above it).
-pub fn router(manager: Arc<SessionManager>, max_body_bytes: usize) -> Router {
+/// The whole API. `max_body_bytes` bounds request bodies (413 above it), and
+/// `max_file_bytes` file uploads.
+pub fn router(
+    manager: Arc<SessionManager>,
+    max_body_bytes: usize,
+    max_file_bytes: usize,
+) -> Router {
     let state = AppState { manager };
-    native::routes()
+    native::routes(max_file_bytes)
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(

@@ -4,15 +4,17 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, stream};
 use crate::execution::{ExecRequest, Execution};
+use crate::files;
 use crate::session::SessionInfo;
 
 /// `axum::Json`, with rejections in the service's error shape.
@@ -26,15 +28,34 @@ impl<T: serde::Serialize> IntoResponse for Json<T> {
     }
 }
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(max_file_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/v1/sessions/{id}/execute", post(execute))
         .route("/v1/sessions/{id}/interrupt", post(interrupt))
+        .route("/v1/sessions/{id}/reset", post(reset))
+        .route("/v1/sessions/{id}/history", get(history))
+        .route("/v1/sessions/{id}/notebook", get(notebook))
+        .route("/v1/sessions/{id}/files", get(list_files))
+        .route(
+            "/v1/sessions/{id}/files/{*path}",
+            put(put_file)
+                .get(get_file)
+                .delete(delete_file)
+                // One byte over the limit is enough to know the upload is too large.
+                .layer(DefaultBodyLimit::max(max_file_bytes.saturating_add(1))),
+        )
         .route("/v1/execute", post(execute_once))
         .method_not_allowed_fallback(method_not_allowed)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteQuery {
+    #[serde(default)]
+    stream: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,10 +141,72 @@ async fn delete_session(
 async fn execute(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(query): Query<ExecuteQuery>,
     Json(body): Json<ExecuteBody>,
-) -> Result<Json<Execution>, ApiError> {
+) -> Result<Response, ApiError> {
     let request = ExecRequest::try_from(body)?;
-    Ok(Json(state.manager.execute(&id, &request, None).await?))
+    if query.stream {
+        // Unknown sessions and bad requests are answered as errors before the stream starts.
+        state.manager.get(&id)?;
+        return Ok(stream::execute(state.manager, id, request).into_response());
+    }
+    Ok(Json(state.manager.execute(&id, &request, None).await?).into_response())
+}
+
+async fn reset(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionInfo>, ApiError> {
+    Ok(Json(state.manager.reset(&id).await?))
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(json!({ "history": state.manager.history(&id)? })))
+}
+
+async fn notebook(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(state.manager.notebook(&id)?))
+}
+
+async fn list_files(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        json!({ "files": state.manager.list_files(&id).await? }),
+    ))
+}
+
+async fn put_file(
+    State(state): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<StatusCode, ApiError> {
+    let body = body?;
+    state.manager.put_file(&id, &path, &body).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_file(
+    State(state): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let data = state.manager.get_file(&id, &path).await?;
+    Ok(([(header::CONTENT_TYPE, files::content_type(&path))], data).into_response())
+}
+
+async fn delete_file(
+    State(state): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state.manager.delete_file(&id, &path).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn interrupt(

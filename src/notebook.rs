@@ -1,0 +1,102 @@
+//! A session's history as a Jupyter notebook (nbformat 4.5), so that what ran in replpool can
+//! be opened, read and re-run in Jupyter as is.
+
+use serde_json::{Value, json};
+
+use crate::execution::{Execution, Status};
+use crate::protocol::MimeBundle;
+use crate::session::HistoryEntry;
+
+/// The notebook of `entries`, oldest first. `python_version` goes into `language_info`.
+pub fn to_notebook(entries: &[HistoryEntry], python_version: Option<&str>) -> Value {
+    let cells: Vec<Value> = entries.iter().map(cell).collect();
+    let mut language_info = json!({"name": "python"});
+    if let Some(version) = python_version {
+        language_info["version"] = json!(version);
+    }
+    json!({
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": language_info,
+        },
+        "cells": cells,
+    })
+}
+
+fn cell(entry: &HistoryEntry) -> Value {
+    let ex = &entry.execution;
+    json!({
+        "cell_type": "code",
+        // nbformat 4.5 wants an id per cell: 1-64 of [a-zA-Z0-9-_].
+        "id": format!("cell-{}", ex.execution_count),
+        "execution_count": ex.execution_count,
+        "metadata": {"replpool": {"status": ex.status, "mode": ex.mode, "duration_ms": ex.duration_ms}},
+        "source": lines(&entry.code),
+        "outputs": outputs(ex),
+    })
+}
+
+fn outputs(ex: &Execution) -> Vec<Value> {
+    let mut outputs = Vec::new();
+    for (name, text) in [("stdout", &ex.stdout), ("stderr", &ex.stderr)] {
+        if !text.is_empty() {
+            outputs.push(json!({"output_type": "stream", "name": name, "text": lines(text)}));
+        }
+    }
+    for bundle in &ex.display {
+        outputs.push(json!({
+            "output_type": "display_data",
+            "data": data(bundle),
+            "metadata": {},
+        }));
+    }
+    if let Some(result) = &ex.result {
+        outputs.push(json!({
+            "output_type": "execute_result",
+            "execution_count": ex.execution_count,
+            "data": data(result),
+            "metadata": {},
+        }));
+    }
+    if let Some(error) = &ex.error
+        && ex.status != Status::Ok
+    {
+        outputs.push(json!({
+            "output_type": "error",
+            "ename": error.ename,
+            "evalue": error.evalue,
+            "traceback": error.traceback,
+        }));
+    }
+    outputs
+}
+
+/// A MIME bundle in nbformat's shape: text as a list of lines, JSON as an object.
+fn data(bundle: &MimeBundle) -> Value {
+    let mut out = serde_json::Map::new();
+    for (mime, value) in bundle {
+        let converted = match (mime.as_str(), value) {
+            ("application/json", Value::String(s)) => {
+                serde_json::from_str(s).unwrap_or_else(|_| json!({"value": s}))
+            }
+            ("application/json", Value::Object(_)) => value.clone(),
+            ("application/json", other) => json!({"value": other}),
+            (m, Value::String(s)) if m.starts_with("text/") || m == "image/svg+xml" => lines(s),
+            (_, Value::String(_)) => value.clone(),
+            (_, other) => Value::String(other.to_string()),
+        };
+        out.insert(mime.clone(), converted);
+    }
+    Value::Object(out)
+}
+
+/// Text as nbformat keeps it: a list of lines, each with its newline but the last.
+fn lines(text: &str) -> Value {
+    Value::Array(
+        text.split_inclusive('\n')
+            .map(|l| Value::String(l.to_owned()))
+            .collect(),
+    )
+}
