@@ -342,6 +342,14 @@ impl Bench {
             wall.as_secs_f64(),
             "s",
         ));
+        let wall = self.replpool_judge_endpoint(n.judge_cases).await?;
+        self.push(Figure::value(
+            &format!("judge via POST /execute, {} cases", n.judge_cases),
+            "replpool",
+            n.judge_cases,
+            wall.as_secs_f64(),
+            "s",
+        ));
         let (wall, samples) = self.cold_judge(n.judge_cases)?;
         self.push(Figure::latency("judge case", "cold", &samples));
         self.push(Figure::value(
@@ -580,6 +588,27 @@ impl Bench {
             samples.push(task.await??);
         }
         Ok((started.elapsed(), samples))
+    }
+
+    /// The code judge's own API: one `POST /execute` with all the cases.
+    async fn replpool_judge_endpoint(&self, cases: usize) -> anyhow::Result<Duration> {
+        let stdin_stdout: Vec<Value> = (0..cases)
+            .map(|i| {
+                let n = 1000 + i as u64;
+                let expected: u64 = (0..n).map(|i| i * i).sum();
+                json!({"stdin": format!("{n}\n"), "stdout": expected.to_string()})
+            })
+            .collect();
+        let started = Instant::now();
+        let reply = self
+            .post(
+                "/execute",
+                json!({"code": JUDGE_PROGRAM, "stdin_stdout": stdin_stdout, "language": "python"}),
+            )
+            .await?;
+        let elapsed = started.elapsed();
+        anyhow::ensure!(reply["all_passed"] == true, "judge failed: {reply}");
+        Ok(elapsed)
     }
 
     /// `python -c CODE` n times, one after another.
@@ -823,7 +852,7 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
          - **plot cell**: a 1,000-point line plot returned as PNG.\n\
          - **throughput**: trivial execs per second, one closed-loop client per session, all sessions at once.\n\
          - **memory**: PSS (`/proc/<pid>/smaps_rollup`) per idle session after one `1+1`, averaged over the sessions; server RSS beside it.\n\
-         - **judge**: one program against N stdin/stdout cases, each a one-shot `POST /v1/execute` (fresh worker) vs. a cold subprocess, as many at once as the machine has cores.\n",
+         - **judge**: one program against N stdin/stdout cases, each a one-shot `POST /v1/execute` (fresh worker) vs. a cold subprocess, as many at once as the machine has cores; and the same cases in one request to the code judge's own `POST /execute`.\n",
     );
     md
 }

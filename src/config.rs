@@ -45,6 +45,29 @@ pub struct Config {
     pub execution: ExecutionConfig,
     pub limits: LimitsConfig,
     pub files: FilesConfig,
+    pub judge: JudgeConfig,
+}
+
+/// The code judge's `POST /execute` (seed 000).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JudgeConfig {
+    /// Deadline of one test case (the seed server's: 120 s).
+    pub run_timeout_ms: u64,
+    /// Deadline of a C++ compilation (the seed server's: 60 s).
+    pub compile_timeout_ms: u64,
+    /// Test cases run at once (0: as many as `pool.warm_workers`).
+    pub parallel: usize,
+}
+
+impl Default for JudgeConfig {
+    fn default() -> Self {
+        JudgeConfig {
+            run_timeout_ms: 120_000,
+            compile_timeout_ms: 60_000,
+            parallel: 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -309,6 +332,20 @@ impl Config {
                 ),
             ));
         }
+        for (field, value) in [
+            ("judge.run_timeout_ms", self.judge.run_timeout_ms),
+            ("judge.compile_timeout_ms", self.judge.compile_timeout_ms),
+        ] {
+            if value == 0 || value > ex.max_timeout_ms {
+                return Err(ConfigError::field(
+                    field,
+                    format!(
+                        "must be between 1 and execution.max_timeout_ms ({})",
+                        ex.max_timeout_ms
+                    ),
+                ));
+            }
+        }
         // A reply carries the capped output plus its JSON escaping; a request carries the code.
         let needed = ex.max_output_bytes.max(ex.max_code_bytes).saturating_mul(2) + 4096;
         if ex.max_frame_bytes < needed {
@@ -376,7 +413,7 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "server",
     "python",
     "pool",
@@ -384,6 +421,7 @@ const SECTIONS: [&str; 7] = [
     "execution",
     "limits",
     "files",
+    "judge",
 ];
 
 /// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML

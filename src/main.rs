@@ -94,11 +94,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;
     let addr = listener.local_addr()?;
-    let app = api::router(
-        manager.clone(),
-        config.execution.max_frame_bytes,
-        usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX),
-    );
+    let app = api::router(manager.clone(), &config);
     println!("listening on http://{addr}");
     tracing::info!(%addr, python = %config.python.executable.display(), "replpool serving");
 

@@ -275,6 +275,15 @@ impl SessionManager {
         &self.sessions_dir
     }
 
+    /// A fresh directory under the server's state directory, removed when dropped (for a front
+    /// end's own files, e.g. a judge's compiled program).
+    pub fn scratch_dir(&self) -> Result<tempfile::TempDir, Error> {
+        tempfile::Builder::new()
+            .prefix("scratch-")
+            .tempdir_in(&self.sessions_dir)
+            .map_err(|e| Error::Internal(format!("cannot create a directory: {e}")))
+    }
+
     fn end(&self, id: &str, why: &str) -> Result<(), Error> {
         let (_, session) = self
             .sessions

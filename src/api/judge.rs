@@ -1,0 +1,261 @@
+//! The code judge's API (seed 000): `POST /execute` runs one program against stdin/stdout test
+//! cases and says which passed, in exactly the seed server's shapes.
+//!
+//! A translation onto the core: each case is a one-shot execution (a fresh warm worker, so no
+//! state leaks between cases), several at once up to the pool's size. C++ is compiled and run
+//! inside one-shot workers too (`g++`, then the binary through `subprocess`), so it gets the
+//! same limits, deadlines and clean-up as Python.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::native::Json;
+use super::{ApiError, AppState};
+use crate::execution::{ExecRequest, Execution, Status};
+use crate::{Error, SessionManager};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/execute", post(execute))
+}
+
+const SUPPORTED: &str = "'python', 'cpp'";
+
+#[derive(Debug, Deserialize)]
+struct JudgeRequest {
+    code: String,
+    stdin_stdout: Vec<Case>,
+    language: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Case {
+    stdin: String,
+    stdout: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Output {
+    passed: bool,
+    stdout: String,
+    stderr: String,
+    time_seconds: f64,
+    timed_out: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct JudgeResponse {
+    compile_output: Output,
+    exec_outputs: Vec<Output>,
+    all_passed: bool,
+}
+
+impl Output {
+    fn ok(time_seconds: f64) -> Output {
+        Output {
+            passed: true,
+            stdout: String::new(),
+            stderr: String::new(),
+            time_seconds,
+            timed_out: false,
+        }
+    }
+
+    /// A case's outcome, as the seed server reports it: `passed` compares stripped stdout;
+    /// a timeout says so in both streams; an exception's traceback ends stderr, as a Python
+    /// process would have printed it.
+    fn of_case(execution: &Execution, expected: &str) -> Output {
+        let time_seconds = execution.duration_ms / 1000.0;
+        if execution.status == Status::Timeout {
+            return Output {
+                passed: false,
+                stdout: "Error: Timed out".into(),
+                stderr: "Error: Timed out".into(),
+                time_seconds,
+                timed_out: true,
+            };
+        }
+        let mut stderr = execution.stderr.clone();
+        if let Some(error) = &execution.error {
+            for line in &error.traceback {
+                stderr.push_str(line);
+                stderr.push('\n');
+            }
+        }
+        Output {
+            passed: execution.stdout.trim() == expected.trim(),
+            stdout: execution.stdout.clone(),
+            stderr,
+            time_seconds,
+            timed_out: false,
+        }
+    }
+}
+
+async fn execute(
+    State(state): State<AppState>,
+    Json(request): Json<JudgeRequest>,
+) -> Result<Json<JudgeResponse>, ApiError> {
+    let judge = state.judge.clone();
+    let manager = state.manager.clone();
+    match request.language.to_ascii_lowercase().as_str() {
+        "python" => python(&manager, &judge, request).await.map(Json),
+        "cpp" => cpp(&manager, &judge, request).await.map(Json),
+        other => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_language",
+            format!("Language '{other}' is not supported. Supported languages: {SUPPORTED}"),
+        )),
+    }
+}
+
+/// The judge's settings, from `[judge]`.
+#[derive(Debug, Clone)]
+pub struct JudgeSettings {
+    pub run_timeout: Duration,
+    pub compile_timeout: Duration,
+    pub parallel: usize,
+    /// `g++`, if it is installed.
+    pub gxx: Option<std::path::PathBuf>,
+}
+
+async fn python(
+    manager: &Arc<SessionManager>,
+    judge: &JudgeSettings,
+    request: JudgeRequest,
+) -> Result<JudgeResponse, ApiError> {
+    let cases = run_cases(manager, judge, &request.stdin_stdout, |case| ExecRequest {
+        code: request.code.clone(),
+        stdin: Some(case.stdin.clone()),
+        timeout: Some(judge.run_timeout),
+    })
+    .await?;
+    // A syntax error stops the program before it runs: the same in every case. It is the
+    // "compilation" failure of Python (a SyntaxError raised at run time has a traceback).
+    if let Some(syntax) = cases.iter().filter_map(|e| e.error.as_ref()).find(|e| {
+        e.ename == "SyntaxError"
+            && e.traceback
+                .first()
+                .is_none_or(|l| !l.starts_with("Traceback"))
+    }) {
+        return Ok(JudgeResponse {
+            compile_output: Output {
+                passed: false,
+                stdout: String::new(),
+                stderr: syntax.traceback.join("\n"),
+                time_seconds: 0.0,
+                timed_out: false,
+            },
+            exec_outputs: Vec::new(),
+            all_passed: false,
+        });
+    }
+    Ok(verdict(Output::ok(0.0), &cases, &request.stdin_stdout))
+}
+
+async fn cpp(
+    manager: &Arc<SessionManager>,
+    judge: &JudgeSettings,
+    request: JudgeRequest,
+) -> Result<JudgeResponse, ApiError> {
+    let Some(gxx) = &judge.gxx else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_language",
+            "Language 'cpp' needs g++, which is not installed on this server. Supported languages: 'python'",
+        ));
+    };
+    let dir = manager.scratch_dir().map_err(ApiError::from)?;
+    let source = dir.path().join("program.cpp");
+    let binary = dir.path().join("program");
+    tokio::fs::write(&source, &request.code)
+        .await
+        .map_err(|e| ApiError::from(Error::Internal(format!("cannot write the source: {e}"))))?;
+    let compile = format!(
+        "import subprocess, sys\np = subprocess.run([{gxx:?}, '-std=c++20', '-o', {binary:?}, {source:?}], capture_output=True, text=True)\nsys.stdout.write(p.stdout)\nsys.stderr.write(p.stderr)\nraise SystemExit(p.returncode)",
+        gxx = gxx.display().to_string(),
+        binary = binary.display().to_string(),
+        source = source.display().to_string(),
+    );
+    let compiled = manager
+        .execute_once(
+            &ExecRequest {
+                code: compile,
+                stdin: None,
+                timeout: Some(judge.compile_timeout),
+            },
+            None,
+        )
+        .await?;
+    let compile_output = Output {
+        passed: compiled.status == Status::Ok,
+        stdout: String::new(),
+        stderr: if compiled.status == Status::Timeout {
+            "Compilation timed out".into()
+        } else {
+            compiled.stderr.clone()
+        },
+        time_seconds: compiled.duration_ms / 1000.0,
+        timed_out: compiled.status == Status::Timeout,
+    };
+    if !compile_output.passed {
+        return Ok(JudgeResponse {
+            compile_output,
+            exec_outputs: Vec::new(),
+            all_passed: false,
+        });
+    }
+    let run = format!(
+        "import subprocess, sys\np = subprocess.run([{binary:?}], input=sys.stdin.read(), capture_output=True, text=True)\nsys.stdout.write(p.stdout)\nsys.stderr.write(p.stderr)",
+        binary = binary.display().to_string(),
+    );
+    let cases = run_cases(manager, judge, &request.stdin_stdout, |case| ExecRequest {
+        code: run.clone(),
+        stdin: Some(case.stdin.clone()),
+        timeout: Some(judge.run_timeout),
+    })
+    .await?;
+    Ok(verdict(compile_output, &cases, &request.stdin_stdout))
+}
+
+/// One one-shot execution per case, up to `parallel` at once, in the cases' order.
+async fn run_cases(
+    manager: &Arc<SessionManager>,
+    judge: &JudgeSettings,
+    cases: &[Case],
+    request: impl Fn(&Case) -> ExecRequest,
+) -> Result<Vec<Execution>, ApiError> {
+    let requests: Vec<ExecRequest> = cases.iter().map(request).collect();
+    let results: Vec<Result<Execution, Error>> = futures::stream::iter(requests)
+        .map(|r| {
+            let manager = Arc::clone(manager);
+            async move { manager.execute_once(&r, None).await }
+        })
+        .buffered(judge.parallel.max(1))
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::from)
+}
+
+fn verdict(compile_output: Output, executions: &[Execution], cases: &[Case]) -> JudgeResponse {
+    let exec_outputs: Vec<Output> = executions
+        .iter()
+        .zip(cases)
+        .map(|(e, c)| Output::of_case(e, &c.stdout))
+        .collect();
+    let all_passed = exec_outputs.iter().all(|o| o.passed);
+    JudgeResponse {
+        compile_output,
+        exec_outputs,
+        all_passed,
+    }
+}
