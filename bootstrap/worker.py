@@ -443,12 +443,15 @@ def hook_pyplot():
         pyplot.show = show_figures
 
 
-def error_info(exc):
+def error_info(exc, cell_filename=None):
     """ename/evalue/traceback for an exception, without this file's frames."""
     # User code enters through a cell; start there. Otherwise drop this file's leading frames.
     tb = exc.__traceback__
     first_cell = tb
-    while first_cell is not None and not first_cell.tb_frame.f_code.co_filename.startswith("<cell-"):
+    def is_cell(filename):
+        return filename == cell_filename or filename.startswith("<cell-")
+
+    while first_cell is not None and not is_cell(first_cell.tb_frame.f_code.co_filename):
         first_cell = first_cell.tb_next
     if first_cell is not None:
         tb = first_cell
@@ -570,6 +573,8 @@ class Worker:
 
     def execute(self, request):
         rid = request["id"]
+        # The name tracebacks give the cell: `<cell-N>`, or a script's file name.
+        filename = request.get("filename") or f"<cell-{request.get('count', 0)}>"
         streaming = bool(request.get("stream"))
         displays = []
 
@@ -593,22 +598,22 @@ class Worker:
         self.cpu.arm(cpu_seconds)
         status, result, error = "ok", None, None
         try:
-            value = run_cell(request["code"], self.namespace, f"<cell-{request.get('count', 0)}>")
+            value = run_cell(request["code"], self.namespace, filename)
             if value is not None:
                 self.namespace["_"] = value
                 result = mime_bundle(value)
         except SystemExit as exc:
             # A program's sys.exit(0) is a normal end; any other code is reported, never obeyed.
             if exc.code not in (None, 0):
-                status, error = "error", error_info(exc)
+                status, error = "error", error_info(exc, filename)
         except BaseException as exc:  # noqa: B036 - user code may raise anything
-            status, error = "error", error_info(exc)
+            status, error = "error", error_info(exc, filename)
         self.cpu.disarm(cpu_seconds)
         try:
             show_figures()
         except Exception as exc:
             if error is None:
-                status, error = "error", error_info(exc)
+                status, error = "error", error_info(exc, filename)
         Display.emit = None
         stdout, stderr, truncated = self.capture.stop()
         self.stdin.set(None)

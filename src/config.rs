@@ -46,6 +46,21 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub files: FilesConfig,
     pub judge: JudgeConfig,
+    pub executor: ExecutorConfig,
+}
+
+/// The python-executor surface (`/api/v1/...`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorConfig {
+    /// How long a finished execution's result stays available to `GET /api/v1/executions/{id}`.
+    pub keep_secs: u64,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig { keep_secs: 3600 }
+    }
 }
 
 /// The code judge's `POST /execute` (seed 000).
@@ -413,7 +428,7 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "server",
     "python",
     "pool",
@@ -422,6 +437,7 @@ const SECTIONS: [&str; 8] = [
     "limits",
     "files",
     "judge",
+    "executor",
 ];
 
 /// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML

@@ -14,6 +14,8 @@ pub struct ExecRequest {
     pub stdin: Option<String>,
     /// Asked-for deadline; `None` takes the configured default, and it is capped by the maximum.
     pub timeout: Option<Duration>,
+    /// The file name tracebacks give the code, for code that is a script (default `<cell-N>`).
+    pub filename: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -247,6 +247,11 @@ impl SessionManager {
         session.execute(request, events).await
     }
 
+    /// The workers' Python version (`3.11.7`), once a worker has started.
+    pub fn python_version(&self) -> Option<String> {
+        self.workers.pool.python_version()
+    }
+
     pub fn health(&self) -> Health {
         let pool = self.workers.pool.status();
         let reason = pool

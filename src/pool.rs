@@ -33,6 +33,8 @@ pub struct WarmPool {
     taken: Notify,
     /// Why the last start failed, while starts keep failing.
     last_error: Mutex<Option<String>>,
+    /// The workers' Python version (`3.11.7`), once one has started.
+    python_version: Mutex<Option<String>>,
 }
 
 /// A snapshot for `/healthz`.
@@ -60,6 +62,7 @@ impl WarmPool {
             ready: Mutex::new(VecDeque::new()),
             taken: Notify::new(),
             last_error: Mutex::new(None),
+            python_version: Mutex::new(None),
         });
         tokio::spawn(Arc::clone(&pool).refill(shutdown));
         pool
@@ -103,16 +106,30 @@ impl WarmPool {
         }
     }
 
+    /// The workers' Python version, once a worker has started.
+    pub fn python_version(&self) -> Option<String> {
+        self.python_version.lock().clone()
+    }
+
     /// A new worker: forked from the template if it runs, else started directly.
     async fn start_worker(&self) -> Result<Worker, WorkerError> {
+        let mut started = None;
         if let Some(template) = &self.template {
             match template.fork().await {
-                Ok(worker) => return Ok(worker),
+                Ok(worker) => started = Some(worker),
                 Err(WorkerError::TemplateDown) => {}
                 Err(e) => tracing::warn!("fork from the template failed, starting directly: {e}"),
             }
         }
-        Worker::start(&self.spec).await
+        let worker = match started {
+            Some(worker) => worker,
+            None => Worker::start(&self.spec).await?,
+        };
+        let mut version = self.python_version.lock();
+        if version.is_none() {
+            *version = Some(worker.python_version().to_owned());
+        }
+        Ok(worker)
     }
 
     async fn refill(self: Arc<Self>, shutdown: CancellationToken) {

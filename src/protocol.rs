@@ -36,6 +36,9 @@ pub enum Request<'a> {
         max_output_bytes: usize,
         #[serde(skip_serializing_if = "Option::is_none")]
         cpu_seconds: Option<u64>,
+        /// The file name tracebacks give the code (default `<cell-N>`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        filename: Option<&'a str>,
     },
     /// Make `cwd` the worker's working directory (binding it to a session).
     Attach {
@@ -163,6 +166,7 @@ mod tests {
             stream: false,
             max_output_bytes: 10,
             cpu_seconds: None,
+            filename: None,
         };
         let json = serde_json::to_value(&req).expect("serializes");
         assert_eq!(

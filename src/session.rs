@@ -218,6 +218,7 @@ impl Session {
             timeout,
             interrupt_grace: limits.interrupt_grace,
             cpu_seconds: limits.cpu_seconds,
+            filename: request.filename.as_deref(),
         };
         let started = Instant::now();
         let started_at = SystemTime::now();

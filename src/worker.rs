@@ -138,6 +138,7 @@ pub struct Cell<'a> {
     pub interrupt_grace: Duration,
     /// CPU-time limit of the cell, enforced by the worker.
     pub cpu_seconds: Option<u64>,
+    pub filename: Option<&'a str>,
 }
 
 /// Why a running cell was sent SIGINT.
@@ -335,6 +336,7 @@ impl Worker {
             stream: events.is_some(),
             max_output_bytes: cell.max_output_bytes,
             cpu_seconds: cell.cpu_seconds,
+            filename: cell.filename,
         })
         .await?;
         let deadline = Instant::now() + cell.timeout;

@@ -134,6 +134,7 @@ async fn python(
         code: request.code.clone(),
         stdin: Some(case.stdin.clone()),
         timeout: Some(judge.run_timeout),
+        filename: None,
     })
     .await?;
     // A syntax error stops the program before it runs: the same in every case. It is the
@@ -189,6 +190,7 @@ async fn cpp(
                 code: compile,
                 stdin: None,
                 timeout: Some(judge.compile_timeout),
+                filename: None,
             },
             None,
         )
@@ -219,6 +221,7 @@ async fn cpp(
         code: run.clone(),
         stdin: Some(case.stdin.clone()),
         timeout: Some(judge.run_timeout),
+        filename: None,
     })
     .await?;
     Ok(verdict(compile_output, &cases, &request.stdin_stdout))

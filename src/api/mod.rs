@@ -2,6 +2,7 @@
 //! [`SessionManager`], which holds all the state.
 
 mod error;
+mod executor;
 mod judge;
 mod native;
 mod stream;
@@ -23,6 +24,8 @@ use crate::{Config, SessionManager};
 pub struct AppState {
     pub manager: Arc<SessionManager>,
     pub judge: Arc<JudgeSettings>,
+    /// The python-executor surface's executions.
+    pub executions: Arc<executor::Executions>,
 }
 
 /// The whole API: the native one and the compatibility surfaces. Request bodies are bounded by
@@ -41,10 +44,14 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
     let state = AppState {
         manager,
         judge: Arc::new(judge),
+        executions: Arc::new(executor::Executions::new(Duration::from_secs(
+            config.executor.keep_secs,
+        ))),
     };
     let max_file_bytes = usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX);
     native::routes(max_file_bytes)
         .merge(judge::routes())
+        .merge(executor::routes())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(config.execution.max_frame_bytes))
         .layer(

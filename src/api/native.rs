@@ -83,6 +83,7 @@ impl TryFrom<ExecuteBody> for ExecRequest {
             code: body.code,
             stdin: body.stdin,
             timeout: body.timeout_ms.map(Duration::from_millis),
+            filename: None,
         })
     }
 }

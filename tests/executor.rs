@@ -1,0 +1,268 @@
+//! The python-executor API (`/api/v1/...`), driven the way its client drives it: JSON eval,
+//! multipart tar + metadata (sync and async), polling, kill, and its error shapes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Api, shared_with};
+use serde_json::{Value, json};
+
+const CONFIG: &str = "[pool]\nwarm_workers = 2\n";
+
+fn api() -> Api {
+    Api::new(shared_with(CONFIG))
+}
+
+/// A tar archive of `files`; names are written as they are (even `../x`), as a hostile client
+/// could.
+fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, content) in files {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, content.as_bytes()).expect("append");
+    }
+    builder.into_inner().expect("tar")
+}
+
+async fn submit(api: &Api, route: &str, files: &[(&str, &str)], metadata: Value) -> (u16, Value) {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "tar",
+            reqwest::multipart::Part::bytes(tar_of(files)).file_name("files.tar"),
+        )
+        .text("metadata", metadata.to_string());
+    let response = api
+        .http
+        .post(api.url(route))
+        .multipart(form)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+async fn eval(api: &Api, body: Value) -> Value {
+    let (status, result) = api.post("/api/v1/eval", body).await;
+    assert_eq!(status, 200, "{result}");
+    result
+}
+
+#[tokio::test]
+async fn health() {
+    assert_eq!(api().get("/health").await, (200, json!({"status": "ok"})));
+}
+
+#[tokio::test]
+async fn eval_returns_the_repr_of_the_last_expression() {
+    let api = api();
+    for (code, expected) in [
+        ("2 + 2", json!("4")),
+        ("\"hello\"", json!("'hello'")),
+        ("x = 5", Value::Null),
+        ("print(\"hi\")", Value::Null),
+        ("x = 5\ny = 10\nx + y", json!("15")),
+    ] {
+        let result = eval(&api, json!({"code": code, "eval_last_expr": true})).await;
+        assert_eq!(result["status"], "completed", "{code}: {result}");
+        assert_eq!(result["exit_code"], 0);
+        assert_eq!(result["result"], expected, "{code}");
+        assert!(
+            result["execution_id"]
+                .as_str()
+                .expect("id")
+                .starts_with("exe_")
+        );
+        assert!(result["started_at"].is_string() && result["finished_at"].is_string());
+    }
+    let result = eval(&api, json!({"code": "print(\"hi\")"})).await;
+    assert_eq!(result["stdout"], "hi\n");
+    assert!(
+        result.get("result").is_none(),
+        "no result without eval_last_expr"
+    );
+}
+
+#[tokio::test]
+async fn a_raising_program_is_completed_with_its_exit_code_and_error() {
+    let api = api();
+    let result = eval(&api, json!({"code": "print(undefined_name)"})).await;
+    assert_eq!(result["status"], "completed");
+    assert_eq!(result["exit_code"], 1);
+    assert_eq!(result["error_type"], "NameError");
+    assert_eq!(result["error_line"], 1);
+    let stderr = result["stderr"].as_str().expect("stderr");
+    assert!(stderr.contains("File \"main.py\", line 1"), "{stderr}");
+    assert!(
+        stderr.ends_with("NameError: name 'undefined_name' is not defined\n"),
+        "{stderr}"
+    );
+
+    let result = eval(
+        &api,
+        json!({"files": [
+            {"name": "main.py", "content": "import helper\nhelper.go()\n"},
+            {"name": "helper.py", "content": "def go():\n    raise SystemExit(3)\n"},
+        ]}),
+    )
+    .await;
+    assert_eq!(
+        (result["status"].as_str(), result["exit_code"].as_i64()),
+        (Some("completed"), Some(3))
+    );
+}
+
+#[tokio::test]
+async fn bad_eval_requests() {
+    let api = api();
+    let (status, body) = api.post("/api/v1/eval", json!({"stdin": "x"})).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].is_string(), "{body}");
+    let (status, body) = api
+        .post(
+            "/api/v1/eval",
+            json!({"code": "1", "python_version": "2.7"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("python_version"),
+        "{body}"
+    );
+    let (status, body) = api
+        .post("/api/v1/eval", json!({"code": "#".repeat(100 * 1024 + 1)}))
+        .await;
+    assert_eq!(status, 413, "{body}");
+}
+
+#[tokio::test]
+async fn sync_execution_of_an_archive() {
+    let api = api();
+    let (status, result) = submit(
+        &api,
+        "/api/v1/exec/sync",
+        &[
+            ("main.py", "import os, sys\nfrom lib import twice\nprint(twice(int(input())), sys.argv[1:], os.environ['MODE'])\n"),
+            ("lib.py", "def twice(x):\n    return 2 * x\n"),
+        ],
+        json!({"entrypoint": "main.py", "stdin": "21\n", "env_vars": ["MODE=test"], "script_args": ["--fast", "in.txt"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["status"], "completed");
+    assert_eq!(result["exit_code"], 0);
+    assert_eq!(result["stdout"], "42 ['--fast', 'in.txt'] test\n");
+}
+
+#[tokio::test]
+async fn refused_archives_and_metadata() {
+    let api = api();
+    let (status, body) = submit(
+        &api,
+        "/api/v1/exec/sync",
+        &[("main.py", "print(1)"), ("../evil.py", "print('escaped')")],
+        json!({"entrypoint": "main.py"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("../evil.py"),
+        "{body}"
+    );
+
+    for (field, value) in [
+        ("docker_image", json!("python:3.11-slim")),
+        ("requirements_txt", json!("requests")),
+        ("pre_commands", json!(["apt-get update"])),
+    ] {
+        let mut metadata = json!({"entrypoint": "main.py"});
+        metadata[field] = value;
+        let (status, body) = submit(
+            &api,
+            "/api/v1/exec/sync",
+            &[("main.py", "print(1)")],
+            metadata,
+        )
+        .await;
+        assert_eq!(status, 400, "{field}: {body}");
+        assert!(
+            body["error"].as_str().expect("error").contains(field),
+            "{body}"
+        );
+    }
+}
+
+async fn poll_until_done(api: &Api, id: &str) -> Value {
+    for _ in 0..600 {
+        let (status, result) = api.get(&format!("/api/v1/executions/{id}")).await;
+        assert_eq!(status, 200, "{result}");
+        if !["pending", "running"].contains(&result["status"].as_str().expect("status")) {
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("execution {id} never finished");
+}
+
+#[tokio::test]
+async fn async_execution_then_poll_and_kill() {
+    let api = api();
+    let (status, accepted) = submit(
+        &api,
+        "/api/v1/exec/async",
+        &[("main.py", "print('async done')")],
+        json!({"entrypoint": "main.py"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["execution_id"].as_str().expect("id").to_owned();
+    let result = poll_until_done(&api, &id).await;
+    assert_eq!(result["status"], "completed");
+    assert_eq!(result["stdout"], "async done\n");
+
+    let (_, accepted) = submit(
+        &api,
+        "/api/v1/exec/async",
+        &[("main.py", "import time\ntime.sleep(60)")],
+        json!({"entrypoint": "main.py"}),
+    )
+    .await;
+    let id = accepted["execution_id"].as_str().expect("id").to_owned();
+    // Kill once it runs (pending ones are killed too, but this is the interesting case).
+    for _ in 0..600 {
+        let (_, result) = api.get(&format!("/api/v1/executions/{id}")).await;
+        if result["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = api
+        .http
+        .delete(api.url(&format!("/api/v1/executions/{id}")))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.json::<Value>().await.expect("json"),
+        json!({"status": "killed"})
+    );
+    let result = poll_until_done(&api, &id).await;
+    assert_eq!(result["status"], "killed");
+
+    let (status, body) = api.get("/api/v1/executions/exe_unknown").await;
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+}
