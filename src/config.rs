@@ -47,6 +47,31 @@ pub struct Config {
     pub files: FilesConfig,
     pub judge: JudgeConfig,
     pub executor: ExecutorConfig,
+    pub scripts: ScriptsConfig,
+    pub packages: PackagesConfig,
+}
+
+/// The script wrapper (`/python/...`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScriptsConfig {
+    /// Where `POST /python/load` finds `<script_name>.py` (relative to the config file).
+    pub dir: PathBuf,
+}
+
+impl Default for ScriptsConfig {
+    fn default() -> Self {
+        ScriptsConfig {
+            dir: PathBuf::from("scripts"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PackagesConfig {
+    /// Let `POST /python/installPackage` pip-install into the workers' environment.
+    pub allow_install: bool,
 }
 
 /// The python-executor surface (`/api/v1/...`).
@@ -318,6 +343,9 @@ impl Config {
         if exe.is_relative() && exe.components().count() > 1 {
             self.python.executable = base_dir.join(exe);
         }
+        if self.scripts.dir.is_relative() {
+            self.scripts.dir = base_dir.join(&self.scripts.dir);
+        }
     }
 
     /// Checks what the types cannot: ranges, relations between fields, preload syntax.
@@ -428,7 +456,7 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 11] = [
     "server",
     "python",
     "pool",
@@ -438,6 +466,8 @@ const SECTIONS: [&str; 9] = [
     "files",
     "judge",
     "executor",
+    "scripts",
+    "packages",
 ];
 
 /// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML

@@ -247,6 +247,13 @@ impl SessionManager {
         session.execute(request, events).await
     }
 
+    /// Makes the template start over (after a package install): new workers import afresh.
+    /// Idle pooled workers are dropped too.
+    pub fn restart_template(&self) {
+        self.workers.pool.drain();
+        self.workers.pool.restart_template();
+    }
+
     /// The workers' Python version (`3.11.7`), once a worker has started.
     pub fn python_version(&self) -> Option<String> {
         self.workers.pool.python_version()

@@ -166,8 +166,15 @@ impl WarmPool {
         }
     }
 
-    /// Ends every idle worker (at shutdown).
+    /// Ends every idle worker (at shutdown, or when they are stale).
     pub fn drain(&self) {
         self.ready.lock().clear();
+        self.taken.notify_one();
+    }
+
+    pub fn restart_template(&self) {
+        if let Some(template) = &self.template {
+            template.restart();
+        }
     }
 }

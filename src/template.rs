@@ -106,6 +106,13 @@ impl Template {
         self.status.lock().clone()
     }
 
+    /// Ends the running template; the supervisor starts a new one.
+    pub fn restart(&self) {
+        if let Some(instance) = self.current.lock().clone() {
+            instance.gone.cancel();
+        }
+    }
+
     /// A new worker, forked from the template and ready for requests. While the template is
     /// starting this waits for it; while it is down this fails at once with
     /// [`WorkerError::TemplateDown`].

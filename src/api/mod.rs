@@ -5,6 +5,7 @@ mod error;
 mod executor;
 mod judge;
 mod native;
+mod scripts;
 mod stream;
 
 use std::sync::Arc;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub judge: Arc<JudgeSettings>,
     /// The python-executor surface's executions.
     pub executions: Arc<executor::Executions>,
+    /// The script wrapper's loaded scripts.
+    pub scripts: Arc<scripts::Scripts>,
 }
 
 /// The whole API: the native one and the compatibility surfaces. Request bodies are bounded by
@@ -47,11 +50,16 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
         executions: Arc::new(executor::Executions::new(Duration::from_secs(
             config.executor.keep_secs,
         ))),
+        scripts: Arc::new(scripts::Scripts::new(
+            config.scripts.dir.clone(),
+            config.packages.allow_install,
+        )),
     };
     let max_file_bytes = usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX);
     native::routes(max_file_bytes)
         .merge(judge::routes())
         .merge(executor::routes())
+        .merge(scripts::routes())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(config.execution.max_frame_bytes))
         .layer(

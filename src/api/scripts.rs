@@ -1,0 +1,364 @@
+//! The script wrapper's API (seed 001): load a script from the configured scripts directory
+//! under an alias, list what is loaded, call its functions with JSON arguments.
+//!
+//! A translation onto the core: each alias is a long-lived session of its own, into which the
+//! script is imported as a module; a call is a cell that calls the function and returns its
+//! result as `application/json` (its `repr` when it is not JSON-serialisable). Errors of the
+//! service are the native `{"error": {"code", "message"}}`; a function that raises answers
+//! `{"status": "error", "error": {"ename", "evalue", "traceback"}}`, as a cell would.
+
+use std::path::PathBuf;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::native::Json;
+use super::{ApiError, AppState};
+use crate::execution::{ExecRequest, Execution, Status};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/python/load", post(load))
+        .route("/python/list", get(list))
+        .route("/python/call", post(call))
+        .route("/python/installPackage", post(install_package))
+}
+
+/// What the script wrapper knows: where scripts are, and what is loaded under which alias.
+pub struct Scripts {
+    pub dir: PathBuf,
+    pub allow_install: bool,
+    loaded: DashMap<String, Loaded>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Loaded {
+    alias: String,
+    script_name: String,
+    functions: Vec<String>,
+    /// What the script's `get_tool_info()` returned, if it has one.
+    info: Value,
+    #[serde(skip)]
+    session: String,
+}
+
+impl Scripts {
+    pub fn new(dir: PathBuf, allow_install: bool) -> Scripts {
+        Scripts {
+            dir,
+            allow_install,
+            loaded: DashMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadRequest {
+    script_name: String,
+    alias: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallRequest {
+    alias: String,
+    function_name: String,
+    #[serde(default)]
+    args: Vec<Value>,
+    #[serde(default)]
+    kwargs: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallRequest {
+    package_name: String,
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, code, message)
+}
+
+/// A plain name: letters, digits, `_`, `-`, `.`; no path.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Python code that imports `path` as module `name`, keeps it under `alias` in the session,
+/// and evaluates to its functions and tool info as JSON.
+fn load_cell(path: &str, alias: &str) -> String {
+    format!(
+        r#"import importlib.util as _util, inspect as _inspect
+_spec = _util.spec_from_file_location({module}, {path})
+_module = _util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+globals().setdefault("__replpool_tools__", {{}})[{alias}] = _module
+_functions = sorted(n for n, f in vars(_module).items()
+                    if _inspect.isfunction(f) and not n.startswith("_") and f.__module__ == _module.__name__)
+_info = _module.get_tool_info() if callable(getattr(_module, "get_tool_info", None)) else None
+__replpool_json__({{"functions": _functions, "info": _info}})"#,
+        module = literal(&format!("replpool_tool_{alias}")),
+        path = literal(path),
+        alias = literal(alias),
+    )
+}
+
+/// Python code that calls the function and evaluates to its result as JSON.
+fn call_cell(
+    alias: &str,
+    function: &str,
+    args: &[Value],
+    kwargs: &serde_json::Map<String, Value>,
+) -> String {
+    format!(
+        r#"import json as _json
+_fn = getattr(__replpool_tools__[{alias}], {function}, None)
+if not callable(_fn):
+    raise LookupError({function})
+_value = _fn(*_json.loads({args}), **_json.loads({kwargs}))
+try:
+    _json.dumps(_value)
+    _out = {{"result": _value}}
+except (TypeError, ValueError):
+    _out = {{"result": repr(_value), "repr": True}}
+__replpool_json__(_out)"#,
+        alias = literal(alias),
+        function = literal(function),
+        args = literal(&Value::Array(args.to_vec()).to_string()),
+        kwargs = literal(&Value::Object(kwargs.clone()).to_string()),
+    )
+}
+
+/// Defines `__replpool_json__(value)`: an object whose `application/json` repr is `value`.
+const JSON_HELPER: &str = r#"class __replpool_json__:
+    def __init__(self, value):
+        self.value = value
+    def _repr_json_(self):
+        return self.value
+    def __repr__(self):
+        return "<json>"
+"#;
+
+/// A Python string literal (a JSON string is one).
+fn literal(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// The `application/json` value of a cell's result.
+fn json_result(execution: &Execution) -> Option<Value> {
+    execution
+        .result
+        .as_ref()
+        .and_then(|r| r.get("application/json"))
+        .cloned()
+}
+
+async fn load(
+    State(state): State<AppState>,
+    Json(request): Json<LoadRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let scripts = &state.scripts;
+    let name = request.script_name.trim_end_matches(".py");
+    if !is_plain_name(name) {
+        return Err(bad(
+            "invalid_script_name",
+            format!(
+                "script_name {:?} must be a plain name in the scripts directory",
+                request.script_name
+            ),
+        ));
+    }
+    if !is_plain_name(&request.alias) {
+        return Err(bad(
+            "invalid_alias",
+            "alias must be letters, digits, `_`, `-` or `.`",
+        ));
+    }
+    let path = scripts.dir.join(format!("{name}.py"));
+    if !path.is_file() {
+        return Err(not_found(
+            "script_not_found",
+            format!("no script {name}.py in {}", scripts.dir.display()),
+        ));
+    }
+    let manager = &state.manager;
+    let session = manager.create().await?.session_id;
+    let run = |code: String| ExecRequest {
+        code,
+        ..ExecRequest::default()
+    };
+    let defined = manager
+        .execute(&session, &run(JSON_HELPER.to_owned()), None)
+        .await?;
+    let loaded = manager
+        .execute(
+            &session,
+            &run(load_cell(&path.to_string_lossy(), &request.alias)),
+            None,
+        )
+        .await?;
+    let described = json_result(&loaded)
+        .filter(|_| defined.status == Status::Ok && loaded.status == Status::Ok);
+    let Some(described) = described else {
+        let _ = manager.delete(&session);
+        return Ok(Json(json!({"status": "error", "error": loaded.error})));
+    };
+    let entry = Loaded {
+        alias: request.alias.clone(),
+        script_name: name.to_owned(),
+        functions: serde_json::from_value(described["functions"].clone()).unwrap_or_default(),
+        info: described["info"].clone(),
+        session,
+    };
+    if let Some(previous) = scripts.loaded.insert(request.alias.clone(), entry.clone()) {
+        let _ = manager.delete(&previous.session);
+    }
+    Ok(Json(json!({
+        "status": "success",
+        "alias": entry.alias,
+        "script_name": entry.script_name,
+        "functions": entry.functions,
+    })))
+}
+
+async fn list(State(state): State<AppState>) -> Json<Value> {
+    let mut scripts: Vec<Loaded> = state
+        .scripts
+        .loaded
+        .iter()
+        .map(|e| e.value().clone())
+        .collect();
+    scripts.sort_by(|a, b| a.alias.cmp(&b.alias));
+    Json(json!({ "scripts": scripts }))
+}
+
+async fn call(
+    State(state): State<AppState>,
+    Json(request): Json<CallRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let loaded = state
+        .scripts
+        .loaded
+        .get(&request.alias)
+        .map(|e| e.value().clone())
+        .ok_or_else(|| {
+            not_found(
+                "alias_not_found",
+                format!("no script is loaded as {:?}", request.alias),
+            )
+        })?;
+    if !loaded.functions.contains(&request.function_name) {
+        return Err(not_found(
+            "function_not_found",
+            format!(
+                "{:?} has no function {:?} (it has {:?})",
+                request.alias, request.function_name, loaded.functions
+            ),
+        ));
+    }
+    let code = call_cell(
+        &request.alias,
+        &request.function_name,
+        &request.args,
+        &request.kwargs,
+    );
+    let execution = state
+        .manager
+        .execute(
+            &loaded.session,
+            &ExecRequest {
+                code,
+                ..ExecRequest::default()
+            },
+            None,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::Error::SessionNotFound(_) => not_found(
+                "alias_not_found",
+                format!(
+                    "the session of {:?} has ended; load the script again",
+                    request.alias
+                ),
+            ),
+            other => ApiError::from(other),
+        })?;
+    match (execution.status, json_result(&execution)) {
+        (Status::Ok, Some(out)) => Ok(Json(json!({
+            "status": "success",
+            "result": out["result"],
+            "repr": out.get("repr").is_some(),
+            "stdout": execution.stdout,
+        }))),
+        _ => Ok(Json(json!({
+            "status": "error",
+            "error": execution.error,
+            "stdout": execution.stdout,
+            "stderr": execution.stderr,
+        }))),
+    }
+}
+
+async fn install_package(
+    State(state): State<AppState>,
+    Json(request): Json<InstallRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.scripts.allow_install {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "install_disabled",
+            "package installs are disabled (set packages.allow_install = true to allow them)",
+        ));
+    }
+    let name = &request.package_name;
+    let valid = !name.is_empty()
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-=<>!~,[]".contains(c));
+    if !valid {
+        return Err(bad(
+            "invalid_package_name",
+            format!("{name:?} is not a package requirement"),
+        ));
+    }
+    let code = format!(
+        "import subprocess, sys\np = subprocess.run([sys.executable, '-m', 'pip', 'install', '--disable-pip-version-check', {}], capture_output=True, text=True)\nprint(p.stdout[-4000:])\nprint(p.stderr[-4000:], file=sys.stderr)\nraise SystemExit(p.returncode)",
+        literal(name)
+    );
+    let execution = state
+        .manager
+        .execute_once(
+            &ExecRequest {
+                code,
+                timeout: Some(std::time::Duration::from_secs(600)),
+                ..ExecRequest::default()
+            },
+            None,
+        )
+        .await?;
+    if execution.status != Status::Ok {
+        return Ok(Json(
+            json!({"status": "error", "stdout": execution.stdout, "stderr": execution.stderr}),
+        ));
+    }
+    // New workers must see the package: the template re-imports from scratch.
+    state.manager.restart_template();
+    Ok(Json(
+        json!({"status": "success", "package_name": name, "stdout": execution.stdout}),
+    ))
+}

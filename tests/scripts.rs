@@ -1,0 +1,146 @@
+//! The script wrapper's API (`/python/...`): load, list, call, installPackage.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use common::{Api, shared_with};
+use serde_json::json;
+
+fn api() -> Api {
+    static CONFIG: OnceLock<String> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        format!(
+            "[pool]\nwarm_workers = 2\n\n[scripts]\ndir = {:?}\n",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/scripts")
+        )
+    });
+    Api::new(shared_with(config))
+}
+
+async fn load(api: &Api, alias: &str) -> serde_json::Value {
+    let (status, body) = api
+        .post(
+            "/python/load",
+            json!({"script_name": "geometry", "alias": alias}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn load_list_and_call() {
+    let api = api();
+    let body = load(&api, "geo").await;
+    assert_eq!(
+        body,
+        json!({"status": "success", "alias": "geo", "script_name": "geometry",
+               "functions": ["area", "explode", "get_tool_info", "opaque", "scale"]})
+    );
+    let (status, list) = api.get("/python/list").await;
+    assert_eq!(status, 200);
+    let entry = list["scripts"]
+        .as_array()
+        .expect("scripts")
+        .iter()
+        .find(|s| s["alias"] == "geo")
+        .expect("geo is listed")
+        .clone();
+    assert_eq!(entry["info"]["version"], "1.0.0");
+    assert_eq!(entry["functions"].as_array().map(Vec::len), Some(5));
+
+    let (status, body) = api
+        .post("/python/call", json!({"alias": "geo", "function_name": "scale", "args": [[1, 2.5]], "kwargs": {"factor": 3}}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "success", "{body}");
+    assert_eq!(body["result"], json!([3, 7.5]));
+    let (_, body) = api
+        .post(
+            "/python/call",
+            json!({"alias": "geo", "function_name": "area", "args": [1]}),
+        )
+        .await;
+    assert_eq!(body["result"], json!(std::f64::consts::PI));
+    let (_, body) = api
+        .post(
+            "/python/call",
+            json!({"alias": "geo", "function_name": "opaque"}),
+        )
+        .await;
+    assert_eq!(body["repr"], true);
+    assert!(
+        body["result"]
+            .as_str()
+            .expect("repr")
+            .starts_with("<object object at")
+    );
+}
+
+#[tokio::test]
+async fn errors() {
+    let api = api();
+    load(&api, "geo2").await;
+    let (status, body) = api
+        .post(
+            "/python/call",
+            json!({"alias": "nope", "function_name": "area"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("alias_not_found"))
+    );
+    let (status, body) = api
+        .post(
+            "/python/call",
+            json!({"alias": "geo2", "function_name": "_private"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("function_not_found"))
+    );
+    let (status, body) = api
+        .post(
+            "/python/call",
+            json!({"alias": "geo2", "function_name": "explode", "args": ["boom"]}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "error");
+    assert_eq!(body["error"]["ename"], "ValueError");
+    assert_eq!(body["error"]["evalue"], "boom");
+    for name in ["../etc/passwd", "/etc/passwd", "sub/geometry"] {
+        let (status, body) = api
+            .post("/python/load", json!({"script_name": name, "alias": "x"}))
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_script_name")),
+            "{name}"
+        );
+    }
+    let (status, body) = api
+        .post(
+            "/python/load",
+            json!({"script_name": "missing", "alias": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("script_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn installing_packages_is_refused_unless_enabled() {
+    let (status, body) = api()
+        .post("/python/installPackage", json!({"package_name": "astropy"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("install_disabled"))
+    );
+}
