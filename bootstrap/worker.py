@@ -216,30 +216,28 @@ class Capture:
                 self._read_available(fd)  # stray output from between cells is dropped
             self.sink = sink
 
-    def flush_pending(self):
-        """Sends what the cell wrote so far (streaming), e.g. before a display frame."""
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
-        with self.lock:
-            for fd in self.fds:
-                self._read_available(fd)
-            if self.sink is not None:
-                self.sink.flush()
-
-    def stop(self):
-        """Drains what user code wrote and detaches the sink; returns (stdout, stderr, truncated)."""
+    def _drain(self):
+        """Pushes what the cell buffered into the pipes and reads it all. Call with the lock."""
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except Exception:
                 pass
         flush_c_stdio()
+        for fd in self.fds:
+            self._read_available(fd)
+
+    def flush_pending(self):
+        """Sends what the cell wrote so far (streaming), e.g. before a display frame."""
         with self.lock:
-            for fd in self.fds:
-                self._read_available(fd)
+            self._drain()
+            if self.sink is not None:
+                self.sink.flush()
+
+    def stop(self):
+        """Drains what user code wrote and detaches the sink; returns (stdout, stderr, truncated)."""
+        with self.lock:
+            self._drain()
             sink, self.sink = self.sink, None
             stdout, stderr = sink.finish()
         return stdout, stderr, sink.truncated

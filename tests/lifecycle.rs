@@ -127,17 +127,11 @@ async fn nothing_is_left_behind_by_deleted_sessions() {
     let api = Api::new(&server.base);
     let pid = server.pid();
     // One client throughout, so that the server holds the same one connection at both counts.
-    let pool_full = || async {
-        let (_, health) = api.get("/healthz").await;
-        health["pool"]["ready"] == 1
-    };
     // Warm up, then take the baseline with the pool full.
     let s = api.session().await;
     api.run(&s, "1").await;
     assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
-    while !pool_full().await {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    api.wait_for_pool(1).await;
     let baseline_fds = fd_count(pid);
 
     for i in 0..200 {
@@ -171,9 +165,7 @@ async fn nothing_is_left_behind_by_deleted_sessions() {
         processes_of(pid),
         zombies_of(pid)
     );
-    while !pool_full().await {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    api.wait_for_pool(1).await;
     assert!(
         eventually(Duration::from_secs(10), || fd_count(pid) <= baseline_fds).await,
         "fds: {} now, {baseline_fds} at the start",

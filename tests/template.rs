@@ -117,22 +117,14 @@ async fn three_hundred_forked_sessions_leave_nothing_behind() {
     let s = api.session().await;
     api.run(&s, "1").await;
     assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
-    let pool_full = || async {
-        let (_, health) = api.get("/healthz").await;
-        health["pool"]["ready"] == 2
-    };
-    while !pool_full().await {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    api.wait_for_pool(2).await;
     let baseline_fds = fd_count(pid);
     for i in 0..300 {
         let s = api.session().await;
         assert_eq!(api.run(&s, &format!("{i} + 1")).await["status"], "ok");
         assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
     }
-    while !pool_full().await {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    api.wait_for_pool(2).await;
     // The template and the two pooled workers remain; nothing else, and no zombie.
     let settled = eventually(Duration::from_secs(20), || {
         processes_of(pid).len() == 3 && zombies_of(pid).is_empty()

@@ -361,6 +361,22 @@ pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -
 }
 
 impl Api {
+    /// Waits until the server's pool holds `ready` idle workers.
+    pub async fn wait_for_pool(&self, ready: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, health) = self.get("/healthz").await;
+            if health["pool"]["ready"].as_u64() == Some(ready) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pool never held {ready}: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the session has `pending` executions running or queued.
     pub async fn wait_for_pending(&self, session: &str, pending: u64) {
         let deadline = Instant::now() + Duration::from_secs(60);
