@@ -128,17 +128,11 @@ async fn nothing_is_left_behind_by_deleted_sessions() {
     let pid = server.pid();
     // One client throughout, so that the server holds the same one connection at both counts.
     // Warm up, then take the baseline with the pool full.
-    let s = api.session().await;
-    api.run(&s, "1").await;
-    assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    api.churn(1).await;
     api.wait_for_pool(1).await;
     let baseline_fds = fd_count(pid);
 
-    for i in 0..200 {
-        let s = api.session().await;
-        assert_eq!(api.run(&s, &format!("{i} * 2")).await["status"], "ok");
-        assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
-    }
+    api.churn(200).await;
     for _ in 0..50 {
         let s = api.session().await;
         let reply = api

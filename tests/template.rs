@@ -114,16 +114,10 @@ async fn three_hundred_forked_sessions_leave_nothing_behind() {
     let server = Server::start("[pool]\nwarm_workers = 2\n");
     let api = Api::new(&server.base);
     let pid = server.pid();
-    let s = api.session().await;
-    api.run(&s, "1").await;
-    assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    api.churn(1).await;
     api.wait_for_pool(2).await;
     let baseline_fds = fd_count(pid);
-    for i in 0..300 {
-        let s = api.session().await;
-        assert_eq!(api.run(&s, &format!("{i} + 1")).await["status"], "ok");
-        assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
-    }
+    api.churn(300).await;
     api.wait_for_pool(2).await;
     // The template and the two pooled workers remain; nothing else, and no zombie.
     let settled = eventually(Duration::from_secs(20), || {

@@ -361,6 +361,15 @@ pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -
 }
 
 impl Api {
+    /// Creates, uses and deletes `n` sessions, one after another.
+    pub async fn churn(&self, n: usize) {
+        for i in 0..n {
+            let s = self.session().await;
+            assert_eq!(self.run(&s, &format!("{i} + 1")).await["status"], "ok");
+            assert_eq!(self.delete(&format!("/v1/sessions/{s}")).await, 204);
+        }
+    }
+
     /// Waits until the server's pool holds `ready` idle workers.
     pub async fn wait_for_pool(&self, ready: u64) {
         let deadline = Instant::now() + Duration::from_secs(60);
