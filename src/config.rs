@@ -49,6 +49,15 @@ pub struct Config {
     pub executor: ExecutorConfig,
     pub scripts: ScriptsConfig,
     pub packages: PackagesConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The API runs arbitrary code and has no tokens yet: binding to an address other machines
+    /// can reach is refused unless this says the operator means it.
+    pub allow_anonymous_public: bool,
 }
 
 /// The script wrapper (`/python/...`).
@@ -406,6 +415,16 @@ impl Config {
                 "must fit a 4-byte length (at most 4294967295)",
             ));
         }
+        if !self.server.bind.ip().is_loopback() && !self.auth.allow_anonymous_public {
+            return Err(ConfigError::field(
+                "server.bind",
+                format!(
+                    "{} is reachable from other machines, and anyone who reaches the API can run code; \
+                     bind to 127.0.0.1, or set auth.allow_anonymous_public = true if that is meant",
+                    self.server.bind
+                ),
+            ));
+        }
         if self.files.max_bytes == 0 || self.files.max_total_bytes < self.files.max_bytes {
             return Err(ConfigError::field(
                 "files.max_total_bytes",
@@ -456,7 +475,7 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "server",
     "python",
     "pool",
@@ -468,6 +487,7 @@ const SECTIONS: [&str; 11] = [
     "executor",
     "scripts",
     "packages",
+    "auth",
 ];
 
 /// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML
@@ -574,6 +594,18 @@ mod tests {
             err.to_string().contains("execution.default_timeout_ms"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_public_address_needs_the_operator_to_mean_it() {
+        let err = load_str("[server]\nbind = \"0.0.0.0:8765\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("server.bind"), "{err}");
+        let config = load_str(
+            "[server]\nbind = \"0.0.0.0:8765\"\n[auth]\nallow_anonymous_public = true\n",
+            &[],
+        )
+        .expect("allowed");
+        assert!(!config.server.bind.ip().is_loopback());
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             let mut config = config.load()?;
             if let Some(bind) = bind {
                 config.server.bind = bind;
+                config.validate()?; // the address is checked like one from the file
             }
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -62,3 +62,18 @@ fn help_explains_itself() {
     assert!(stdout.contains("serve"), "{stdout}");
     assert!(stdout.contains("Python"), "{stdout}");
 }
+
+#[test]
+fn a_public_bind_without_tokens_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::write_config(dir.path(), "");
+    let output = Command::new(env!("CARGO_BIN_EXE_replpool"))
+        .args(["serve", "--bind", "0.0.0.0:0", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run replpool");
+    assert_ne!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("server.bind"), "{stderr}");
+    assert!(stderr.contains("reachable from other machines"), "{stderr}");
+}
