@@ -55,8 +55,13 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// The API runs arbitrary code and has no tokens yet: binding to an address other machines
-    /// can reach is refused unless this says the operator means it.
+    /// Bearer tokens. When any is set, every route but `/healthz` needs one, and a session
+    /// belongs to the token that created it.
+    pub tokens: Vec<String>,
+    /// A file of more tokens, one per line (blank lines and `#` comments skipped).
+    pub tokens_file: Option<PathBuf>,
+    /// Without tokens, binding to an address other machines can reach is refused unless this
+    /// says the operator means it.
     pub allow_anonymous_public: bool,
 }
 
@@ -342,8 +347,29 @@ impl Config {
                 ConfigError::field(field, e.into_inner().message().to_owned())
             })?;
         config.resolve_paths(&base_dir);
+        config.read_tokens_file()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Adds the tokens of `auth.tokens_file` to `auth.tokens`.
+    fn read_tokens_file(&mut self) -> Result<(), ConfigError> {
+        let Some(file) = &self.auth.tokens_file else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            ConfigError::field(
+                "auth.tokens_file",
+                format!("cannot read {}: {e}", file.display()),
+            )
+        })?;
+        self.auth.tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+        Ok(())
     }
 
     fn resolve_paths(&mut self, base_dir: &Path) {
@@ -354,6 +380,11 @@ impl Config {
         }
         if self.scripts.dir.is_relative() {
             self.scripts.dir = base_dir.join(&self.scripts.dir);
+        }
+        if let Some(file) = &self.auth.tokens_file
+            && file.is_relative()
+        {
+            self.auth.tokens_file = Some(base_dir.join(file));
         }
     }
 
@@ -415,12 +446,23 @@ impl Config {
                 "must fit a 4-byte length (at most 4294967295)",
             ));
         }
-        if !self.server.bind.ip().is_loopback() && !self.auth.allow_anonymous_public {
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::field(
+                    format!("auth.tokens[{i}]"),
+                    "a token must be at least 16 characters, without spaces",
+                ));
+            }
+        }
+        if !self.server.bind.ip().is_loopback()
+            && self.auth.tokens.is_empty()
+            && !self.auth.allow_anonymous_public
+        {
             return Err(ConfigError::field(
                 "server.bind",
                 format!(
-                    "{} is reachable from other machines, and anyone who reaches the API can run code; \
-                     bind to 127.0.0.1, or set auth.allow_anonymous_public = true if that is meant",
+                    "{} is reachable from other machines, and without auth.tokens anyone who reaches the API can run code; \
+                     set auth.tokens, bind to 127.0.0.1, or set auth.allow_anonymous_public = true if that is meant",
                     self.server.bind
                 ),
             ));

@@ -136,7 +136,13 @@ impl SessionManager {
 
     /// Creates a session. At the session limit the least recently used idle session is ended
     /// to make room; if every session is busy, this fails.
+    /// Creates a session for the server's own use (no owner).
     pub async fn create(&self) -> Result<SessionInfo, Error> {
+        self.create_for(None).await
+    }
+
+    /// Creates a session that only `owner` may see and use.
+    pub async fn create_for(&self, owner: Option<&str>) -> Result<SessionInfo, Error> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -145,7 +151,12 @@ impl SessionManager {
         let dir = self.sessions_dir.join(&id);
         std::fs::create_dir(&dir)
             .map_err(|e| Error::Internal(format!("cannot create the session directory: {e}")))?;
-        let session = Arc::new(Session::new(id.clone(), dir, Arc::clone(&self.workers)));
+        let session = Arc::new(Session::new(
+            id.clone(),
+            owner.map(str::to_owned),
+            dir,
+            Arc::clone(&self.workers),
+        ));
         session.wait_ready().await;
         let info = session.info();
         self.sessions.insert(id.clone(), session);
@@ -158,10 +169,25 @@ impl SessionManager {
         Ok(self.session(id)?.info())
     }
 
-    pub fn list(&self) -> Vec<SessionInfo> {
-        let mut infos: Vec<SessionInfo> = self.sessions.iter().map(|s| s.info()).collect();
+    /// `owner`'s sessions: a session is visible only to its owner (all of them when auth is
+    /// off, where every owner is `None`).
+    pub fn list_for(&self, owner: Option<&str>) -> Vec<SessionInfo> {
+        let mut infos: Vec<SessionInfo> = self
+            .sessions
+            .iter()
+            .filter(|s| s.owner() == owner)
+            .map(|s| s.info())
+            .collect();
         infos.sort_by(|a, b| a.created_at.cmp(&b.created_at));
         infos
+    }
+
+    /// Refuses another owner's session as if it did not exist: its existence is not leaked.
+    pub fn authorize(&self, id: &str, owner: Option<&str>) -> Result<(), Error> {
+        match self.sessions.get(id) {
+            Some(session) if session.owner() == owner => Ok(()),
+            _ => Err(Error::SessionNotFound(id.to_owned())),
+        }
     }
 
     pub fn delete(&self, id: &str) -> Result<(), Error> {
@@ -243,7 +269,7 @@ impl SessionManager {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let session = Session::new(id, dir.keep(), Arc::clone(&self.workers));
+        let session = Session::new(id, None, dir.keep(), Arc::clone(&self.workers));
         session.execute(request, events).await
     }
 

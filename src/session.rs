@@ -54,6 +54,9 @@ pub struct Workers {
 
 pub struct Session {
     id: String,
+    /// Who may see and use the session (a token's name); `None` when auth is off, and for the
+    /// sessions the server's own front ends make.
+    owner: Option<String>,
     dir: PathBuf,
     workers: Arc<Workers>,
     created_at: SystemTime,
@@ -116,10 +119,11 @@ impl Drop for QueueTicket<'_> {
 
 impl Session {
     /// A session whose worker starts being prepared at once; see [`Session::wait_ready`].
-    pub fn new(id: String, dir: PathBuf, workers: Arc<Workers>) -> Session {
+    pub fn new(id: String, owner: Option<String>, dir: PathBuf, workers: Arc<Workers>) -> Session {
         let now = (SystemTime::now(), Instant::now());
         let session = Session {
             id,
+            owner,
             dir,
             workers,
             created_at: now.0,
@@ -152,6 +156,10 @@ impl Session {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     pub fn is_idle(&self) -> bool {

@@ -1,6 +1,7 @@
 //! The HTTP front end. One file per surface; handlers are thin translations onto the
 //! [`SessionManager`], which holds all the state.
 
+mod auth;
 mod error;
 mod executor;
 mod judge;
@@ -29,6 +30,7 @@ pub struct AppState {
     pub executions: Arc<executor::Executions>,
     /// The script wrapper's loaded scripts.
     pub scripts: Arc<scripts::Scripts>,
+    pub tokens: Arc<auth::Tokens>,
 }
 
 /// The whole API: the native one and the compatibility surfaces. Request bodies are bounded by
@@ -54,6 +56,7 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
             config.scripts.dir.clone(),
             config.packages.allow_install,
         )),
+        tokens: Arc::new(auth::Tokens::new(config.auth.tokens.clone())),
     };
     let max_file_bytes = usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX);
     native::routes(max_file_bytes)
@@ -61,6 +64,10 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
         .merge(executor::routes())
         .merge(scripts::routes())
         .fallback(error::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
         .layer(DefaultBodyLimit::max(config.execution.max_frame_bytes))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {

@@ -12,6 +12,7 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::auth::Caller;
 use super::{ApiError, AppState, stream};
 use crate::execution::{ExecRequest, Execution};
 use crate::files;
@@ -99,6 +100,7 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn create_session(
     State(state): State<AppState>,
+    caller: Caller,
     body: Bytes,
 ) -> Result<(StatusCode, Json<SessionInfo>), ApiError> {
     if !body.iter().all(u8::is_ascii_whitespace) {
@@ -116,35 +118,41 @@ async fn create_session(
             ApiError::new(status, code, e.to_string())
         })?;
     }
-    let info = state.manager.create().await?;
+    let info = state.manager.create_for(caller.owner()).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-async fn list_sessions(State(state): State<AppState>) -> impl IntoResponse {
-    Json(json!({"sessions": state.manager.list()}))
+async fn list_sessions(State(state): State<AppState>, caller: Caller) -> impl IntoResponse {
+    Json(json!({"sessions": state.manager.list_for(caller.owner())}))
 }
 
 async fn get_session(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SessionInfo>, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     Ok(Json(state.manager.get(&id)?))
 }
 
 async fn delete_session(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     state.manager.delete(&id)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn execute(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(query): Query<ExecuteQuery>,
     Json(body): Json<ExecuteBody>,
 ) -> Result<Response, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     let request = ExecRequest::try_from(body)?;
     if query.stream {
         // Unknown sessions and bad requests are answered as errors before the stream starts.
@@ -156,29 +164,37 @@ async fn execute(
 
 async fn reset(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<SessionInfo>, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     Ok(Json(state.manager.reset(&id).await?))
 }
 
 async fn history(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     Ok(Json(json!({ "history": state.manager.history(&id)? })))
 }
 
 async fn notebook(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     Ok(Json(state.manager.notebook(&id)?))
 }
 
 async fn list_files(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     Ok(Json(
         json!({ "files": state.manager.list_files(&id).await? }),
     ))
@@ -186,9 +202,11 @@ async fn list_files(
 
 async fn put_file(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, path)): Path<(String, String)>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     let body = body?;
     state.manager.put_file(&id, &path, &body).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -196,24 +214,30 @@ async fn put_file(
 
 async fn get_file(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     let data = state.manager.get_file(&id, &path).await?;
     Ok(([(header::CONTENT_TYPE, files::content_type(&path))], data).into_response())
 }
 
 async fn delete_file(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, path)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     state.manager.delete_file(&id, &path).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn interrupt(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
     let interrupted = state.manager.interrupt(&id)?;
     Ok(Json(json!({ "interrupted": interrupted })))
 }

@@ -174,6 +174,21 @@ impl Api {
         }
     }
 
+    /// A client that sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(base: &str, token: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .expect("a header-safe token");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        Api {
+            base: base.to_owned(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("client"),
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
