@@ -165,13 +165,18 @@ impl SessionManager {
         Ok(info)
     }
 
-    pub fn get(&self, id: &str) -> Result<SessionInfo, Error> {
-        Ok(self.session(id)?.info())
+    /// A session's info, with its worker's memory.
+    pub async fn get(&self, id: &str) -> Result<SessionInfo, Error> {
+        let info = self.session(id)?.info();
+        with_memory(vec![info])
+            .await
+            .pop()
+            .ok_or_else(|| Error::Internal("no info".into()))
     }
 
     /// `owner`'s sessions: a session is visible only to its owner (all of them when auth is
     /// off, where every owner is `None`).
-    pub fn list_for(&self, owner: Option<&str>) -> Vec<SessionInfo> {
+    pub async fn list_for(&self, owner: Option<&str>) -> Vec<SessionInfo> {
         let mut infos: Vec<SessionInfo> = self
             .sessions
             .iter()
@@ -179,7 +184,7 @@ impl SessionManager {
             .map(|s| s.info())
             .collect();
         infos.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-        infos
+        with_memory(infos).await
     }
 
     /// Refuses another owner's session as if it did not exist: its existence is not leaked.
@@ -392,6 +397,14 @@ impl SessionManager {
             }
         }
     }
+}
+
+/// The infos with their workers' memory, read on a blocking thread.
+async fn with_memory(infos: Vec<SessionInfo>) -> Vec<SessionInfo> {
+    let fallback = infos.clone();
+    tokio::task::spawn_blocking(move || infos.into_iter().map(SessionInfo::with_memory).collect())
+        .await
+        .unwrap_or(fallback)
 }
 
 /// Ends sessions idle for longer than `ttl`, until shutdown or until the manager is gone.

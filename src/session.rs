@@ -108,6 +108,16 @@ pub struct SessionInfo {
     pub memory_pss_bytes: Option<u64>,
 }
 
+impl SessionInfo {
+    /// Fills in the worker's PSS. Reading `smaps_rollup` of a preloaded worker takes a few
+    /// milliseconds of blocking I/O, so it is done only where memory is asked for, off the
+    /// async threads.
+    pub fn with_memory(mut self) -> SessionInfo {
+        self.memory_pss_bytes = self.pid.and_then(pss_bytes);
+        self
+    }
+}
+
 /// Decrements the waiting count however the execution ends (including a dropped request).
 struct QueueTicket<'a>(&'a AtomicUsize);
 
@@ -171,6 +181,7 @@ impl Session {
         self.last_used.lock().1
     }
 
+    /// What the session is, without its memory (see [`SessionInfo::with_memory`]).
     pub fn info(&self) -> SessionInfo {
         let pending = self.pending.load(Ordering::Acquire);
         let pid = match self.worker_pid.load(Ordering::Acquire) {
@@ -185,7 +196,7 @@ impl Session {
             created_at: rfc3339(self.created_at),
             last_used_at: rfc3339(self.last_used.lock().0),
             pid,
-            memory_pss_bytes: pid.and_then(pss_bytes),
+            memory_pss_bytes: None,
         }
     }
 

@@ -123,7 +123,7 @@ async fn create_session(
 }
 
 async fn list_sessions(State(state): State<AppState>, caller: Caller) -> impl IntoResponse {
-    Json(json!({"sessions": state.manager.list_for(caller.owner())}))
+    Json(json!({"sessions": state.manager.list_for(caller.owner()).await}))
 }
 
 async fn get_session(
@@ -132,7 +132,7 @@ async fn get_session(
     Path(id): Path<String>,
 ) -> Result<Json<SessionInfo>, ApiError> {
     state.manager.authorize(&id, caller.owner())?;
-    Ok(Json(state.manager.get(&id)?))
+    Ok(Json(state.manager.get(&id).await?))
 }
 
 async fn delete_session(
@@ -155,8 +155,8 @@ async fn execute(
     state.manager.authorize(&id, caller.owner())?;
     let request = ExecRequest::try_from(body)?;
     if query.stream {
-        // Unknown sessions and bad requests are answered as errors before the stream starts.
-        state.manager.get(&id)?;
+        // Unknown sessions (checked above) and bad requests are answered as errors before
+        // the stream starts.
         return Ok(stream::execute(state.manager, id, request).into_response());
     }
     Ok(Json(state.manager.execute(&id, &request, None).await?).into_response())
