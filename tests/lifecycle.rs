@@ -37,7 +37,7 @@ async fn session_limit_evicts_the_least_recently_used_idle_session() {
         let api2 = Api::new(&api.base);
         let (s2, code2) = (s.clone(), code.clone());
         running.push(tokio::spawn(async move { api2.run(&s2, &code2).await }));
-        conns.push(listener.accept().await.expect("blocker connected").0);
+        conns.push(listener.accept().await);
     }
     let (status, body) = api.post("/v1/sessions", json!({})).await;
     assert_eq!(status, 503, "{body}");

@@ -143,12 +143,27 @@ pub fn shared() -> &'static str {
 /// The shared server of a test binary whose tests need a configuration of their own; the
 /// first call's `config` wins.
 pub fn shared_with(config: &'static str) -> &'static str {
-    static BASE: OnceLock<String> = OnceLock::new();
-    BASE.get_or_init(|| {
+    &shared_server(config).base
+}
+
+/// What the tests know of a shared server.
+pub struct Shared {
+    pub base: String,
+    pub pid: u32,
+}
+
+/// [`shared_with`], with the server's pid.
+pub fn shared_server(config: &'static str) -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let server = Server::start(config);
-            tx.send(server.base.clone()).expect("send base url");
+            tx.send(Shared {
+                base: server.base.clone(),
+                pid: server.pid(),
+            })
+            .expect("send base url");
             // Never returns: the server lives until the test process exits.
             let _server = server;
             loop {
@@ -418,15 +433,40 @@ impl Api {
     }
 }
 
-/// Python that blocks until the test writes a byte to the returned listener's connection: a
-/// way to hold a session busy for exactly as long as a test needs, without sleeping.
-pub async fn blocker() -> (tokio::net::TcpListener, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
+/// Holds a cell until the test lets it go: see [`blocker`].
+pub struct Blocker {
+    listener: tokio::net::UnixListener,
+    _dir: tempfile::TempDir,
+}
+
+impl Blocker {
+    /// The connection of the next blocked cell; writing a byte to it (or dropping it) lets
+    /// the cell finish.
+    pub async fn accept(&self) -> tokio::net::UnixStream {
+        self.listener.accept().await.expect("blocker connected").0
+    }
+}
+
+/// Python that blocks until the test writes a byte to the returned blocker's connection: a
+/// way to hold a session busy for exactly as long as a test needs, without sleeping. A Unix
+/// socket in a directory everyone may enter, so that it reaches a worker in its own network
+/// namespace running as another user.
+pub async fn blocker() -> (Blocker, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = dir.path().join("blocker.sock");
+    let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let code = format!(
-        "import socket\nwith socket.create_connection(('127.0.0.1', {port})) as c:\n    c.recv(1)"
+        "import socket\nwith socket.socket(socket.AF_UNIX) as c:\n    c.connect({path:?})\n    c.recv(1)",
+        path = path.display().to_string()
     );
-    (listener, code)
+    (
+        Blocker {
+            listener,
+            _dir: dir,
+        },
+        code,
+    )
 }
