@@ -513,8 +513,10 @@ class StdinFile:
 
 
 class Worker:
-    def __init__(self, protocol, base, capture, stdio, devnull, parent_tie=None):
+    def __init__(self, protocol, base, capture, stdio, devnull, server_pid, parent_tie=None):
         self.protocol = protocol
+        self.pid = os.getpid()
+        self.server_pid = server_pid
         self.parent_tie = parent_tie
         self.base = base
         self.capture = capture
@@ -549,7 +551,7 @@ class Worker:
             if op == "exec":
                 self.protocol.send_encoded(self.execute(request))
             elif op == "attach":
-                os.chdir(request["cwd"])
+                self.attach(request)
                 self.protocol.send({"op": "done", "id": rid, "status": "ok"})
             elif op == "reset":
                 self.reset()
@@ -568,6 +570,26 @@ class Worker:
                         "error": {"ename": "ProtocolError", "evalue": f"unknown op {op!r}", "traceback": []},
                     }
                 )
+
+    def attach(self, request):
+        """Binds the worker to a session: its directory, and (when the server is root) its
+        user, for good. A worker that cannot become the user must not run anything."""
+        cwd = request["cwd"]
+        os.chdir(cwd)
+        user = request.get("user")
+        if user is not None:
+            try:
+                become_user(user, self.server_pid)
+            except BaseException:
+                traceback.print_exc()
+                os._exit(1)
+        # Temporary files and dotfiles land in the session directory (and count against its
+        # quota), not in a directory every session shares.
+        os.environ["HOME"] = cwd
+        os.environ["TMPDIR"] = cwd
+        tempfile = sys.modules.get("tempfile")
+        if tempfile is not None:
+            tempfile.tempdir = cwd
 
     def execute(self, request):
         rid = request["id"]
@@ -606,6 +628,15 @@ class Worker:
                 status, error = "error", error_info(exc, filename)
         except BaseException as exc:  # noqa: B036 - user code may raise anything
             status, error = "error", error_info(exc, filename)
+        if os.getpid() != self.pid:
+            # A process the cell forked (`os.fork()`) came back out of the cell. It is not the
+            # worker and must never speak the protocol: it ends here, as a script would.
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass
+            os._exit(0 if status == "ok" else 1)
         self.cpu.disarm(cpu_seconds)
         try:
             show_figures()
@@ -703,14 +734,14 @@ def common_setup(log):
     signal.signal(signal.SIGXCPU, UserCode.on_sigxcpu)
 
 
-def serve_worker(protocol, base, devnull, started, parent_tie=None):
+def serve_worker(protocol, base, devnull, started, server_pid, parent_tie=None):
     """Sets up output capture and serves requests until the server closes the pipe."""
     global _FFLUSH
     _FFLUSH = _libc_fflush()
     capture = Capture()
     stdio = Stdio()
     stdio.install()
-    worker = Worker(protocol, base, capture, stdio, devnull, parent_tie)
+    worker = Worker(protocol, base, capture, stdio, devnull, server_pid, parent_tie)
     worker.warm_up()
     protocol.send(
         {
@@ -743,7 +774,8 @@ def worker_main(settings):
     except BaseException as exc:
         protocol.send({"op": "fatal", "error": error_info(exc)})
         return 1
-    return serve_worker(protocol, base, devnull, started)
+    server_pid = int(settings.get("server_pid") or os.getppid())
+    return serve_worker(protocol, base, devnull, started, server_pid)
 
 
 class Template:
@@ -873,6 +905,7 @@ class Template:
                 self.base,
                 os.open(os.devnull, os.O_RDWR),
                 started,
+                self.server_pid,
                 ParentTie(self.server_pid),
             )
         except BaseException:
@@ -910,6 +943,33 @@ class ParentTie:
         if os.getppid() != self.server_pid:
             os._exit(1)
         self.tied = True
+
+
+def become_user(user, server_pid):
+    """Gives up root for the session's user: no supplementary groups, its gid, its uid.
+
+    `os.setuid` changes every thread's credentials (glibc signals them all), so the capture
+    thread is the session's user too. A change of credentials clears the parent-death signal,
+    so it is set again, and the parent checked once more in case the server died meanwhile.
+    """
+    import ctypes
+    import resource
+
+    nproc = user.get("nproc")
+    if nproc:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    os.setgroups([])
+    os.setgid(int(user["gid"]))
+    os.setuid(int(user["uid"]))
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise PermissionError("still root after setuid")
+    set_parent_death_signal()
+    if os.getppid() != server_pid:
+        os._exit(1)
+    # Dumpable again (a change of user makes a process's /proc files root's): nothing
+    # privileged is left to protect, and code may read its own /proc/self/fd.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(4, 1, 0, 0, 0)  # 4 = PR_SET_DUMPABLE
 
 
 def set_parent_death_signal():

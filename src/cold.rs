@@ -10,6 +10,7 @@ use std::path::Path;
 
 use tokio::sync::Notify;
 
+use crate::sandbox::SessionSandbox;
 use crate::worker::{Cell, CellOutcome, EventSender, Worker, WorkerError, WorkerSpec};
 
 #[derive(Debug, Clone)]
@@ -28,17 +29,19 @@ impl ColdRunner {
         }
     }
 
-    /// Starts an interpreter in `dir`, runs the cell, and ends the interpreter.
+    /// Starts an interpreter in `dir` as the session's user, runs the cell, and ends the
+    /// interpreter.
     pub async fn run(
         &self,
         dir: &Path,
+        sandbox: &SessionSandbox,
         cell: &Cell<'_>,
         events: Option<&EventSender>,
         interrupt: &Notify,
     ) -> Result<CellOutcome, WorkerError> {
         let mut worker = Worker::start(&self.spec).await?;
         tracing::info!(pid = worker.pid(), "running cold");
-        worker.attach(dir).await?;
+        worker.attach(dir, sandbox).await?;
         worker.execute(cell, events, interrupt).await
     }
 }

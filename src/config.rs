@@ -50,6 +50,66 @@ pub struct Config {
     pub scripts: ScriptsConfig,
     pub packages: PackagesConfig,
     pub auth: AuthConfig,
+    pub sandbox: SandboxConfig,
+}
+
+/// What user code is kept from: other sessions' files, the network, the server's user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// When the server runs as root, workers drop to this user (a name or a number); its
+    /// primary group is the workers' group. Empty: workers keep the server's user.
+    pub user: String,
+    /// `first-last`: each session runs as a uid of its own from this range (with `user`'s
+    /// group), so that no session can read another's files. Empty: every session runs as
+    /// `user` itself.
+    pub session_uids: String,
+    /// `none`: workers have a network namespace of their own with only loopback. `host`: the
+    /// machine's network.
+    pub network: Network,
+    /// Per-session cgroups (pids, memory) where the machine offers them.
+    pub cgroups: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            user: "nobody".into(),
+            session_uids: "200000-299999".into(),
+            network: Network::None,
+            cgroups: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    None,
+    Host,
+}
+
+impl SandboxConfig {
+    /// The `session_uids` range, if one is set.
+    pub fn session_uid_range(&self) -> Result<Option<(u32, u32)>, ConfigError> {
+        let text = self.session_uids.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            ConfigError::field(
+                "sandbox.session_uids",
+                format!("{text:?} is not a range `first-last` of uids above 0"),
+            )
+        };
+        let (first, last) = text.split_once('-').ok_or_else(bad)?;
+        let first: u32 = first.trim().parse().map_err(|_| bad())?;
+        let last: u32 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || last < first {
+            return Err(bad());
+        }
+        Ok(Some((first, last)))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -248,6 +308,8 @@ pub struct LimitsConfig {
     pub open_files: u64,
     /// CPU time one execution may use, seconds (SIGXCPU, reported as CPUTimeLimitExceeded).
     pub cpu_seconds: u64,
+    /// Processes (and threads) of one session: its pids cgroup, else RLIMIT_NPROC of its uid.
+    pub processes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -257,6 +319,7 @@ impl Default for LimitsConfig {
             file_size_mb: 1024,
             open_files: 1024,
             cpu_seconds: 600,
+            processes: 256,
         }
     }
 }
@@ -280,6 +343,10 @@ impl LimitsConfig {
 
     pub fn cpu_seconds(&self) -> Option<u64> {
         Self::nonzero(self.cpu_seconds)
+    }
+
+    pub fn processes(&self) -> Option<u64> {
+        Self::nonzero(self.processes)
     }
 }
 
@@ -485,6 +552,29 @@ impl Config {
                 "must be 0 (no limit) or at least 64",
             ));
         }
+        if self.limits.processes != 0 && self.limits.processes < 16 {
+            return Err(ConfigError::field(
+                "limits.processes",
+                "must be 0 (no limit) or at least 16: a worker alone runs several threads",
+            ));
+        }
+        if let Some((first, last)) = self.sandbox.session_uid_range()?
+            && u64::from(last - first) + 1 < self.sessions.max as u64 * 2
+        {
+            return Err(ConfigError::field(
+                "sandbox.session_uids",
+                format!(
+                    "{first}-{last} holds fewer than twice sessions.max ({}) uids",
+                    self.sessions.max
+                ),
+            ));
+        }
+        if self.packages.allow_install && self.sandbox.network == Network::None {
+            return Err(ConfigError::field(
+                "packages.allow_install",
+                "pip needs the network, and sandbox.network = \"none\" keeps workers off it; set sandbox.network = \"host\" too",
+            ));
+        }
         if self.python.executable.as_os_str().is_empty() {
             return Err(ConfigError::field("python.executable", "must not be empty"));
         }
@@ -517,7 +607,7 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 12] = [
+const SECTIONS: [&str; 13] = [
     "server",
     "python",
     "pool",
@@ -530,6 +620,7 @@ const SECTIONS: [&str; 12] = [
     "scripts",
     "packages",
     "auth",
+    "sandbox",
 ];
 
 /// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML

@@ -26,6 +26,8 @@ pub enum Error {
     ShuttingDown,
     #[error(transparent)]
     File(#[from] FileError),
+    #[error("sandbox: {0}")]
+    Sandbox(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -10,6 +10,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::sandbox::Credentials;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     #[error("invalid path `{path}`: {why}")]
@@ -41,19 +43,74 @@ pub struct FileLimits {
     pub max_total_bytes: u64,
 }
 
-/// The files of one session.
-pub struct SessionFiles<'a> {
-    root: &'a Path,
+/// The files of one session. Every operation runs on a blocking thread as the session's user
+/// (see [`AsUser`]).
+#[derive(Debug, Clone)]
+pub struct SessionFiles {
+    root: PathBuf,
     limits: FileLimits,
+    user: Option<Credentials>,
 }
 
-impl<'a> SessionFiles<'a> {
-    pub fn new(root: &'a Path, limits: FileLimits) -> Self {
-        SessionFiles { root, limits }
+impl SessionFiles {
+    /// `user`: who the session's code runs as (`None`: the server's own user).
+    pub fn new(root: &Path, limits: FileLimits, user: Option<Credentials>) -> Self {
+        SessionFiles {
+            root: root.to_owned(),
+            limits,
+            user,
+        }
     }
 
     /// Writes (or replaces) a file, creating its parent directories.
-    pub async fn put(&self, path: &str, data: &[u8]) -> Result<(), FileError> {
+    pub async fn put(&self, path: &str, data: bytes::Bytes) -> Result<(), FileError> {
+        let path = path.to_owned();
+        self.blocking(move |files| files.put_now(&path, &data))
+            .await
+    }
+
+    /// A file's bytes.
+    pub async fn get(&self, path: &str) -> Result<Vec<u8>, FileError> {
+        let path = path.to_owned();
+        self.blocking(move |files| files.get_now(&path)).await
+    }
+
+    /// Removes a file, or a directory with everything in it.
+    pub async fn delete(&self, path: &str) -> Result<(), FileError> {
+        let path = path.to_owned();
+        self.blocking(move |files| files.delete_now(&path)).await
+    }
+
+    /// Every regular file under the directory, recursively, sorted by path. Symlinks are not
+    /// followed.
+    pub async fn list(&self) -> Result<Vec<FileInfo>, FileError> {
+        self.blocking(|files| files.list_now()).await
+    }
+
+    /// Bytes taken by the session's regular files.
+    pub async fn usage(&self) -> Result<u64, FileError> {
+        self.blocking(|files| files.usage_now()).await
+    }
+
+    /// The quota the session's files must stay under.
+    pub fn max_total_bytes(&self) -> u64 {
+        self.limits.max_total_bytes
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&SessionFiles) -> Result<T, FileError> + Send + 'static,
+    ) -> Result<T, FileError> {
+        let files = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _as_user = AsUser::assume(files.user);
+            op(&files)
+        })
+        .await
+        .map_err(|e| FileError::Io(std::io::Error::other(e)))?
+    }
+
+    fn put_now(&self, path: &str, data: &[u8]) -> Result<(), FileError> {
         let size = data.len() as u64;
         if size > self.limits.max_bytes {
             return Err(FileError::TooLarge {
@@ -63,7 +120,7 @@ impl<'a> SessionFiles<'a> {
         }
         let target = self.writable(path)?;
         let replaced = std::fs::symlink_metadata(&target).map_or(0, |m| m.len());
-        let total = self.usage()?.saturating_sub(replaced) + size;
+        let total = self.usage_now()?.saturating_sub(replaced) + size;
         if total > self.limits.max_total_bytes {
             return Err(FileError::QuotaExceeded {
                 total,
@@ -80,43 +137,39 @@ impl<'a> SessionFiles<'a> {
                 .unwrap_or("file"),
             rand::random::<u64>()
         ));
-        tokio::fs::write(&temp, data).await?;
-        if let Err(e) = tokio::fs::rename(&temp, &target).await {
-            let _ = tokio::fs::remove_file(&temp).await;
+        std::fs::write(&temp, data)?;
+        if let Err(e) = std::fs::rename(&temp, &target) {
+            let _ = std::fs::remove_file(&temp);
             return Err(e.into());
         }
         Ok(())
     }
 
-    /// A file's bytes.
-    pub async fn get(&self, path: &str) -> Result<Vec<u8>, FileError> {
+    fn get_now(&self, path: &str) -> Result<Vec<u8>, FileError> {
         let resolved = self.existing(path)?;
         if resolved.is_dir() {
             return Err(FileError::IsADirectory(path.to_owned()));
         }
-        Ok(tokio::fs::read(&resolved).await?)
+        Ok(std::fs::read(&resolved)?)
     }
 
-    /// Removes a file, or a directory with everything in it.
-    pub async fn delete(&self, path: &str) -> Result<(), FileError> {
+    fn delete_now(&self, path: &str) -> Result<(), FileError> {
         let target = self.lexical(path)?;
         let meta =
             std::fs::symlink_metadata(&target).map_err(|_| FileError::NotFound(path.to_owned()))?;
         // A symlink is removed itself, never what it points to.
         self.check_parents(&target, path)?;
         if meta.is_dir() {
-            tokio::fs::remove_dir_all(&target).await?;
+            std::fs::remove_dir_all(&target)?;
         } else {
-            tokio::fs::remove_file(&target).await?;
+            std::fs::remove_file(&target)?;
         }
         Ok(())
     }
 
-    /// Every regular file under the directory, recursively, sorted by path. Symlinks are not
-    /// followed.
-    pub fn list(&self) -> Result<Vec<FileInfo>, FileError> {
+    fn list_now(&self) -> Result<Vec<FileInfo>, FileError> {
         let mut files = Vec::new();
-        let mut stack = vec![self.root.to_owned()];
+        let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir)? {
                 let entry = entry?;
@@ -125,7 +178,7 @@ impl<'a> SessionFiles<'a> {
                     stack.push(entry.path());
                 } else if meta.is_file() {
                     let relative = entry.path();
-                    let relative = relative.strip_prefix(self.root).unwrap_or(&relative);
+                    let relative = relative.strip_prefix(&self.root).unwrap_or(&relative);
                     files.push(FileInfo {
                         path: relative.to_string_lossy().into_owned(),
                         size: meta.len(),
@@ -143,9 +196,8 @@ impl<'a> SessionFiles<'a> {
         Ok(files)
     }
 
-    /// Bytes taken by the session's regular files.
-    pub fn usage(&self) -> Result<u64, FileError> {
-        Ok(self.list()?.iter().map(|f| f.size).sum())
+    fn usage_now(&self) -> Result<u64, FileError> {
+        Ok(self.list_now()?.iter().map(|f| f.size).sum())
     }
 
     /// `path` joined to the root, refusing anything that is not plain relative names.
@@ -160,7 +212,7 @@ impl<'a> SessionFiles<'a> {
         if path.contains('\0') {
             return Err(invalid("contains a NUL byte"));
         }
-        let mut joined = self.root.to_owned();
+        let mut joined = self.root.clone();
         for component in Path::new(path).components() {
             match component {
                 Component::Normal(name) => joined.push(name),
@@ -182,7 +234,7 @@ impl<'a> SessionFiles<'a> {
         let joined = self.lexical(path)?;
         let resolved =
             std::fs::canonicalize(&joined).map_err(|_| FileError::NotFound(path.to_owned()))?;
-        if !resolved.starts_with(self.root) {
+        if !resolved.starts_with(&self.root) {
             return Err(FileError::InvalidPath {
                 path: path.to_owned(),
                 why: "it leads out of the session directory",
@@ -196,9 +248,9 @@ impl<'a> SessionFiles<'a> {
     fn writable(&self, path: &str) -> Result<PathBuf, FileError> {
         let target = self.lexical(path)?;
         if let Some(parent) = target.parent() {
-            let mut dir = self.root.to_owned();
+            let mut dir = self.root.clone();
             for component in parent
-                .strip_prefix(self.root)
+                .strip_prefix(&self.root)
                 .unwrap_or(Path::new(""))
                 .components()
             {
@@ -226,7 +278,7 @@ impl<'a> SessionFiles<'a> {
         if let Some(parent) = target.parent() {
             let resolved =
                 std::fs::canonicalize(parent).map_err(|_| FileError::NotFound(path.to_owned()))?;
-            if !resolved.starts_with(self.root) {
+            if !resolved.starts_with(&self.root) {
                 return Err(FileError::InvalidPath {
                     path: path.to_owned(),
                     why: "it leads out of the session directory",
@@ -234,6 +286,31 @@ impl<'a> SessionFiles<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// The calling thread's file-system identity (`setfsuid`/`setfsgid`) made the session's user
+/// until dropped. The server is root and the directory belongs to the session's code, which
+/// may swap a checked directory for a link at any moment: as the session's user, the kernel
+/// itself refuses whatever the session could not reach, whatever the race.
+struct AsUser(Option<(nix::unistd::Uid, nix::unistd::Gid)>);
+
+impl AsUser {
+    fn assume(user: Option<Credentials>) -> AsUser {
+        AsUser(user.map(|c| {
+            let gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(c.gid));
+            let uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(c.uid));
+            (uid, gid)
+        }))
+    }
+}
+
+impl Drop for AsUser {
+    fn drop(&mut self) {
+        if let Some((uid, gid)) = self.0 {
+            nix::unistd::setfsuid(uid);
+            nix::unistd::setfsgid(gid);
+        }
     }
 }
 
@@ -278,7 +355,7 @@ mod tests {
     fn paths_that_escape_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = std::fs::canonicalize(dir.path()).expect("canonical");
-        let files = SessionFiles::new(&root, limits());
+        let files = SessionFiles::new(&root, limits(), None);
         for bad in ["../x", "a/../../x", "/etc/passwd", "", "."] {
             assert!(
                 matches!(files.lexical(bad), Err(FileError::InvalidPath { .. })),
@@ -301,23 +378,25 @@ mod tests {
     async fn sizes_are_limited() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = std::fs::canonicalize(dir.path()).expect("canonical");
-        let files = SessionFiles::new(&root, limits());
+        let files = SessionFiles::new(&root, limits(), None);
+        let bytes = |b: u8, n: usize| bytes::Bytes::from(vec![b; n]);
         assert!(matches!(
-            files.put("big", &[0; 101]).await,
+            files.put("big", bytes(0, 101)).await,
             Err(FileError::TooLarge { .. })
         ));
-        files.put("a", &[0; 100]).await.expect("fits");
+        files.put("a", bytes(0, 100)).await.expect("fits");
         files
-            .put("a", &[0; 90])
+            .put("a", bytes(0, 90))
             .await
             .expect("a replacement counts once");
         assert!(matches!(
-            files.put("b", &[0; 61]).await,
+            files.put("b", bytes(0, 61)).await,
             Err(FileError::QuotaExceeded { .. })
         ));
-        files.put("sub/b", &[1; 60]).await.expect("fits");
+        files.put("sub/b", bytes(1, 60)).await.expect("fits");
         let listed: Vec<String> = files
             .list()
+            .await
             .expect("list")
             .into_iter()
             .map(|f| f.path)

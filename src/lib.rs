@@ -15,6 +15,7 @@ pub mod pool;
 pub mod process;
 pub mod protocol;
 pub mod reaper;
+pub mod sandbox;
 pub mod session;
 pub mod template;
 pub mod worker;

@@ -17,6 +17,7 @@ use crate::files::{FileInfo, FileLimits};
 use crate::notebook;
 use crate::pool::{PoolStatus, WarmPool};
 use crate::reaper;
+use crate::sandbox::{Sandbox, SessionSandbox};
 use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
 use crate::template::Template;
 use crate::worker::{EventSender, ResourceLimits, WorkerSpec};
@@ -36,6 +37,7 @@ pub struct SessionManager {
     max_frame_bytes: usize,
     workers: Arc<Workers>,
     sessions_dir: PathBuf,
+    sandbox: Sandbox,
     shutdown: CancellationToken,
     /// Keeps the state directory (worker script, session directories) until the manager goes.
     _state_dir: tempfile::TempDir,
@@ -70,6 +72,13 @@ impl SessionManager {
         std::fs::create_dir(&sessions_dir).map_err(|e| {
             Error::Internal(format!("cannot create {}: {e}", sessions_dir.display()))
         })?;
+        // Workers of other users pass through to their own session directories (mode 0700
+        // each), but cannot list who else is there.
+        for dir in [state_dir.path(), &sessions_dir] {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                .map_err(|e| Error::Internal(format!("cannot open {}: {e}", dir.display())))?;
+        }
+        let sandbox = Sandbox::setup(config, &[sessions_dir.clone(), config.scripts.dir.clone()])?;
         let ex = &config.execution;
         let spec = WorkerSpec {
             python: config.python.executable.clone(),
@@ -85,6 +94,7 @@ impl SessionManager {
                 open_files: config.limits.open_files(),
             },
             cold: false,
+            isolation: sandbox.isolation(),
         };
         let shutdown = CancellationToken::new();
         let cold = ColdRunner::new(&spec);
@@ -121,6 +131,7 @@ impl SessionManager {
             max_frame_bytes: ex.max_frame_bytes,
             workers,
             sessions_dir,
+            sandbox,
             shutdown,
             _state_dir: state_dir,
         });
@@ -151,10 +162,12 @@ impl SessionManager {
         let dir = self.sessions_dir.join(&id);
         std::fs::create_dir(&dir)
             .map_err(|e| Error::Internal(format!("cannot create the session directory: {e}")))?;
+        let sandbox = self.session_sandbox(&id, &dir)?;
         let session = Arc::new(Session::new(
             id.clone(),
             owner.map(str::to_owned),
             dir,
+            sandbox,
             Arc::clone(&self.workers),
         ));
         session.wait_ready().await;
@@ -219,7 +232,7 @@ impl SessionManager {
         ))
     }
 
-    pub async fn put_file(&self, id: &str, path: &str, data: &[u8]) -> Result<(), Error> {
+    pub async fn put_file(&self, id: &str, path: &str, data: bytes::Bytes) -> Result<(), Error> {
         Ok(self.session(id)?.files().put(path, data).await?)
     }
 
@@ -232,11 +245,7 @@ impl SessionManager {
     }
 
     pub async fn list_files(&self, id: &str) -> Result<Vec<FileInfo>, Error> {
-        let session = self.session(id)?;
-        let listed = tokio::task::spawn_blocking(move || session.files().list())
-            .await
-            .map_err(|e| Error::Internal(format!("listing failed: {e}")))??;
-        Ok(listed)
+        Ok(self.session(id)?.files().list().await?)
     }
 
     /// Interrupts the session's running execution; returns whether one was running.
@@ -274,8 +283,18 @@ impl SessionManager {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let session = Session::new(id, None, dir.keep(), Arc::clone(&self.workers));
+        let dir = dir.keep();
+        let sandbox = self.session_sandbox(&id, &dir)?;
+        let session = Session::new(id, None, dir, sandbox, Arc::clone(&self.workers));
         session.execute(request, events).await
+    }
+
+    /// A session's share of the sandbox; the directory is removed if there is none to be had.
+    fn session_sandbox(&self, id: &str, dir: &Path) -> Result<SessionSandbox, Error> {
+        self.sandbox.session(id, dir).inspect_err(|e| {
+            tracing::warn!(session = %id, "refused: {e}");
+            let _ = std::fs::remove_dir_all(dir);
+        })
     }
 
     /// Makes the template start over (after a package install): new workers import afresh.
@@ -318,13 +337,21 @@ impl SessionManager {
         &self.sessions_dir
     }
 
-    /// A fresh directory under the server's state directory, removed when dropped (for a front
-    /// end's own files, e.g. a judge's compiled program).
+    /// A fresh directory under the server's state directory, removed when dropped, for what
+    /// one-shot executions of one request share (a judge's compiled program: made by one
+    /// session's user, run by others). Like `/tmp`: anyone may add files, only their owner
+    /// may replace or remove them, and nobody may list it.
     pub fn scratch_dir(&self) -> Result<tempfile::TempDir, Error> {
-        tempfile::Builder::new()
+        let dir = tempfile::Builder::new()
             .prefix("scratch-")
             .tempdir_in(&self.sessions_dir)
-            .map_err(|e| Error::Internal(format!("cannot create a directory: {e}")))
+            .map_err(|e| Error::Internal(format!("cannot create a directory: {e}")))?;
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1733),
+        )
+        .map_err(|e| Error::Internal(format!("cannot open a directory: {e}")))?;
+        Ok(dir)
     }
 
     fn end(&self, id: &str, why: &str) -> Result<(), Error> {

@@ -40,10 +40,13 @@ pub enum Request<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         filename: Option<&'a str>,
     },
-    /// Make `cwd` the worker's working directory (binding it to a session).
+    /// Make `cwd` the worker's working directory and, with `user`, become that user: binds
+    /// the worker to a session.
     Attach {
         id: u64,
         cwd: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<AttachUser>,
     },
     /// A fresh copy of the base namespace.
     Reset {
@@ -52,6 +55,16 @@ pub enum Request<'a> {
     Ping {
         id: u64,
     },
+}
+
+/// The user a worker becomes when it is attached (the server runs as root).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct AttachUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// RLIMIT_NPROC to set before the change (a per-session uid without a pids cgroup).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nproc: Option<u64>,
 }
 
 impl Request<'_> {

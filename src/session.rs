@@ -27,6 +27,7 @@ use crate::execution::{ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
 use crate::pool::WarmPool;
 use crate::protocol::ErrorInfo;
+use crate::sandbox::SessionSandbox;
 use crate::worker::{Cell, CellOutcome, EventSender, Interrupt, Worker, WorkerError};
 
 /// What the session needs to know of the configuration to run a cell.
@@ -58,6 +59,8 @@ pub struct Session {
     /// sessions the server's own front ends make.
     owner: Option<String>,
     dir: PathBuf,
+    /// The session's user and cgroup; every worker it uses enters them.
+    sandbox: Arc<SessionSandbox>,
     workers: Arc<Workers>,
     created_at: SystemTime,
     last_used: Mutex<(SystemTime, Instant)>,
@@ -129,12 +132,19 @@ impl Drop for QueueTicket<'_> {
 
 impl Session {
     /// A session whose worker starts being prepared at once; see [`Session::wait_ready`].
-    pub fn new(id: String, owner: Option<String>, dir: PathBuf, workers: Arc<Workers>) -> Session {
+    pub fn new(
+        id: String,
+        owner: Option<String>,
+        dir: PathBuf,
+        sandbox: SessionSandbox,
+        workers: Arc<Workers>,
+    ) -> Session {
         let now = (SystemTime::now(), Instant::now());
         let session = Session {
             id,
             owner,
             dir,
+            sandbox: Arc::new(sandbox),
             workers,
             created_at: now.0,
             last_used: Mutex::new(now),
@@ -252,7 +262,7 @@ impl Session {
                         Mode::Cold,
                         self.workers
                             .cold
-                            .run(&self.dir, &cell, events, &self.interrupt)
+                            .run(&self.dir, &self.sandbox, &cell, events, &self.interrupt)
                             .await,
                     ),
                 }
@@ -289,6 +299,7 @@ impl Session {
                 Execution::without_reply(status, error, count, elapsed)
             }
         };
+        self.check_limits(&mut execution).await;
         execution.mode = mode;
         execution.session_reset |= reset_before;
         // Whatever this reply says covers losses up to now; only a cold cell's definitions,
@@ -296,6 +307,46 @@ impl Session {
         slot.unreported_reset = mode == Mode::Cold;
         self.record(&request.code, started_at, &execution);
         Ok(execution)
+    }
+
+    /// What the session's limits refused during the execution goes to the log, with the
+    /// session id; a worker the OOM killer ended is said to have been, and files past the
+    /// disk quota make the reply an error (the next executions still run, so that code can
+    /// clean up; uploads are refused until the session is under its quota again).
+    async fn check_limits(&self, execution: &mut Execution) {
+        let refused = self.sandbox.refusals();
+        for refusal in &refused.described {
+            tracing::warn!("limit reached: {refusal}");
+        }
+        if refused.oom_kills > 0
+            && let Some(error) = execution.error.as_mut()
+            && error.ename == "WorkerDied"
+        {
+            error.ename = "MemoryError".into();
+            error.evalue = format!(
+                "the session's processes reached its memory limit ({} MiB) and the kernel killed the worker",
+                self.sandbox.memory_mb()
+            );
+        }
+        let files = self.files();
+        let max = files.max_total_bytes();
+        match files.usage().await {
+            Ok(used) if used > max => {
+                tracing::warn!(used, max, "limit reached: disk quota");
+                if execution.error.is_none() {
+                    execution.status = Status::Error;
+                    execution.error = Some(ErrorInfo {
+                        ename: "DiskQuotaExceeded".into(),
+                        evalue: format!(
+                            "the session's files take {used} bytes, over its quota of {max}; delete some to get under it"
+                        ),
+                        traceback: Vec::new(),
+                    });
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot measure the session's files: {e}"),
+        }
     }
 
     fn record(&self, code: &str, started_at: SystemTime, execution: &Execution) {
@@ -324,8 +375,12 @@ impl Session {
     }
 
     /// The session's working directory, through the files API's checks.
-    pub fn files(&self) -> SessionFiles<'_> {
-        SessionFiles::new(&self.dir, self.workers.limits.files)
+    pub fn files(&self) -> SessionFiles {
+        SessionFiles::new(
+            &self.dir,
+            self.workers.limits.files,
+            self.sandbox.credentials(),
+        )
     }
 
     /// A fresh namespace on a fresh worker, after the executions already queued; the id, the
@@ -376,9 +431,10 @@ impl Session {
         }
         let pool = Arc::clone(&self.workers.pool);
         let dir = self.dir.clone();
+        let sandbox = Arc::clone(&self.sandbox);
         slot.replacement = Some(AbortOnDropHandle::new(tokio::spawn(async move {
             let mut worker = pool.acquire().await?;
-            worker.attach(&dir).await?;
+            worker.attach(&dir, &sandbox).await?;
             Ok(worker)
         })));
     }

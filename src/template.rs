@@ -258,6 +258,7 @@ impl Template {
             "template": true,
             "preload": spec.preload,
             "max_frame_bytes": spec.max_frame_bytes,
+            "server_pid": std::process::id(),
         });
         let mut command = Command::new(&spec.python);
         command

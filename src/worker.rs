@@ -24,6 +24,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use crate::process::{self, Process};
 use crate::protocol::{self, Done, ErrorInfo, Frame, MimeBundle, Request, StreamName};
 use crate::reaper;
+use crate::sandbox::{Isolation, SessionSandbox};
 
 /// How many lines of a worker's own stderr are kept to explain its failure.
 const STDERR_TAIL_LINES: usize = 30;
@@ -42,6 +43,8 @@ pub struct WorkerSpec {
     pub limits: ResourceLimits,
     /// A cold worker imports what it can of the preload instead of failing on a bad entry.
     pub cold: bool,
+    /// The namespaces and filesystem view every process started for Python gets.
+    pub isolation: Arc<Isolation>,
 }
 
 /// Per-process limits, set between fork and exec so that user code inherits them and cannot
@@ -204,8 +207,10 @@ impl WorkerSpec {
             .kill_on_drop(true);
         let server_pid = std::process::id();
         let limits = self.limits;
+        let isolation = Arc::clone(&self.isolation);
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls (prctl, getppid, setrlimit); it does not allocate.
+        // system calls (prctl, getppid, setrlimit, unshare, mount, ioctl); it does not
+        // allocate.
         unsafe {
             command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -213,7 +218,10 @@ impl WorkerSpec {
                 if nix::unistd::getppid().as_raw() as u32 != server_pid {
                     return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
                 }
-                limits.apply()
+                // No setuid program can give user code back what it is about to lose.
+                nix::sys::prctl::set_no_new_privs()?;
+                limits.apply()?;
+                isolation.apply()
             });
         }
     }
@@ -227,6 +235,7 @@ impl Worker {
             "preload": spec.preload,
             "max_frame_bytes": spec.max_frame_bytes,
             "cold": spec.cold,
+            "server_pid": std::process::id(),
         });
         let mut command = Command::new(&spec.python);
         command
@@ -356,13 +365,28 @@ impl Worker {
         }
     }
 
-    /// Points the worker at a session's directory.
-    pub async fn attach(&mut self, dir: &Path) -> Result<(), WorkerError> {
+    /// Binds the worker to a session, for good: into the session's cgroup, then (in the
+    /// worker) into its directory and, where the server is root, its user.
+    pub async fn attach(
+        &mut self,
+        dir: &Path,
+        sandbox: &SessionSandbox,
+    ) -> Result<(), WorkerError> {
         let cwd = dir
             .to_str()
             .ok_or_else(|| WorkerError::Protocol("session directory is not UTF-8".into()))?;
+        sandbox.enter(self.pid).map_err(|e| {
+            WorkerError::Protocol(format!(
+                "cannot move the worker into the session's cgroup: {e}"
+            ))
+        })?;
+        let user = sandbox.credentials().map(|c| protocol::AttachUser {
+            uid: c.uid,
+            gid: c.gid,
+            nproc: sandbox.nproc(),
+        });
         let id = self.next_request_id();
-        self.control(&Request::Attach { id, cwd }).await
+        self.control(&Request::Attach { id, cwd, user }).await
     }
 
     /// Gives the worker a fresh copy of its base namespace.

@@ -46,6 +46,7 @@ impl From<Error> for ApiError {
             Error::WorkerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable"),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            Error::Sandbox(_) => (StatusCode::SERVICE_UNAVAILABLE, "sandbox_unavailable"),
             Error::File(file) => match file {
                 FileError::InvalidPath { .. } => (StatusCode::BAD_REQUEST, "invalid_path"),
                 FileError::IsADirectory(_) => (StatusCode::BAD_REQUEST, "is_a_directory"),

@@ -555,7 +555,7 @@ async fn execute_job(
 ) -> Result<Execution, ExecutorError> {
     for (path, data) in &job.files {
         manager
-            .put_file(session, path, data)
+            .put_file(session, path, bytes::Bytes::from(data.clone()))
             .await
             .map_err(|e| match e {
                 Error::File(file) => ExecutorError::bad_request(file.to_string()),

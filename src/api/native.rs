@@ -208,7 +208,7 @@ async fn put_file(
 ) -> Result<StatusCode, ApiError> {
     state.manager.authorize(&id, caller.owner())?;
     let body = body?;
-    state.manager.put_file(&id, &path, &body).await?;
+    state.manager.put_file(&id, &path, body).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

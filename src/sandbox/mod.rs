@@ -1,0 +1,282 @@
+//! What keeps user code in its place: the user it runs as, what it sees of the machine
+//! (network, filesystem), and the limits that hold for everything a session starts.
+//!
+//! [`Sandbox`] is set up once at start; each session gets a [`SessionSandbox`] (its uid, its
+//! directory's owner and mode, its cgroup), which every worker the session uses enters before
+//! it runs the session's code. A worker is forked as root, idle and anonymous; binding it to a
+//! session (the `attach` request) is where it becomes the session's user, for good.
+
+pub mod cgroup;
+pub mod isolation;
+pub mod uids;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::config::{Config, Network};
+use crate::error::Error;
+pub use cgroup::{CgroupLimits, Cgroups, Counters, SessionCgroup};
+pub use isolation::Isolation;
+pub use uids::{Credentials, UidLease, UidPool};
+
+pub struct Sandbox {
+    uids: Option<UidPool>,
+    isolation: Arc<Isolation>,
+    cgroups: Option<Cgroups>,
+    /// RLIMIT_NPROC per session uid, where no pids cgroup limits processes.
+    nproc: Option<u64>,
+    memory_mb: u64,
+    processes: Option<u64>,
+}
+
+impl Sandbox {
+    /// `needed`: directories the workers must be able to reach (the state directory, the
+    /// scripts); the Python installation is found by asking the interpreter.
+    pub fn setup(config: &Config, needed: &[PathBuf]) -> Result<Sandbox, Error> {
+        let root = nix::unistd::geteuid().is_root();
+        let sandbox = &config.sandbox;
+        let fail = |message: String| Error::Sandbox(message);
+        if sandbox.network == Network::None && !root {
+            return Err(fail(
+                "sandbox.network = \"none\" gives workers a network namespace of their own, which \
+                 needs the server to run as root; run it as root, or set sandbox.network = \"host\" \
+                 to let user code reach the network"
+                    .into(),
+            ));
+        }
+        let uids = if !root || sandbox.user.is_empty() {
+            if !root {
+                tracing::warn!(
+                    "the server does not run as root: workers run as its own user, and sessions can read each other's files"
+                );
+            }
+            None
+        } else {
+            let user =
+                uids::lookup_user(&sandbox.user).map_err(|e| fail(format!("sandbox.user: {e}")))?;
+            match config
+                .sandbox
+                .session_uid_range()
+                .map_err(|e| fail(e.to_string()))?
+            {
+                Some((first, last)) => Some(UidPool::range(first, last, user.gid)),
+                None => Some(UidPool::shared(user)),
+            }
+        };
+        // The user whose view decides what must be covered: any uid of the pool has the same
+        // (no file belongs to it), so a probe lease serves.
+        let probe_user = uids
+            .as_ref()
+            .and_then(UidPool::lease)
+            .map(|l| l.credentials());
+        let mut reach = needed.to_vec();
+        if probe_user.is_some() {
+            reach.extend(python_paths(&config.python.executable)?);
+        }
+        let isolation =
+            Isolation::new(sandbox.network == Network::None, &reach, probe_user).map_err(fail)?;
+        let processes = config.limits.processes();
+        let cgroups = if sandbox.cgroups && root {
+            Cgroups::setup(CgroupLimits {
+                processes,
+                memory_bytes: config.limits.address_space_bytes(),
+            })
+        } else {
+            None
+        };
+        match &cgroups {
+            Some(c) => tracing::info!("per-session cgroups: {}", c.describe()),
+            None if sandbox.cgroups => {
+                tracing::warn!("no writable cgroup hierarchy: sessions are limited by rlimits only")
+            }
+            None => {}
+        }
+        let pids_by_cgroup = cgroups.as_ref().is_some_and(Cgroups::limits_processes);
+        // RLIMIT_NPROC counts a uid's processes: a limit per session only when the uid is.
+        let per_session_uid = !config.sandbox.session_uids.trim().is_empty();
+        let nproc = (!pids_by_cgroup && per_session_uid && uids.is_some())
+            .then_some(processes)
+            .flatten();
+        Ok(Sandbox {
+            uids,
+            isolation: Arc::new(isolation),
+            cgroups,
+            nproc,
+            memory_mb: config.limits.memory_mb,
+            processes,
+        })
+    }
+
+    /// What every process started for Python sets up before exec.
+    pub fn isolation(&self) -> Arc<Isolation> {
+        Arc::clone(&self.isolation)
+    }
+
+    /// Whether workers change user (the server runs as root and `sandbox.user` is set).
+    pub fn changes_user(&self) -> bool {
+        self.uids.is_some()
+    }
+
+    /// A session's share: a uid, its directory made its own (mode 0700), a cgroup.
+    pub fn session(&self, name: &str, dir: &Path) -> Result<SessionSandbox, Error> {
+        let lease = match &self.uids {
+            None => None,
+            Some(pool) => Some(pool.lease().ok_or_else(|| {
+                Error::Sandbox("every uid of sandbox.session_uids is in use".into())
+            })?),
+        };
+        if let Some(lease) = &lease {
+            let c = lease.credentials();
+            std::os::unix::fs::chown(dir, Some(c.uid), Some(c.gid))
+                .and_then(|()| {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                })
+                .map_err(|e| {
+                    Error::Internal(format!("cannot give the session its directory: {e}"))
+                })?;
+        }
+        let cgroup =
+            match &self.cgroups {
+                None => None,
+                Some(cgroups) => Some(cgroups.session(name).map_err(|e| {
+                    Error::Internal(format!("cannot make the session's cgroup: {e}"))
+                })?),
+            };
+        Ok(SessionSandbox {
+            lease,
+            cgroup,
+            nproc: self.nproc,
+            memory_mb: self.memory_mb,
+            processes: self.processes,
+            seen: Mutex::default(),
+        })
+    }
+}
+
+/// One session's identity and limits.
+pub struct SessionSandbox {
+    lease: Option<UidLease>,
+    cgroup: Option<SessionCgroup>,
+    nproc: Option<u64>,
+    memory_mb: u64,
+    processes: Option<u64>,
+    /// The cgroup's counters when last looked at.
+    seen: Mutex<Counters>,
+}
+
+impl SessionSandbox {
+    /// No user change, no cgroup: for a core embedded without a sandbox.
+    pub fn none() -> SessionSandbox {
+        SessionSandbox {
+            lease: None,
+            cgroup: None,
+            nproc: None,
+            memory_mb: 0,
+            processes: None,
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Who the session's code runs as (`None`: the server's user).
+    pub fn credentials(&self) -> Option<Credentials> {
+        self.lease.as_ref().map(UidLease::credentials)
+    }
+
+    /// RLIMIT_NPROC the worker sets for itself before it changes user.
+    pub fn nproc(&self) -> Option<u64> {
+        self.nproc
+    }
+
+    /// Puts a worker into the session's cgroup, before it runs anything of the session's.
+    pub fn enter(&self, pid: u32) -> std::io::Result<()> {
+        match &self.cgroup {
+            Some(cgroup) => cgroup.add(pid),
+            None => Ok(()),
+        }
+    }
+
+    /// What the limits refused since the last call.
+    pub fn refusals(&self) -> Refusals {
+        let Some(cgroup) = &self.cgroup else {
+            return Refusals::default();
+        };
+        let now = cgroup.counters();
+        let before = std::mem::replace(&mut *self.seen.lock(), now);
+        let mut said = Vec::new();
+        if now.forks_refused > before.forks_refused {
+            said.push(format!(
+                "process limit ({}) refused {} new processes",
+                self.processes.unwrap_or(0),
+                now.forks_refused - before.forks_refused
+            ));
+        }
+        if now.oom_kills > before.oom_kills {
+            said.push(format!(
+                "memory limit ({} MiB) reached: the kernel killed {} processes",
+                self.memory_mb,
+                now.oom_kills - before.oom_kills
+            ));
+        }
+        Refusals {
+            oom_kills: now.oom_kills - before.oom_kills,
+            described: said,
+        }
+    }
+
+    pub fn memory_mb(&self) -> u64 {
+        self.memory_mb
+    }
+}
+
+/// What a session's limits refused over some time.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// Processes the kernel's OOM killer ended.
+    pub oom_kills: u64,
+    /// Everything refused, in words (for the log).
+    pub described: Vec<String>,
+}
+
+/// The directories of the interpreter's installation and of its `sys.path`, as it reports
+/// them.
+fn python_paths(python: &Path) -> Result<Vec<PathBuf>, Error> {
+    let output = std::process::Command::new(python)
+        .args([
+            "-I",
+            "-c",
+            "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]))",
+        ])
+        .output()
+        .map_err(|e| Error::Sandbox(format!("cannot run {}: {e}", python.display())))?;
+    if !output.status.success() {
+        return Err(Error::Sandbox(format!(
+            "{} failed to report its paths: {}",
+            python.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    let paths: Vec<String> = serde_json::from_slice(&output.stdout).map_err(|e| {
+        Error::Sandbox(format!(
+            "{} reported its paths unreadably: {e}",
+            python.display()
+        ))
+    })?;
+    let mut dirs: Vec<PathBuf> = paths
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .collect();
+    if let Ok(real) = std::fs::canonicalize(python)
+        && let Some(bin) = real.parent()
+    {
+        dirs.push(bin.to_owned());
+    }
+    if let Some(bin) = python.parent() {
+        dirs.push(bin.to_owned());
+    }
+    Ok(dirs)
+}

@@ -1,0 +1,313 @@
+//! The sandbox, each promise tested by a real attempt to break it: workers run as a user of
+//! their own per session, cannot read other sessions' files, cannot take the machine's
+//! processes, memory, disk or CPU, and cannot reach the network.
+//!
+//! These tests need the server to run as root (as the sandbox does); CI runs as root.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Api, Server, processes_of, shared_server};
+use serde_json::{Value, json};
+
+const CONFIG: &str = "[pool]\nwarm_workers = 2\n\n\
+    [limits]\nprocesses = 64\ncpu_seconds = 2\nfile_size_mb = 64\n\n\
+    [files]\nmax_bytes = 16777216\nmax_total_bytes = 33554432\n";
+
+fn base() -> &'static str {
+    &shared_server(CONFIG).base
+}
+
+fn server_pid() -> u32 {
+    shared_server(CONFIG).pid
+}
+
+fn assert_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the sandbox tests need root: workers change user only when the server is root"
+    );
+}
+
+fn ename(reply: &Value) -> &str {
+    reply["error"]["ename"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn each_session_runs_as_an_unprivileged_uid_of_its_own() {
+    assert_root();
+    let api = Api::new(base());
+    let nogroup = nix::unistd::User::from_name("nobody")
+        .expect("user database")
+        .expect("a user nobody")
+        .gid
+        .as_raw();
+    let mut uids = Vec::new();
+    for _ in 0..2 {
+        let s = api.session().await;
+        let reply = api
+            .run(
+                &s,
+                "import os; (os.getuid(), os.geteuid(), os.getgid(), os.getgroups())",
+            )
+            .await;
+        let text = reply["result"]["text/plain"].as_str().expect("result");
+        let parts: Vec<i64> = text
+            .trim_matches(|c| "()[] ".contains(c))
+            .split(',')
+            .filter_map(|p| p.trim().trim_matches(|c| "[] ".contains(c)).parse().ok())
+            .collect();
+        assert_eq!(parts.len(), 3, "no supplementary groups: {text}");
+        let (uid, euid, gid) = (parts[0], parts[1], parts[2]);
+        assert!((200_000..=299_999).contains(&uid), "{text}");
+        assert_eq!(uid, euid, "{text}");
+        assert_eq!(gid, i64::from(nogroup), "{text}");
+        uids.push(uid);
+        // No setuid program can give the privileges back.
+        let reply = api
+            .run(
+                &s,
+                "open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0]",
+            )
+            .await;
+        assert_eq!(reply["result"]["text/plain"], "'1'");
+    }
+    assert_ne!(uids[0], uids[1], "two sessions share a uid");
+}
+
+#[tokio::test]
+async fn a_session_cannot_read_another_sessions_files() {
+    assert_root();
+    let api = Api::new(base());
+    let (a, b) = (api.session().await, api.session().await);
+    let reply = api
+        .run(
+            &b,
+            "import os\nopen('secret.txt', 'w').write('b only')\nos.path.abspath('secret.txt')",
+        )
+        .await;
+    let path = reply["result"]["text/plain"]
+        .as_str()
+        .expect("path")
+        .trim_matches('\'')
+        .to_owned();
+    let reply = api.run(&a, &format!("open({path:?}).read()")).await;
+    assert_eq!(ename(&reply), "PermissionError", "{reply}");
+    // Nor list who else is there.
+    let sessions_dir = std::path::Path::new(&path)
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("sessions dir")
+        .display()
+        .to_string();
+    let reply = api
+        .run(&a, &format!("import os; os.listdir({sessions_dir:?})"))
+        .await;
+    assert_eq!(ename(&reply), "PermissionError", "{reply}");
+    // Nor through the files API with a link its own code made: the server reads as the
+    // session's user, so the kernel finds nothing there for it.
+    api.run(&a, &format!("import os; os.symlink({path:?}, 'link')"))
+        .await;
+    let (status, body) = api.get(&format!("/v1/sessions/{a}/files/link")).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("file_not_found")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_contained_and_other_sessions_answer() {
+    assert_root();
+    let api = Api::new(base());
+    let (bomb, other) = (api.session().await, api.session().await);
+    // The plain bomb: each process stops at its first refusal, and the cell ends with it.
+    let reply = api
+        .exec(
+            &bomb,
+            json!({"code": "import os\nwhile True:\n    os.fork()", "timeout_ms": 20000}),
+        )
+        .await;
+    assert_eq!(ename(&reply), "BlockingIOError", "{reply}");
+    let before = processes_of(server_pid()).len();
+    let running = {
+        let api = Api::new(base());
+        let bomb = bomb.clone();
+        tokio::spawn(async move {
+            // Every process forks for ever, and shrugs off the refusals: the limit stays full
+            // until the session ends.
+            let code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
+            api.exec(&bomb, json!({"code": code, "timeout_ms": 5000}))
+                .await
+        })
+    };
+    // Wait until the bomb has filled its limit, then ask the other session.
+    let mut most = 0;
+    let filled = common::eventually(Duration::from_secs(20), || {
+        most = most.max(processes_of(server_pid()).len());
+        most >= before + 32
+    })
+    .await;
+    assert!(filled, "the fork bomb never got going ({most} processes)");
+    let asked = Instant::now();
+    let reply = api.run(&other, "1 + 1").await;
+    let took = asked.elapsed();
+    assert_eq!(reply["result"]["text/plain"], "2", "{reply}");
+    assert!(
+        took < Duration::from_secs(1),
+        "1 + 1 took {took:?} beside the bomb"
+    );
+    let reply = running.await.expect("bomb task");
+    assert!(
+        reply["status"] == "error" || reply["status"] == "timeout",
+        "{reply}"
+    );
+    most = most.max(processes_of(server_pid()).len());
+    // 64 per session (threads count too), plus the other workers.
+    assert!(most <= before + 64, "{most} processes (from {before})");
+    // Deleting the session ends whatever is left of it.
+    assert_eq!(api.delete(&format!("/v1/sessions/{bomb}")).await, 204);
+    let settled = common::eventually(Duration::from_secs(10), || {
+        processes_of(server_pid()).len() < before
+    })
+    .await;
+    assert!(settled, "the bomb's processes outlived its session");
+}
+
+#[tokio::test]
+async fn memory_file_size_and_cpu_limits_give_clear_replies() {
+    assert_root();
+    let api = Api::new(base());
+    let s = api.session().await;
+    let rss = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server_pid()))
+            .expect("server status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    };
+    let rss_before = rss();
+
+    let reply = api.run(&s, "x = bytearray(20 * 1024**3)").await;
+    assert_eq!(ename(&reply), "MemoryError", "{reply}");
+    let reply = api.run(&s, "x = np.ones(20 * 1024**3 // 8)").await;
+    assert_eq!(ename(&reply), "MemoryError", "{reply}");
+
+    let reply = api
+        .run(
+            &s,
+            "with open('big', 'wb') as f:\n    for _ in range(10 * 1024):\n        f.write(b'0' * (1 << 20))",
+        )
+        .await;
+    assert_eq!(ename(&reply), "OSError", "{reply}");
+    assert!(
+        reply["error"]["evalue"]
+            .as_str()
+            .is_some_and(|e| e.contains("File too large")),
+        "{reply}"
+    );
+    api.run(&s, "import os; os.remove('big')").await;
+
+    let reply = api
+        .exec(
+            &s,
+            json!({"code": "while True:\n    pass", "timeout_ms": 60000}),
+        )
+        .await;
+    assert_eq!(ename(&reply), "CPUTimeLimitExceeded", "{reply}");
+    assert_eq!(reply["session_reset"], false, "{reply}");
+    assert_eq!(api.run(&s, "1 + 1").await["result"]["text/plain"], "2");
+
+    let grown = rss().saturating_sub(rss_before);
+    assert!(grown < 50 * 1024, "the server grew by {grown} KiB");
+}
+
+#[tokio::test]
+async fn the_disk_quota_is_checked_after_each_execution() {
+    assert_root();
+    let api = Api::new(base());
+    let s = api.session().await;
+    // Four files of 10 MiB: each under the file size limit, together over the 32 MiB quota.
+    let reply = api
+        .run(
+            &s,
+            "for i in range(4):\n    open(f'part{i}', 'wb').write(b'0' * (10 << 20))",
+        )
+        .await;
+    assert_eq!(ename(&reply), "DiskQuotaExceeded", "{reply}");
+    let status = api
+        .http
+        .put(api.url(&format!("/v1/sessions/{s}/files/more")))
+        .body("x")
+        .send()
+        .await
+        .expect("upload")
+        .status()
+        .as_u16();
+    assert_eq!(status, 507, "an upload past the quota");
+    // Code may clean up, and then all is well again.
+    let reply = api
+        .run(
+            &s,
+            "import os\nfor i in range(4):\n    os.remove(f'part{i}')",
+        )
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+}
+
+fn port_of(base: &str) -> u16 {
+    base.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("port in base url")
+}
+
+#[tokio::test]
+async fn without_network_a_worker_has_only_loopback() {
+    assert_root();
+    let api = Api::new(base());
+    let s = api.session().await;
+    let port = port_of(base());
+    let reply = api
+        .run(
+            &s,
+            &format!("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)"),
+        )
+        .await;
+    assert_eq!(ename(&reply), "ConnectionRefusedError", "{reply}");
+    let reply = api.run(&s, "socket.if_nameindex()").await;
+    assert_eq!(reply["result"]["text/plain"], "[(1, 'lo')]", "{reply}");
+    // Loopback itself is up: code may still talk to itself.
+    let reply = api
+        .run(
+            &s,
+            "server = socket.create_server(('127.0.0.1', 0))\n\
+             client = socket.create_connection(server.getsockname())\n\
+             peer, _ = server.accept()\n\
+             client.sendall(b'hi')\n\
+             peer.recv(2)",
+        )
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "b'hi'", "{reply}");
+}
+
+#[tokio::test]
+async fn with_host_network_a_worker_reaches_the_server() {
+    assert_root();
+    let server = Server::start("[pool]\nwarm_workers = 1\n\n[sandbox]\nnetwork = \"host\"\n");
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    let port = port_of(&server.base);
+    let reply = api
+        .run(
+            &s,
+            &format!(
+                "import socket\nwith socket.create_connection(('127.0.0.1', {port}), timeout=5):\n    pass\n'connected'"
+            ),
+        )
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "'connected'", "{reply}");
+}
