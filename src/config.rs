@@ -717,6 +717,33 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_settings_are_checked() {
+        let config = load_str("", &[]).expect("valid");
+        assert_eq!(
+            config.sandbox.session_uid_range().expect("range"),
+            Some((200_000, 299_999))
+        );
+        for bad in ["100", "5-2", "0-10", "a-b"] {
+            let err = load_str(&format!("[sandbox]\nsession_uids = {bad:?}\n"), &[]).unwrap_err();
+            assert!(
+                err.to_string().contains("sandbox.session_uids"),
+                "{bad}: {err}"
+            );
+        }
+        let err = load_str("[sandbox]\nsession_uids = \"10-20\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("twice sessions.max"), "{err}");
+        let err = load_str("[sandbox]\nnetwork = \"internet\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("sandbox.network"), "{err}");
+        let err = load_str("[packages]\nallow_install = true\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("sandbox.network"), "{err}");
+        load_str(
+            "[packages]\nallow_install = true\n[sandbox]\nnetwork = \"host\"\n",
+            &[],
+        )
+        .expect("installs with the network");
+    }
+
+    #[test]
     fn relations_are_checked() {
         let err = load_str(
             "[execution]\ndefault_timeout_ms = 10\nmax_timeout_ms = 5\n",

@@ -311,3 +311,46 @@ async fn with_host_network_a_worker_reaches_the_server() {
         .await;
     assert_eq!(reply["result"]["text/plain"], "'connected'", "{reply}");
 }
+
+/// Kills a process by pid when dropped, so that a failing test leaves nothing behind.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+#[tokio::test]
+async fn what_a_killed_server_left_behind_is_ended_at_the_next_start() {
+    assert_root();
+    let first = Server::start("[pool]\nwarm_workers = 1\n");
+    let api = Api::new(&first.base);
+    let s = api.session().await;
+    // A process of its own session, which nothing ties to the server's life.
+    let reply = api
+        .run(
+            &s,
+            "import subprocess\nsubprocess.Popen(['sleep', '600'], start_new_session=True).pid",
+        )
+        .await;
+    let pid: i32 = reply["result"]["text/plain"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a pid: {reply}"));
+    let _guard = KillOnDrop(pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the server");
+    let _second = Server::start("[pool]\nwarm_workers = 1\n");
+    let ended = common::eventually(Duration::from_secs(10), || common::is_dead(pid as u32)).await;
+    assert!(
+        ended,
+        "the detached process outlived its server's next start"
+    );
+}

@@ -343,7 +343,7 @@ fn clean_stale(parent: &Path) {
         else {
             continue;
         };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+        if pid == std::process::id() || is_running(pid) {
             continue;
         }
         tracing::info!(
@@ -352,6 +352,15 @@ fn clean_stale(parent: &Path) {
         );
         let _ = remove_tree(&entry.path());
     }
+}
+
+/// Whether a process exists and has not exited (a zombie has).
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// Kills everything in a directory of cgroups and removes them, deepest first.
