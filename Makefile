@@ -8,8 +8,9 @@ VENV_STAMP := $(VENV)/.installed
 CONFIG ?= config.toml
 BENCH_STAMP := $(VENV)/.bench-installed
 TEST_STAMP := $(VENV)/.tests-installed
+PACKAGE_STAMP := $(VENV)/.package-tools-installed
 
-.PHONY: serve test bench venv build clean
+.PHONY: serve test bench venv build package clean
 
 venv: $(VENV_STAMP)
 
@@ -31,22 +32,34 @@ $(TEST_STAMP): tests/requirements.txt $(VENV_STAMP)
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r tests/requirements.txt
 	touch $(TEST_STAMP)
 
+# maturin and pytest, for the Python package.
+$(PACKAGE_STAMP): python/requirements.txt $(VENV_STAMP)
+	@echo "==> installing the Python package's build and test tools from python/requirements.txt"
+	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r python/requirements.txt
+	touch $(PACKAGE_STAMP)
+
 build:
 	cargo build --release --locked
+
+# The `replpool` Python package (python/), built and installed into .venv (editable).
+package: $(PACKAGE_STAMP)
+	@echo "==> building the Python package into $(VENV)"
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(VENV)/bin/maturin develop --release --locked --quiet -m python/Cargo.toml
 
 serve: venv build
 	./target/release/replpool serve --config $(CONFIG)
 
-test: venv $(TEST_STAMP) $(BENCH_STAMP) build
+test: venv $(TEST_STAMP) $(BENCH_STAMP) build package
 	cargo build --locked --all-targets
 	cargo test --locked
 	$(VENV_PY) -m unittest discover -s bootstrap -p 'test_*.py'
+	$(VENV_PY) -m pytest -q python/tests
 	@echo "==> the benchmark, quick, so that it cannot rot (no speed is asserted)"
 	cargo bench --locked --bench replpool -- --quick --out target/bench-quick.md --json target/bench-quick.json
 
 # `make bench` writes docs/benchmarks.md and target/bench.json; `make bench QUICK=1` is a
 # reduced run (under a minute) that writes the same files.
-bench: venv $(BENCH_STAMP) build
+bench: venv $(BENCH_STAMP) build package
 	cargo bench --locked --bench replpool -- $(if $(QUICK),--quick)
 
 clean:

@@ -241,6 +241,12 @@ impl Bench {
             "1+1",
         ])?;
         self.push(Figure::latency("warm exec 1+1", "jupyter", &samples));
+        let samples = self.peer_samples("pool_peer.py", &["exec", &n.warm.to_string()])?;
+        self.push(Figure::latency(
+            "warm exec 1+1, in-process Pool",
+            "replpool",
+            &samples,
+        ));
 
         step(3, total, "data cell (groupby on 100,000 rows)");
         let samples = self
@@ -649,22 +655,31 @@ impl Bench {
         Ok((started.elapsed(), samples))
     }
 
-    fn jupyter(&self, args: &[&str]) -> anyhow::Result<Value> {
+    /// Runs a peer script of `benches/peers/` and reads its JSON answer.
+    fn peer(&self, script: &str, args: &[&str]) -> anyhow::Result<Value> {
         let output = Command::new(&self.python)
-            .arg(self.root.join("benches/peers/jupyter_peer.py"))
+            .arg(self.root.join("benches/peers").join(script))
             .args(args)
             .stderr(Stdio::inherit())
             .output()?;
         anyhow::ensure!(
             output.status.success(),
-            "jupyter peer failed: {:?}",
+            "{script} failed: {:?}",
             output.status
         );
         Ok(serde_json::from_slice(&output.stdout)?)
     }
 
+    fn jupyter(&self, args: &[&str]) -> anyhow::Result<Value> {
+        self.peer("jupyter_peer.py", args)
+    }
+
     fn jupyter_samples(&self, args: &[&str]) -> anyhow::Result<Vec<Duration>> {
-        let result = self.jupyter(args)?;
+        self.peer_samples("jupyter_peer.py", args)
+    }
+
+    fn peer_samples(&self, script: &str, args: &[&str]) -> anyhow::Result<Vec<Duration>> {
+        let result = self.peer(script, args)?;
         Ok(result["samples_s"]
             .as_array()
             .map(|a| {
@@ -848,6 +863,7 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
          - **session ready**: replpool `POST /v1/sessions` + first `1+1`, each sample starting with the warm pool full (the server refills it between samples, untimed); cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.\n\
          - **session ready, back to back**: the same without waiting: sessions made as fast as workers can be forked, so the pool runs dry.\n\
          - **warm exec 1+1**: `1+1` in a session that exists (cold has no sessions).\n\
+         - **warm exec 1+1, in-process Pool**: the same through the `replpool` Python package's `Pool` (no server, no HTTP), timed by the calling Python code.\n\
          - **data cell**: `df.groupby('k')['v'].mean()` on a 100,000-row DataFrame made earlier in the session (cold makes it in the same run).\n\
          - **plot cell**: a 1,000-point line plot returned as PNG.\n\
          - **throughput**: trivial execs per second, one closed-loop client per session, all sessions at once.\n\

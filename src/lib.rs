@@ -1,26 +1,11 @@
 //! replpool keeps Python warm: per-session, preloaded Python workers behind an HTTP API.
 //!
-//! The core (everything but [`api`]) knows nothing of HTTP, so that other front ends can sit
-//! on the same [`SessionManager`].
+//! This crate is the server: [`api`] over the core ([`replpool_core`]), whose modules are
+//! re-exported here so that the server's code names them as its own.
 
 pub mod api;
-pub mod cold;
-pub mod config;
-pub mod error;
-pub mod execution;
-pub mod files;
-pub mod manager;
-pub mod notebook;
-pub mod pool;
-pub mod process;
-pub mod protocol;
-pub mod reaper;
-pub mod sandbox;
-pub mod session;
-pub mod template;
-pub mod worker;
 
-pub use config::Config;
-pub use error::Error;
-pub use execution::{ExecRequest, Execution};
-pub use manager::SessionManager;
+pub use replpool_core::{
+    Config, Error, ExecRequest, Execution, SessionManager, cold, config, error, execution, files,
+    manager, notebook, pool, process, protocol, reaper, sandbox, session, template, worker,
+};

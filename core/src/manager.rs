@@ -24,7 +24,7 @@ use crate::worker::{EventSender, ResourceLimits, WorkerSpec};
 
 /// The file the worker runs, compiled into the binary so the server cannot run against a
 /// mismatched copy. It is written into the state directory at start.
-pub const WORKER_SCRIPT: &str = include_str!("../bootstrap/worker.py");
+pub const WORKER_SCRIPT: &str = include_str!("../../bootstrap/worker.py");
 
 pub struct SessionManager {
     sessions: DashMap<String, Arc<Session>>,

@@ -1,0 +1,57 @@
+"""`Client` against a real server gives what `Pool` gives, for the same cells."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import replpool
+
+CELLS = [
+    "x = 6",
+    "x * 7",
+    "print('out'); import sys; print('err', file=sys.stderr)",
+    "1 / 0",
+    "df = pd.DataFrame({'a': [1, 2]}); df.a.sum()",
+    "display({'k': 1})",
+    "int(input())",
+]
+
+
+def comparable(execution: replpool.Execution) -> dict:
+    fields = dataclasses.asdict(execution)
+    del fields["duration_ms"]  # timing differs by nature
+    return fields
+
+
+def run(session: replpool.Session) -> list[dict]:
+    return [comparable(session.execute(code, stdin="5\n")) for code in CELLS]
+
+
+def test_client_and_pool_give_the_same_results(pool, server_url):
+    client = replpool.Client(server_url)
+    with client.session() as remote, pool.session() as local:
+        assert run(remote) == run(local)
+
+
+def test_client_errors_are_the_packages(server_url):
+    client = replpool.Client(server_url)
+    s = client.session()
+    s.close()
+    with pytest.raises(replpool.SessionNotFound):
+        s.execute("1")
+    with client.session() as s, pytest.raises(replpool.ServerError):
+        s.download("../escape")
+    with pytest.raises(replpool.ServerError, match="cannot reach"):
+        replpool.Client("http://127.0.0.1:9").session()
+
+
+def test_client_files_and_timeout(server_url):
+    with replpool.Client(server_url).session() as s:
+        s.upload("in.txt", b"abc")
+        assert s.execute("open('in.txt').read()").text == "'abc'"
+        assert s.download("in.txt") == b"abc"
+        r = s.execute("import time; time.sleep(30)", timeout=0.5)
+        assert r.status == "timeout"
+        assert s.execute("1 + 1").text == "2"
