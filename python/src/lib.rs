@@ -178,8 +178,10 @@ impl NativePool {
         self.run(py, async move { manager.reset(&session).await.map(|_| ()) })
     }
 
-    fn delete_session(&self, session: &str) -> PyResult<()> {
-        self.manager.delete(session).map_err(to_py)
+    /// Ends a session; its worker is killed on the runtime, where the core expects it.
+    fn delete_session(&self, py: Python<'_>, session: String) -> PyResult<()> {
+        let manager = Arc::clone(&self.manager);
+        self.run(py, async move { manager.delete(&session) })
     }
 
     fn put_file(&self, py: Python<'_>, session: String, path: String, data: &[u8]) -> PyResult<()> {
