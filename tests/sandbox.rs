@@ -117,20 +117,47 @@ async fn a_session_cannot_read_another_sessions_files() {
     );
 }
 
+/// Live processes of the server whose real uid is `uid`.
+fn processes_of_uid(uid: u32) -> usize {
+    processes_of(server_pid())
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{}/status", p.pid)).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|ids| ids.split_whitespace().next()?.parse::<u32>().ok())
+                    == Some(uid)
+            })
+        })
+        .count()
+}
+
+async fn uid_of_session(api: &Api, session: &str) -> u32 {
+    let reply = api.run(session, "import os; os.getuid()").await;
+    reply["result"]["text/plain"]
+        .as_str()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("a uid: {reply}"))
+}
+
 #[tokio::test]
 async fn a_fork_bomb_is_contained_and_other_sessions_answer() {
     assert_root();
     let api = Api::new(base());
-    let (bomb, other) = (api.session().await, api.session().await);
     // The plain bomb: each process stops at its first refusal, and the cell ends with it.
+    let plain = api.session().await;
     let reply = api
         .exec(
-            &bomb,
+            &plain,
             json!({"code": "import os\nwhile True:\n    os.fork()", "timeout_ms": 20000}),
         )
         .await;
     assert_eq!(ename(&reply), "BlockingIOError", "{reply}");
-    let before = processes_of(server_pid()).len();
+    assert_eq!(api.delete(&format!("/v1/sessions/{plain}")).await, 204);
+
+    let (bomb, other) = (api.session().await, api.session().await);
+    let uid = uid_of_session(&api, &bomb).await;
     let running = {
         let api = Api::new(base());
         let bomb = bomb.clone();
@@ -145,8 +172,8 @@ async fn a_fork_bomb_is_contained_and_other_sessions_answer() {
     // Wait until the bomb has filled its limit, then ask the other session.
     let mut most = 0;
     let filled = common::eventually(Duration::from_secs(20), || {
-        most = most.max(processes_of(server_pid()).len());
-        most >= before + 32
+        most = most.max(processes_of_uid(uid));
+        most >= 32
     })
     .await;
     assert!(filled, "the fork bomb never got going ({most} processes)");
@@ -163,15 +190,12 @@ async fn a_fork_bomb_is_contained_and_other_sessions_answer() {
         reply["status"] == "error" || reply["status"] == "timeout",
         "{reply}"
     );
-    most = most.max(processes_of(server_pid()).len());
-    // 64 per session (threads count too), plus the other workers.
-    assert!(most <= before + 64, "{most} processes (from {before})");
+    most = most.max(processes_of_uid(uid));
+    // limits.processes = 64 counts threads too: never more processes than that.
+    assert!(most <= 64, "the bomb reached {most} processes");
     // Deleting the session ends whatever is left of it.
     assert_eq!(api.delete(&format!("/v1/sessions/{bomb}")).await, 204);
-    let settled = common::eventually(Duration::from_secs(10), || {
-        processes_of(server_pid()).len() < before
-    })
-    .await;
+    let settled = common::eventually(Duration::from_secs(10), || processes_of_uid(uid) == 0).await;
     assert!(settled, "the bomb's processes outlived its session");
 }
 
