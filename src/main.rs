@@ -11,6 +11,8 @@ use replpool::{Config, SessionManager, api};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+mod watcher;
+
 /// replpool keeps Python warm: per-session Python workers with numpy, pandas and matplotlib
 /// already imported, behind an HTTP API. Code runs in milliseconds and variables persist
 /// between calls.
@@ -39,6 +41,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// The watcher the server starts for itself (see src/watcher.rs); not for people.
+    #[command(name = "__watch", hide = true)]
+    Watch { dirs: Vec<PathBuf> },
 }
 
 #[derive(clap::Args)]
@@ -58,6 +63,10 @@ impl ConfigArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Watch { dirs } => {
+            watcher::run(&dirs);
+            Ok(())
+        }
         Command::Config { config } => {
             let config = config.load()?;
             print!("{}", toml::to_string_pretty(&config)?);
@@ -91,6 +100,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // workers forked by the template become our children. Before the manager starts.
     replpool::reaper::children().start_sweeping(stop.clone());
     let manager = SessionManager::start(&config)?;
+    // Kept open until this process is gone, however it goes; see watcher.rs.
+    let _watcher = match manager.cgroup_dirs() {
+        dirs if dirs.is_empty() => None,
+        dirs => Some(watcher::start(&dirs).context("cannot start the cgroup watcher")?),
+    };
     let listener = tokio::net::TcpListener::bind(config.server.bind)
         .await
         .with_context(|| format!("cannot listen on {} (server.bind)", config.server.bind))?;

@@ -348,13 +348,12 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[tokio::test]
-async fn what_a_killed_server_left_behind_is_ended_at_the_next_start() {
-    assert_root();
-    let first = Server::start("[pool]\nwarm_workers = 1\n");
-    let api = Api::new(&first.base);
+/// A server whose session left a process of its own (in a session of its own, which nothing
+/// ties to the server's life); returns the server and that process's pid.
+async fn server_with_a_detached_process() -> (Server, KillOnDrop) {
+    let server = Server::start("[pool]\nwarm_workers = 1\n");
+    let api = Api::new(&server.base);
     let s = api.session().await;
-    // A process of its own session, which nothing ties to the server's life.
     let reply = api
         .run(
             &s,
@@ -365,14 +364,53 @@ async fn what_a_killed_server_left_behind_is_ended_at_the_next_start() {
         .as_str()
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("a pid: {reply}"));
-    let _guard = KillOnDrop(pid);
+    (server, KillOnDrop(pid))
+}
+
+fn kill9(pid: u32) {
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first.pid() as i32),
+        nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
-    .expect("kill the server");
-    let _second = Server::start("[pool]\nwarm_workers = 1\n");
-    let ended = common::eventually(Duration::from_secs(10), || common::is_dead(pid as u32)).await;
+    .expect("kill -9");
+}
+
+#[tokio::test]
+async fn what_a_killed_server_left_behind_is_ended_by_its_watcher() {
+    assert_root();
+    let (server, detached) = server_with_a_detached_process().await;
+    kill9(server.pid());
+    drop(server); // reaps it
+    let ended = common::eventually(Duration::from_secs(10), || {
+        common::is_dead(detached.0 as u32)
+    })
+    .await;
+    assert!(ended, "the detached process outlived its server");
+}
+
+#[tokio::test]
+async fn with_the_watcher_gone_too_the_next_start_ends_it() {
+    assert_root();
+    let (server, detached) = server_with_a_detached_process().await;
+    let watcher = common::children_of(server.pid())
+        .into_iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{}/cmdline", p.pid))
+                .is_ok_and(|c| c.windows(7).any(|w| w == b"__watch"))
+        })
+        .expect("the server's watcher");
+    kill9(watcher.pid);
+    kill9(server.pid());
+    drop(server);
+    assert!(
+        !common::is_dead(detached.0 as u32),
+        "nothing should have ended it yet"
+    );
+    let _next = Server::start("[pool]\nwarm_workers = 1\n");
+    let ended = common::eventually(Duration::from_secs(10), || {
+        common::is_dead(detached.0 as u32)
+    })
+    .await;
     assert!(
         ended,
         "the detached process outlived its server's next start"

@@ -333,6 +333,11 @@ impl SessionManager {
         }
     }
 
+    /// The server's cgroup directories: see [`Sandbox::cgroup_dirs`].
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.sandbox.cgroup_dirs()
+    }
+
     pub fn sessions_dir(&self) -> &Path {
         &self.sessions_dir
     }

@@ -352,6 +352,15 @@ pub fn processes_of(server_pid: u32) -> Vec<Proc> {
         .collect()
 }
 
+/// Live children of `parent`.
+pub fn children_of(parent: u32) -> Vec<Proc> {
+    all_pids()
+        .into_iter()
+        .filter_map(read_proc)
+        .filter(|p| p.ppid == parent && p.state != 'Z')
+        .collect()
+}
+
 /// Zombie children of `parent`.
 pub fn zombies_of(parent: u32) -> Vec<Proc> {
     all_pids()

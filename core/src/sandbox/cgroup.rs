@@ -135,6 +135,15 @@ impl Cgroups {
         )
     }
 
+    /// The server's own directory in each hierarchy used: everything of its sessions is below.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        [&self.v2, &self.v1_pids, &self.v1_memory]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
     /// Whether sessions get a process limit from a cgroup.
     pub fn limits_processes(&self) -> bool {
         self.v2_pids || self.v1_pids.is_some()
@@ -361,6 +370,18 @@ fn is_running(pid: u32) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X")
     })
+}
+
+/// Ends every process below `dirs` (a server's own directories) and removes the directories:
+/// what a watcher does for a server that died.
+pub fn end_all(dirs: &[PathBuf]) {
+    for dir in dirs {
+        if let Err(e) = remove_tree(dir)
+            && e.kind() != ErrorKind::NotFound
+        {
+            eprintln!("replpool watcher: cannot remove {}: {e}", dir.display());
+        }
+    }
 }
 
 /// Kills everything in a directory of cgroups and removes them, deepest first.

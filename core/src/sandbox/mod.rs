@@ -115,6 +115,12 @@ impl Sandbox {
         Arc::clone(&self.isolation)
     }
 
+    /// The server's cgroup directories (empty without cgroups), for a watcher that ends
+    /// everything below them if the server dies without cleaning up.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroups.as_ref().map(Cgroups::dirs).unwrap_or_default()
+    }
+
     /// Whether workers change user (the server runs as root and `sandbox.user` is set).
     pub fn changes_user(&self) -> bool {
         self.uids.is_some()
