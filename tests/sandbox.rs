@@ -244,6 +244,20 @@ async fn memory_file_size_and_cpu_limits_give_clear_replies() {
     assert_eq!(ename(&reply), "CPUTimeLimitExceeded", "{reply}");
     assert_eq!(reply["session_reset"], false, "{reply}");
     assert_eq!(api.run(&s, "1 + 1").await["result"]["text/plain"], "2");
+    // Code that lifts its own soft limit meets the hard one the server set: the worker is
+    // killed a little past the limit, and the reply says why.
+    let reply = api
+        .exec(
+            &s,
+            json!({
+                "code": "import resource\n_, hard = resource.getrlimit(resource.RLIMIT_CPU)\nresource.setrlimit(resource.RLIMIT_CPU, (hard, hard))\nwhile True:\n    pass",
+                "timeout_ms": 60000,
+            }),
+        )
+        .await;
+    assert_eq!(ename(&reply), "CPUTimeLimitExceeded", "{reply}");
+    assert_eq!(reply["session_reset"], true, "{reply}");
+    assert_eq!(api.run(&s, "1 + 1").await["result"]["text/plain"], "2");
 
     let grown = rss().saturating_sub(rss_before);
     assert!(grown < 50 * 1024, "the server grew by {grown} KiB");

@@ -510,6 +510,15 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
                 "the code ignored the interrupt; the worker was killed".into(),
             ),
         ),
+        WorkerError::CpuCeiling { seconds } => (
+            Status::Error,
+            error(
+                "CPUTimeLimitExceeded",
+                format!(
+                    "the code used more than {seconds} s of CPU time and went on past the limit; the worker was killed"
+                ),
+            ),
+        ),
         WorkerError::Died { reason, .. } => (
             Status::Error,
             error(
