@@ -768,6 +768,8 @@ def worker_main(settings):
     # The worker's own diagnostics (the server logs them), kept apart from user output: a
     # private copy of the stderr the server gave us. A crash in C code dumps tracebacks here.
     log = open(os.dup(2), "w", buffering=1, closefd=True)
+    if settings.get("private_tmp"):
+        private_tmp(settings["private_tmp"])  # still one thread: before any import starts one
     common_setup(log)
     try:
         base = build_base_namespace(settings.get("preload", []), bool(settings.get("cold")), log)
@@ -881,6 +883,8 @@ class Template:
         try:
             started = time.monotonic()
             os.setpgid(0, 0)
+            if self.settings.get("private_tmp"):
+                private_tmp(self.settings["private_tmp"])  # a forked child has one thread
             req_r, rep_w, log_w = fds
             keep = {0, 1, 2, req_r, rep_w, log_w}
             for name in os.listdir("/proc/self/fd"):
@@ -943,6 +947,46 @@ class ParentTie:
         if os.getppid() != self.server_pid:
             os._exit(1)
         self.tied = True
+
+
+def private_tmp(settings):
+    """Gives this worker (so its session) a /tmp and a /dev/shm of its own: fresh tmpfs mounts
+    in a mount namespace of its own. Sessions run as different users in one sticky /tmp would
+    see each other's files and trip over each other's names (`/tmp/plot.png`); here they
+    cannot. What the worker needs under /tmp (the server's state directory with the session
+    directories, a venv that lives there) is bound back in at its path. Needs one thread (unshare(CLONE_NEWNS) refuses a
+    threaded caller) and root: it runs before the worker starts threads or changes user.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+
+    def check(result, what):
+        if result != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+    ms_nosuid, ms_nodev, ms_bind, ms_rec, ms_private = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+    size = int(settings.get("size_bytes", 1 << 30))
+    options = f"mode=1777,size={size}".encode()
+    check(libc.unshare(0x00020000), "unshare(CLONE_NEWNS)")  # CLONE_NEWNS
+    # Nothing mounted here may reach the namespace it came from.
+    check(libc.mount(None, b"/", None, ms_rec | ms_private, None), "making / private")
+    # Held open across the mount, which hides them, to be bound back at their paths.
+    held = []
+    for path in settings.get("keep") or []:
+        path = os.path.realpath(path)
+        if path.startswith("/tmp/") and os.path.isdir(path):
+            held.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY)))
+    check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", ms_nosuid | ms_nodev, options), "mounting /tmp")
+    for path, fd in held:
+        os.makedirs(path, exist_ok=True)
+        source = f"/proc/self/fd/{fd}".encode()
+        check(libc.mount(source, path.encode(), None, ms_bind | ms_rec, None), f"binding {path}")
+        os.close(fd)
+    if os.path.isdir("/dev/shm"):
+        check(libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", ms_nosuid | ms_nodev, options), "mounting /dev/shm")
 
 
 def become_user(user, server_pid):

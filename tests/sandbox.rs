@@ -142,6 +142,54 @@ async fn uid_of_session(api: &Api, session: &str) -> u32 {
 }
 
 #[tokio::test]
+async fn each_session_has_a_tmp_of_its_own() {
+    assert_root();
+    let api = Api::new(base());
+    let (a, b) = (api.session().await, api.session().await);
+    // The same name in both: in one shared sticky /tmp, the second would be refused.
+    for (s, text) in [(&a, "from a"), (&b, "from b")] {
+        let reply = api
+            .run(
+                s,
+                &format!(
+                    "open('/tmp/plot.txt', 'w').write({text:?})\nopen('/dev/shm/x', 'w').write({text:?})"
+                ),
+            )
+            .await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+    }
+    for (s, text) in [(&a, "from a"), (&b, "from b")] {
+        let reply = api
+            .run(
+                s,
+                "open('/tmp/plot.txt').read() + '|' + open('/dev/shm/x').read()",
+            )
+            .await;
+        assert_eq!(
+            reply["result"]["text/plain"],
+            format!("'{text}|{text}'"),
+            "{reply}"
+        );
+    }
+    assert!(
+        !std::path::Path::new("/tmp/plot.txt").exists(),
+        "a session's /tmp reached the machine's"
+    );
+    // The session directory is still where it was, and its files API sees what code wrote.
+    api.run(&a, "open('here.txt', 'w').write('x')").await;
+    let body = api
+        .http
+        .get(api.url(&format!("/v1/sessions/{a}/files/here.txt")))
+        .send()
+        .await
+        .expect("download")
+        .text()
+        .await
+        .expect("body");
+    assert_eq!(body, "x");
+}
+
+#[tokio::test]
 async fn a_fork_bomb_is_contained_and_other_sessions_answer() {
     assert_root();
     let api = Api::new(base());

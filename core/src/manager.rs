@@ -20,7 +20,7 @@ use crate::reaper;
 use crate::sandbox::{Sandbox, SessionSandbox};
 use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
 use crate::template::Template;
-use crate::worker::{EventSender, ResourceLimits, WorkerSpec};
+use crate::worker::{EventSender, PrivateTmp, ResourceLimits, WorkerSpec};
 
 /// The file the worker runs, compiled into the binary so the server cannot run against a
 /// mismatched copy. It is written into the state directory at start.
@@ -95,6 +95,10 @@ impl SessionManager {
             },
             cold: false,
             isolation: sandbox.isolation(),
+            private_tmp: sandbox.changes_user().then(|| PrivateTmp {
+                keep: sandbox.tmp_keeps(),
+                size_bytes: config.files.max_total_bytes,
+            }),
         };
         let shutdown = CancellationToken::new();
         let cold = ColdRunner::new(&spec);

@@ -259,6 +259,7 @@ impl Template {
             "preload": spec.preload,
             "max_frame_bytes": spec.max_frame_bytes,
             "server_pid": std::process::id(),
+            "private_tmp": spec.private_tmp,
         });
         let mut command = Command::new(&spec.python);
         command

@@ -50,6 +50,17 @@ pub struct WorkerSpec {
     pub cold: bool,
     /// The namespaces and filesystem view every process started for Python gets.
     pub isolation: Arc<Isolation>,
+    /// A /tmp and /dev/shm of each worker's own (workers of different users must not share
+    /// them); made by the worker itself, while it is still root and has one thread.
+    pub private_tmp: Option<PrivateTmp>,
+}
+
+/// What a worker needs to make its own /tmp: the directories under /tmp it must still reach
+/// (the server's state directory, a venv that lives there), and the size of the tmpfs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PrivateTmp {
+    pub keep: Vec<PathBuf>,
+    pub size_bytes: u64,
 }
 
 /// Per-process limits, set between fork and exec so that user code inherits them and cannot
@@ -243,6 +254,7 @@ impl Worker {
             "max_frame_bytes": spec.max_frame_bytes,
             "cold": spec.cold,
             "server_pid": std::process::id(),
+            "private_tmp": spec.private_tmp,
         });
         let mut command = Command::new(&spec.python);
         command

@@ -459,10 +459,12 @@ impl Blocker {
 /// Python that blocks until the test writes a byte to the returned blocker's connection: a
 /// way to hold a session busy for exactly as long as a test needs, without sleeping. A Unix
 /// socket in a directory everyone may enter, so that it reaches a worker in its own network
-/// namespace running as another user.
+/// namespace running as another user; in /var/tmp, since a worker has a /tmp of its own.
 pub async fn blocker() -> (Blocker, String) {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::Builder::new()
+        .tempdir_in("/var/tmp")
+        .expect("tempdir in /var/tmp");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let path = dir.path().join("blocker.sock");
     let listener = tokio::net::UnixListener::bind(&path).expect("bind");

@@ -24,6 +24,9 @@ pub use uids::{Credentials, UidLease, UidPool};
 
 pub struct Sandbox {
     uids: Option<UidPool>,
+    /// Directories workers must reach (canonical): the Python installation, the state
+    /// directory, the scripts.
+    reach: Vec<PathBuf>,
     isolation: Arc<Isolation>,
     cgroups: Option<Cgroups>,
     /// RLIMIT_NPROC per session uid, where no pids cgroup limits processes.
@@ -102,6 +105,7 @@ impl Sandbox {
             .flatten();
         Ok(Sandbox {
             uids,
+            reach,
             isolation: Arc::new(isolation),
             cgroups,
             nproc,
@@ -119,6 +123,26 @@ impl Sandbox {
     /// everything below them if the server dies without cleaning up.
     pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
         self.cgroups.as_ref().map(Cgroups::dirs).unwrap_or_default()
+    }
+
+    /// What a worker must bind back into a /tmp of its own: the directories it needs that
+    /// live in /tmp, outermost only.
+    pub fn tmp_keeps(&self) -> Vec<PathBuf> {
+        let mut under_tmp: Vec<PathBuf> = self
+            .reach
+            .iter()
+            .filter(|p| p.starts_with("/tmp") && p.as_path() != Path::new("/tmp"))
+            .cloned()
+            .collect();
+        under_tmp.sort();
+        under_tmp.dedup();
+        let mut keeps: Vec<PathBuf> = Vec::new();
+        for path in under_tmp {
+            if !keeps.iter().any(|k| path.starts_with(k)) {
+                keeps.push(path);
+            }
+        }
+        keeps
     }
 
     /// Whether workers change user (the server runs as root and `sandbox.user` is set).
