@@ -254,17 +254,10 @@ impl Template {
         let socket = UnixDatagram::from_std(ours)
             .map_err(|e| WorkerError::Protocol(format!("socket pair: {e}")))?;
         let spec = &self.spec;
-        let settings = serde_json::json!({
-            "template": true,
-            "preload": spec.preload,
-            "max_frame_bytes": spec.max_frame_bytes,
-            "server_pid": std::process::id(),
-            "private_tmp": spec.private_tmp,
-        });
         let mut command = Command::new(&spec.python);
         command
             .arg(&spec.script)
-            .arg(settings.to_string())
+            .arg(spec.settings(true).to_string())
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

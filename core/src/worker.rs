@@ -205,6 +205,19 @@ impl std::fmt::Debug for Worker {
 }
 
 impl WorkerSpec {
+    /// The settings `worker.py` takes as its argument, for a worker or (`template`) the
+    /// template.
+    pub fn settings(&self, template: bool) -> serde_json::Value {
+        serde_json::json!({
+            "template": template,
+            "preload": self.preload,
+            "max_frame_bytes": self.max_frame_bytes,
+            "cold": self.cold,
+            "server_pid": std::process::id(),
+            "private_tmp": self.private_tmp,
+        })
+    }
+
     /// What every process the server starts for Python gets: the environment, its own process
     /// group, the death signal tied to the server, and the resource limits.
     ///
@@ -249,17 +262,10 @@ impl Worker {
     /// Starts a worker process directly (`python worker.py`) and waits until its preload is
     /// done.
     pub async fn start(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
-        let settings = serde_json::json!({
-            "preload": spec.preload,
-            "max_frame_bytes": spec.max_frame_bytes,
-            "cold": spec.cold,
-            "server_pid": std::process::id(),
-            "private_tmp": spec.private_tmp,
-        });
         let mut command = Command::new(&spec.python);
         command
             .arg(&spec.script)
-            .arg(settings.to_string())
+            .arg(spec.settings(false).to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
