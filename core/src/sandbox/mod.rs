@@ -128,21 +128,7 @@ impl Sandbox {
     /// What a worker must bind back into a /tmp of its own: the directories it needs that
     /// live in /tmp, outermost only.
     pub fn tmp_keeps(&self) -> Vec<PathBuf> {
-        let mut under_tmp: Vec<PathBuf> = self
-            .reach
-            .iter()
-            .filter(|p| p.starts_with("/tmp") && p.as_path() != Path::new("/tmp"))
-            .cloned()
-            .collect();
-        under_tmp.sort();
-        under_tmp.dedup();
-        let mut keeps: Vec<PathBuf> = Vec::new();
-        for path in under_tmp {
-            if !keeps.iter().any(|k| path.starts_with(k)) {
-                keeps.push(path);
-            }
-        }
-        keeps
+        outermost_under_tmp(&self.reach)
     }
 
     /// Whether workers change user (the server runs as root and `sandbox.user` is set).
@@ -270,6 +256,22 @@ pub struct Refusals {
     pub described: Vec<String>,
 }
 
+/// The paths under /tmp (not /tmp itself), without those inside another of them.
+fn outermost_under_tmp(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut under_tmp: Vec<&PathBuf> = paths
+        .iter()
+        .filter(|p| p.starts_with("/tmp") && p.as_path() != Path::new("/tmp"))
+        .collect();
+    under_tmp.sort();
+    let mut keeps: Vec<PathBuf> = Vec::new();
+    for path in under_tmp {
+        if !keeps.iter().any(|k| path.starts_with(k)) {
+            keeps.push(path.clone());
+        }
+    }
+    keeps
+}
+
 /// The directories of the interpreter's installation and of its `sys.path`, as it reports
 /// them.
 fn python_paths(python: &Path) -> Result<Vec<PathBuf>, Error> {
@@ -309,4 +311,32 @@ fn python_paths(python: &Path) -> Result<Vec<PathBuf>, Error> {
         dirs.push(bin.to_owned());
     }
     Ok(dirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_outermost_paths_under_tmp_are_kept() {
+        let paths: Vec<PathBuf> = [
+            "/tmp",
+            "/tmp/clone/.venv/lib/python3.11/site-packages",
+            "/tmp/replpool-x/sessions",
+            "/tmp/clone/.venv",
+            "/tmpfoo/x",
+            "/usr/lib/python3.11",
+            "/tmp/replpool-x/sessions",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(
+            outermost_under_tmp(&paths),
+            [
+                PathBuf::from("/tmp/clone/.venv"),
+                PathBuf::from("/tmp/replpool-x/sessions")
+            ]
+        );
+    }
 }
