@@ -967,12 +967,13 @@ def private_tmp(settings):
             errno = ctypes.get_errno()
             raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
-    ms_nosuid, ms_nodev, ms_bind, ms_rec, ms_private = 0x2, 0x4, 0x1000, 0x4000, 0x40000
+    ms_nosuid, ms_nodev, ms_bind, ms_rec, ms_slave = 0x2, 0x4, 0x1000, 0x4000, 0x80000
     size = int(settings.get("size_bytes", 1 << 30))
     options = f"mode=1777,size={size}".encode()
     check(libc.unshare(0x00020000), "unshare(CLONE_NEWNS)")  # CLONE_NEWNS
-    # Nothing mounted here may reach the namespace it came from.
-    check(libc.mount(None, b"/", None, ms_rec | ms_private, None), "making / private")
+    # Nothing mounted here may reach the namespace it came from; what the server mounts
+    # later (the session directory's own tmpfs) still comes in: a slave.
+    check(libc.mount(None, b"/", None, ms_rec | ms_slave, None), "making / a slave")
     # Held open across the mount, which hides them, to be bound back at their paths.
     held = []
     for path in settings.get("keep") or []:

@@ -86,6 +86,15 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal())
                 .init();
+            // While the process has one thread (unshare refuses more): the mounts the server
+            // makes (a tmpfs per session) stay its own and end with it.
+            if nix::unistd::geteuid().is_root()
+                && let Err(e) = replpool::sandbox::mounts::enter_private_namespace()
+            {
+                tracing::warn!(
+                    "no mount namespace of the server's own ({e}): session disk quotas are measured, not enforced"
+                );
+            }
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?

@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use common::{Api, Server, processes_of, shared_server};
 use serde_json::{Value, json};
 
+// The file size limit stays under the disk quota: with the session directory on a filesystem
+// of the quota's size, the quota would otherwise fire first.
 const CONFIG: &str = "[pool]\nwarm_workers = 2\n\n\
-    [limits]\nprocesses = 64\ncpu_seconds = 2\nfile_size_mb = 64\n\n\
+    [limits]\nprocesses = 64\ncpu_seconds = 2\nfile_size_mb = 16\n\n\
     [files]\nmax_bytes = 16777216\nmax_total_bytes = 33554432\n";
 
 fn base() -> &'static str {

@@ -123,6 +123,20 @@ pub struct AuthConfig {
     /// Without tokens, binding to an address other machines can reach is refused unless this
     /// says the operator means it.
     pub allow_anonymous_public: bool,
+    /// Most sessions one token may hold at once; 0: a fair share, `sessions.max` divided by
+    /// the number of tokens. At it, the token's own least recently used idle session is ended
+    /// to make room, never another token's.
+    pub max_sessions_per_token: usize,
+}
+
+impl AuthConfig {
+    /// The sessions one token may hold (see `max_sessions_per_token`).
+    pub fn sessions_per_token(&self, max_sessions: usize) -> usize {
+        match self.max_sessions_per_token {
+            0 => (max_sessions / self.tokens.len().max(1)).max(1),
+            n => n.min(max_sessions),
+        }
+    }
 }
 
 /// The script wrapper (`/python/...`).
@@ -191,6 +205,8 @@ pub struct FilesConfig {
     pub max_bytes: u64,
     /// Largest total of a session's files, uploads and what code wrote (507 above it).
     pub max_total_bytes: u64,
+    /// Most files a listing returns (it says `truncated` when there are more).
+    pub max_list_entries: usize,
 }
 
 impl Default for FilesConfig {
@@ -198,6 +214,7 @@ impl Default for FilesConfig {
         FilesConfig {
             max_bytes: 100 << 20,
             max_total_bytes: 1 << 30,
+            max_list_entries: 10_000,
         }
     }
 }

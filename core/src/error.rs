@@ -12,6 +12,8 @@ pub enum Error {
     SessionNotFound(String),
     #[error("the session limit ({max}) is reached")]
     TooManySessions { max: usize },
+    #[error("this token holds its limit of {max} sessions (auth.max_sessions_per_token), all busy")]
+    TooManySessionsForOwner { max: usize },
     #[error("the session already has {depth} executions waiting")]
     QueueFull { depth: usize },
     #[error("the session was deleted while the request waited or ran")]

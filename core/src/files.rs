@@ -1,16 +1,41 @@
 //! A session's working directory, as the files API sees it: paths that cannot escape it,
-//! size limits, and listing.
+//! only regular files, size limits, and listing.
 //!
-//! User code runs in the same directory and may put anything there, symlinks included; so
-//! every path is checked against the directory's canonical form *after* resolving links, and
-//! writes never follow a link.
+//! User code runs in the same directory and may swap any part of it for a symlink, a FIFO or
+//! another directory at any moment, while a request is being served. So no path is checked
+//! and then used: every operation opens the session directory once and resolves the path
+//! *beneath that descriptor* (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_XDEV`, or one `O_NOFOLLOW` component at a time where the kernel lacks it), then
+//! acts on what it opened: `fstat` of the opened descriptor decides what it is, data is read
+//! and written through it, and renames and unlinks happen inside a directory descriptor it
+//! holds. Files are opened `O_NONBLOCK`, so a FIFO is refused before it can block a thread.
+//! Everything runs on a blocking thread as the session's user ([`AsUser`]), and at most
+//! [`CONCURRENT_OPS`] operations of one session at once, so one session's calls cannot take
+//! the threads every other session needs.
 
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, RenameFlags, ResolveFlag};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::unistd::UnlinkatFlags;
 use serde::Serialize;
 
 use crate::sandbox::Credentials;
+
+/// Files-API operations of one session that may run at once; more wait (see [`BUSY_WAIT`]).
+pub const CONCURRENT_OPS: usize = 4;
+/// How long an operation waits for its turn before it is refused as busy.
+const BUSY_WAIT: Duration = Duration::from_secs(10);
+/// The longest name of one path component (NAME_MAX).
+const NAME_MAX: usize = 255;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -20,12 +45,22 @@ pub enum FileError {
     NotFound(String),
     #[error("`{0}` is a directory")]
     IsADirectory(String),
+    #[error("`{0}` is not a regular file (a FIFO, socket or device is never read or written)")]
+    NotARegularFile(String),
     #[error("the file is {size} bytes; the limit is {max}")]
     TooLarge { size: u64, max: u64 },
     #[error("the session's files would take {total} bytes; the limit is {max}")]
     QuotaExceeded { total: u64, max: u64 },
+    #[error("the session already has {0} file operations running; try again")]
+    Busy(usize),
     #[error("file i/o failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<Errno> for FileError {
+    fn from(e: Errno) -> Self {
+        FileError::Io(e.into())
+    }
 }
 
 /// One entry of a listing.
@@ -37,58 +72,91 @@ pub struct FileInfo {
     pub modified: String,
 }
 
+/// A listing: the regular files found, at most `files.max_list_entries` of them.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileListing {
+    pub files: Vec<FileInfo>,
+    /// More files exist than were listed (the cap was reached, or a directory was too deep
+    /// to name).
+    pub truncated: bool,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct FileLimits {
     pub max_bytes: u64,
     pub max_total_bytes: u64,
+    /// Entries a listing returns at most.
+    pub max_list_entries: usize,
 }
 
-/// The files of one session. Every operation runs on a blocking thread as the session's user
-/// (see [`AsUser`]).
+/// The files of one session. Every operation runs on a blocking thread as the session's user.
 #[derive(Debug, Clone)]
 pub struct SessionFiles {
     root: PathBuf,
     limits: FileLimits,
     user: Option<Credentials>,
+    /// The directory is a filesystem of its own sized to the quota (see
+    /// [`crate::session_dir`]): its usage is one `statvfs`, and the kernel enforces it.
+    own_fs: bool,
+    /// Turns for this session's operations (shared by every `SessionFiles` of the session).
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl SessionFiles {
     /// `user`: who the session's code runs as (`None`: the server's own user).
-    pub fn new(root: &Path, limits: FileLimits, user: Option<Credentials>) -> Self {
+    pub fn new(
+        root: &Path,
+        limits: FileLimits,
+        user: Option<Credentials>,
+        own_fs: bool,
+        turns: Arc<tokio::sync::Semaphore>,
+    ) -> Self {
         SessionFiles {
             root: root.to_owned(),
             limits,
             user,
+            own_fs,
+            turns,
         }
     }
 
-    /// Writes (or replaces) a file, creating its parent directories.
+    /// The turns a session's file operations share.
+    pub fn turns() -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(CONCURRENT_OPS))
+    }
+
+    /// Writes (or replaces) a regular file, creating its parent directories.
     pub async fn put(&self, path: &str, data: bytes::Bytes) -> Result<(), FileError> {
         let path = path.to_owned();
         self.blocking(move |files| files.put_now(&path, &data))
             .await
     }
 
-    /// A file's bytes.
+    /// A regular file's bytes.
     pub async fn get(&self, path: &str) -> Result<Vec<u8>, FileError> {
         let path = path.to_owned();
         self.blocking(move |files| files.get_now(&path)).await
     }
 
-    /// Removes a file, or a directory with everything in it.
+    /// Removes a file, or a directory with everything in it (a symlink itself, never what it
+    /// points to).
     pub async fn delete(&self, path: &str) -> Result<(), FileError> {
         let path = path.to_owned();
         self.blocking(move |files| files.delete_now(&path)).await
     }
 
-    /// Every regular file under the directory, recursively, sorted by path. Symlinks are not
-    /// followed.
-    pub async fn list(&self) -> Result<Vec<FileInfo>, FileError> {
+    /// Regular files under the directory, recursively, sorted by path. Symlinks are not
+    /// followed; directories the session's user cannot read are skipped.
+    pub async fn list(&self) -> Result<FileListing, FileError> {
         self.blocking(|files| files.list_now()).await
     }
 
-    /// Bytes taken by the session's regular files.
+    /// Bytes taken by the session's files.
     pub async fn usage(&self) -> Result<u64, FileError> {
+        if self.own_fs {
+            // One statvfs of a tmpfs: no I/O, nothing user code can hide.
+            return self.fs_usage().map_err(FileError::from);
+        }
         self.blocking(|files| files.usage_now()).await
     }
 
@@ -101,13 +169,33 @@ impl SessionFiles {
         &self,
         op: impl FnOnce(&SessionFiles) -> Result<T, FileError> + Send + 'static,
     ) -> Result<T, FileError> {
+        let turn = tokio::time::timeout(BUSY_WAIT, Arc::clone(&self.turns).acquire_owned())
+            .await
+            .map_err(|_| FileError::Busy(CONCURRENT_OPS))?
+            .map_err(|_| FileError::Busy(CONCURRENT_OPS))?;
         let files = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let _as_user = AsUser::assume(files.user);
             op(&files)
         })
         .await
         .map_err(|e| FileError::Io(std::io::Error::other(e)))?
+    }
+
+    /// The session directory, opened once per operation: everything is resolved beneath it.
+    fn open_root(&self) -> Result<OwnedFd, FileError> {
+        Ok(nix::fcntl::open(
+            &self.root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    fn fs_usage(&self) -> nix::Result<u64> {
+        let stat = nix::sys::statvfs::statvfs(&self.root)?;
+        let used_blocks = stat.blocks().saturating_sub(stat.blocks_free());
+        Ok(used_blocks as u64 * stat.fragment_size() as u64)
     }
 
     fn put_now(&self, path: &str, data: &[u8]) -> Result<(), FileError> {
@@ -118,181 +206,414 @@ impl SessionFiles {
                 max: self.limits.max_bytes,
             });
         }
-        let target = self.writable(path)?;
-        let replaced = std::fs::symlink_metadata(&target).map_or(0, |m| m.len());
-        let total = self.usage_now()?.saturating_sub(replaced) + size;
+        let names = lexical(path)?;
+        let Some((name, parents)) = names.split_last() else {
+            return Err(invalid(path, "names the session directory itself"));
+        };
+        let root = self.open_root()?;
+        let parent = make_parents(&root, parents, path)?;
+        let replaced = match stat_at(&parent, name) {
+            Ok(stat) if is_dir(&stat) => return Err(FileError::IsADirectory(path.to_owned())),
+            Ok(stat) => stat.st_blocks as u64 * 512,
+            Err(_) => 0,
+        };
+        let total = self.usage_beneath(&root)?.saturating_sub(replaced) + size;
+        let quota = || FileError::QuotaExceeded {
+            total,
+            max: self.limits.max_total_bytes,
+        };
         if total > self.limits.max_total_bytes {
-            return Err(FileError::QuotaExceeded {
-                total,
-                max: self.limits.max_total_bytes,
-            });
+            return Err(quota());
         }
-        // Written beside the target and renamed over it: a reader never sees half a file,
-        // and a symlink at the target is replaced, not followed.
-        let temp = target.with_file_name(format!(
-            ".{}.upload-{:016x}",
-            target
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("file"),
-            rand::random::<u64>()
-        ));
-        std::fs::write(&temp, data)?;
-        if let Err(e) = std::fs::rename(&temp, &target) {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e.into());
+        // Written beside the target under a short name of our own, then renamed over it: a
+        // reader never sees half a file, and whatever is at the target (a link, a FIFO) is
+        // replaced, never followed or opened.
+        let temp = format!(".replpool-upload-{:016x}", rand::random::<u64>());
+        let fd = nix::fcntl::openat(
+            &parent,
+            temp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )?;
+        let written = std::fs::File::from(fd).write_all(data);
+        let renamed = written.map_err(FileError::from).and_then(|()| {
+            nix::fcntl::renameat2(
+                &parent,
+                temp.as_str(),
+                &parent,
+                name.as_os_str(),
+                RenameFlags::empty(),
+            )
+            .map_err(FileError::from)
+        });
+        if let Err(e) = renamed {
+            let _ = nix::unistd::unlinkat(&parent, temp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(match e {
+                FileError::Io(io) if is_out_of_space(&io) => quota(),
+                FileError::Io(io) if io.raw_os_error() == Some(Errno::EISDIR as i32) => {
+                    FileError::IsADirectory(path.to_owned())
+                }
+                other => other,
+            });
         }
         Ok(())
     }
 
     fn get_now(&self, path: &str) -> Result<Vec<u8>, FileError> {
-        let resolved = self.existing(path)?;
-        if resolved.is_dir() {
+        let names = lexical(path)?;
+        let root = self.open_root()?;
+        let fd = open_beneath(&root, &names, OFlag::O_RDONLY | OFlag::O_NONBLOCK)
+            .map_err(|e| self.refusal(e, path, &names))?;
+        let stat = nix::sys::stat::fstat(&fd)?;
+        if is_dir(&stat) {
             return Err(FileError::IsADirectory(path.to_owned()));
         }
-        Ok(std::fs::read(&resolved)?)
+        if !is_regular(&stat) {
+            return Err(FileError::NotARegularFile(path.to_owned()));
+        }
+        // No more than the size it had when opened: code appending meanwhile cannot make the
+        // server read without end.
+        let size = stat.st_size.max(0) as u64;
+        let mut data = Vec::with_capacity(size.min(self.limits.max_total_bytes) as usize);
+        std::fs::File::from(fd).take(size).read_to_end(&mut data)?;
+        Ok(data)
     }
 
     fn delete_now(&self, path: &str) -> Result<(), FileError> {
-        let target = self.lexical(path)?;
-        let meta =
-            std::fs::symlink_metadata(&target).map_err(|_| FileError::NotFound(path.to_owned()))?;
-        // A symlink is removed itself, never what it points to.
-        self.check_parents(&target, path)?;
-        if meta.is_dir() {
-            std::fs::remove_dir_all(&target)?;
+        let names = lexical(path)?;
+        let Some((name, parents)) = names.split_last() else {
+            return Err(invalid(path, "names the session directory itself"));
+        };
+        let root = self.open_root()?;
+        let parent = self.open_dir(&root, parents, path)?;
+        let stat = stat_at(&parent, name).map_err(|_| FileError::NotFound(path.to_owned()))?;
+        if is_dir(&stat) {
+            remove_tree(&root, &names).map_err(|e| match e {
+                Errno::ENAMETOOLONG => {
+                    invalid(path, "it holds directories nested too deep to name")
+                }
+                other => other.into(),
+            })?;
         } else {
-            std::fs::remove_file(&target)?;
+            nix::unistd::unlinkat(&parent, name.as_os_str(), UnlinkatFlags::NoRemoveDir)?;
         }
         Ok(())
     }
 
-    fn list_now(&self) -> Result<Vec<FileInfo>, FileError> {
+    fn list_now(&self) -> Result<FileListing, FileError> {
+        let root = self.open_root()?;
+        let max = self.limits.max_list_entries;
         let mut files = Vec::new();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir)? {
-                let entry = entry?;
-                let meta = entry.metadata()?; // does not follow symlinks
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                } else if meta.is_file() {
-                    let relative = entry.path();
-                    let relative = relative.strip_prefix(&self.root).unwrap_or(&relative);
+        let mut truncated = false;
+        let mut pending: Vec<Vec<OsString>> = vec![Vec::new()];
+        'walk: while let Some(dir) = pending.pop() {
+            let entries = match read_dir_beneath(&root, &dir) {
+                Ok(entries) => entries,
+                // Code may close a directory to its own user (chmod 0), or swap it for a link
+                // while we walk: what cannot be opened is not listed, and nothing fails.
+                Err(Errno::ENAMETOOLONG) => {
+                    truncated = true;
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            for (name, stat) in entries {
+                let mut path = dir.clone();
+                path.push(name);
+                if is_dir(&stat) {
+                    pending.push(path);
+                } else if is_regular(&stat) {
+                    if files.len() == max {
+                        truncated = true;
+                        break 'walk;
+                    }
                     files.push(FileInfo {
-                        path: relative.to_string_lossy().into_owned(),
-                        size: meta.len(),
-                        modified: meta
-                            .modified()
-                            .map(|t| humantime::format_rfc3339_millis(t).to_string())
-                            .unwrap_or_else(|_| {
-                                humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH).to_string()
-                            }),
+                        path: join(&path),
+                        size: stat.st_size.max(0) as u64,
+                        modified: modified(&stat),
                     });
                 }
             }
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(files)
+        Ok(FileListing { files, truncated })
+    }
+
+    /// Bytes of regular files (or the filesystem's usage, when it is the session's own).
+    fn usage_beneath(&self, root: &OwnedFd) -> Result<u64, FileError> {
+        if self.own_fs {
+            return Ok(self.fs_usage()?);
+        }
+        let mut total = 0u64;
+        let mut pending: Vec<Vec<OsString>> = vec![Vec::new()];
+        while let Some(dir) = pending.pop() {
+            let Ok(entries) = read_dir_beneath(root, &dir) else {
+                continue;
+            };
+            for (name, stat) in entries {
+                if is_dir(&stat) {
+                    let mut path = dir.clone();
+                    path.push(name);
+                    pending.push(path);
+                } else if is_regular(&stat) {
+                    total += stat.st_size.max(0) as u64;
+                }
+            }
+        }
+        Ok(total)
     }
 
     fn usage_now(&self) -> Result<u64, FileError> {
-        Ok(self.list_now()?.iter().map(|f| f.size).sum())
+        let root = self.open_root()?;
+        self.usage_beneath(&root)
     }
 
-    /// `path` joined to the root, refusing anything that is not plain relative names.
-    fn lexical(&self, path: &str) -> Result<PathBuf, FileError> {
-        let invalid = |why| FileError::InvalidPath {
-            path: path.to_owned(),
-            why,
-        };
-        if path.is_empty() {
-            return Err(invalid("empty"));
+    /// The directory `names` beneath the root (the root itself when empty).
+    fn open_dir(
+        &self,
+        root: &OwnedFd,
+        names: &[OsString],
+        path: &str,
+    ) -> Result<OwnedFd, FileError> {
+        if names.is_empty() {
+            return Ok(root.try_clone()?);
         }
-        if path.contains('\0') {
-            return Err(invalid("contains a NUL byte"));
-        }
-        let mut joined = self.root.clone();
-        for component in Path::new(path).components() {
-            match component {
-                Component::Normal(name) => joined.push(name),
-                Component::CurDir => {}
-                Component::ParentDir => return Err(invalid("`..` is not allowed")),
-                Component::RootDir | Component::Prefix(_) => {
-                    return Err(invalid("absolute paths are not allowed"));
+        open_beneath(root, names, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(|e| self.refusal(e, path, names))
+    }
+
+    /// What a failed resolution tells the caller. A link on the way is refused; whether as
+    /// "leads out" or "no such file" depends on whether the session's user could reach its
+    /// target (the kernel decides, as that user), so that a link to another session's file
+    /// says no more than that there is nothing there. Only the error depends on this look:
+    /// nothing is read through the link.
+    fn refusal(&self, e: Errno, path: &str, names: &[OsString]) -> FileError {
+        match e {
+            Errno::ELOOP | Errno::EXDEV => {
+                let lexical: PathBuf = names.iter().fold(self.root.clone(), |p, n| p.join(n));
+                match std::fs::canonicalize(lexical) {
+                    Ok(_) => invalid(
+                        path,
+                        "a symlink on the way leads out of the session directory",
+                    ),
+                    Err(_) => FileError::NotFound(path.to_owned()),
                 }
             }
+            Errno::ENOENT | Errno::ENOTDIR | Errno::EACCES => FileError::NotFound(path.to_owned()),
+            Errno::ENXIO => FileError::NotARegularFile(path.to_owned()),
+            other => other.into(),
         }
-        if joined == self.root {
-            return Err(invalid("names the session directory itself"));
-        }
-        Ok(joined)
-    }
-
-    /// An existing path, with symlinks resolved, that must still be inside the root.
-    fn existing(&self, path: &str) -> Result<PathBuf, FileError> {
-        let joined = self.lexical(path)?;
-        let resolved =
-            std::fs::canonicalize(&joined).map_err(|_| FileError::NotFound(path.to_owned()))?;
-        if !resolved.starts_with(&self.root) {
-            return Err(FileError::InvalidPath {
-                path: path.to_owned(),
-                why: "it leads out of the session directory",
-            });
-        }
-        Ok(resolved)
-    }
-
-    /// A path to write: its parent directories are created (or must be real directories
-    /// inside the root, not links), and an existing directory is not replaced.
-    fn writable(&self, path: &str) -> Result<PathBuf, FileError> {
-        let target = self.lexical(path)?;
-        if let Some(parent) = target.parent() {
-            let mut dir = self.root.clone();
-            for component in parent
-                .strip_prefix(&self.root)
-                .unwrap_or(Path::new(""))
-                .components()
-            {
-                dir.push(component);
-                match std::fs::symlink_metadata(&dir) {
-                    Ok(meta) if meta.is_dir() => {}
-                    Ok(_) => {
-                        return Err(FileError::InvalidPath {
-                            path: path.to_owned(),
-                            why: "a parent is a link or a file, not a directory",
-                        });
-                    }
-                    Err(_) => std::fs::create_dir(&dir)?,
-                }
-            }
-        }
-        if std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-            return Err(FileError::IsADirectory(path.to_owned()));
-        }
-        Ok(target)
-    }
-
-    /// The parents of a lexical path must be real directories (no link leads out).
-    fn check_parents(&self, target: &Path, path: &str) -> Result<(), FileError> {
-        if let Some(parent) = target.parent() {
-            let resolved =
-                std::fs::canonicalize(parent).map_err(|_| FileError::NotFound(path.to_owned()))?;
-            if !resolved.starts_with(&self.root) {
-                return Err(FileError::InvalidPath {
-                    path: path.to_owned(),
-                    why: "it leads out of the session directory",
-                });
-            }
-        }
-        Ok(())
     }
 }
 
+fn invalid(path: &str, why: &'static str) -> FileError {
+    FileError::InvalidPath {
+        path: path.to_owned(),
+        why,
+    }
+}
+
+/// The path's names, refusing anything that is not plain relative names of at most
+/// NAME_MAX bytes.
+fn lexical(path: &str) -> Result<Vec<OsString>, FileError> {
+    if path.is_empty() {
+        return Err(invalid(path, "empty"));
+    }
+    if path.contains('\0') {
+        return Err(invalid(path, "contains a NUL byte"));
+    }
+    let mut names = Vec::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(name) if name.len() > NAME_MAX => {
+                return Err(invalid(path, "a name is longer than 255 bytes"));
+            }
+            Component::Normal(name) => names.push(name.to_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(invalid(path, "`..` is not allowed")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(invalid(path, "absolute paths are not allowed"));
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(invalid(path, "names the session directory itself"));
+    }
+    Ok(names)
+}
+
+/// Set once `openat2` turned out to be missing (kernels before 5.6, some seccomp profiles).
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// Opens `names` beneath `root` without following any symlink or leaving the directory's
+/// filesystem: `openat2` where the kernel has it, else one `O_NOFOLLOW` name at a time (each
+/// name is a plain name, never `..`, so no step can climb out).
+fn open_beneath(root: &OwnedFd, names: &[OsString], flags: OFlag) -> nix::Result<OwnedFd> {
+    let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        let path: PathBuf = names.iter().collect();
+        let how = OpenHow::new().flags(flags).resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+        match nix::fcntl::openat2(root, &path, how) {
+            Err(Errno::ENOSYS) => NO_OPENAT2.store(true, Ordering::Relaxed),
+            done => return done,
+        }
+    }
+    let Some((last, parents)) = names.split_last() else {
+        return root.try_clone().map_err(|_| Errno::EMFILE);
+    };
+    let mut dir = root.try_clone().map_err(|_| Errno::EMFILE)?;
+    for name in parents {
+        dir = nix::fcntl::openat(
+            &dir,
+            name.as_os_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+    }
+    nix::fcntl::openat(&dir, last.as_os_str(), flags, Mode::empty())
+}
+
+/// The parent directories of an upload, made where missing, one name at a time beneath the
+/// root; a link or a file where a directory should be is refused.
+fn make_parents(root: &OwnedFd, names: &[OsString], path: &str) -> Result<OwnedFd, FileError> {
+    let mut dir = root.try_clone()?;
+    for name in names {
+        match nix::sys::stat::mkdirat(&dir, name.as_os_str(), Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) if is_out_of_space(&e.into()) => {
+                return Err(FileError::QuotaExceeded { total: 0, max: 0 });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        dir = nix::fcntl::openat(
+            &dir,
+            name.as_os_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::ENOTDIR | Errno::ELOOP => {
+                invalid(path, "a parent is a link or a file, not a directory")
+            }
+            other => other.into(),
+        })?;
+    }
+    Ok(dir)
+}
+
+/// The entries of a directory beneath the root (each with its own `lstat`), `.` and `..`
+/// left out.
+fn read_dir_beneath(root: &OwnedFd, names: &[OsString]) -> nix::Result<Vec<(OsString, FileStat)>> {
+    let fd = if names.is_empty() {
+        nix::fcntl::openat(
+            root,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?
+    } else {
+        open_beneath(root, names, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?
+    };
+    let mut dir = nix::dir::Dir::from_fd(fd)?;
+    let names: Vec<OsString> = dir
+        .iter()
+        .filter_map(Result::ok)
+        .map(|entry| OsStr::from_bytes(entry.file_name().to_bytes()).to_owned())
+        .filter(|name| name != "." && name != "..")
+        .collect();
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        // Gone meanwhile (code deletes while we list): not listed.
+        if let Ok(stat) = stat_at(&dir.as_fd(), &name) {
+            entries.push((name, stat));
+        }
+    }
+    Ok(entries)
+}
+
+/// Removes a directory beneath the root with everything in it, deepest first. Pending
+/// directories are kept as names from the root, not as open descriptors, so that a wide or
+/// deep tree cannot run the server out of descriptors.
+fn remove_tree(root: &OwnedFd, top: &[OsString]) -> nix::Result<()> {
+    let mut stack: Vec<Vec<OsString>> = vec![top.to_vec()];
+    while let Some(dir) = stack.last().cloned() {
+        let fd = open_beneath(root, &dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let entries = read_dir_beneath(root, &dir)?;
+        let mut subdirs = Vec::new();
+        for (name, stat) in entries {
+            if is_dir(&stat) {
+                let mut path = dir.clone();
+                path.push(name);
+                subdirs.push(path);
+            } else {
+                match nix::unistd::unlinkat(&fd, name.as_os_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if subdirs.is_empty() {
+            stack.pop();
+            let Some((name, parents)) = dir.split_last() else {
+                return Ok(());
+            };
+            let parent = if parents.is_empty() {
+                root.try_clone().map_err(|_| Errno::EMFILE)?
+            } else {
+                open_beneath(root, parents, OFlag::O_PATH | OFlag::O_DIRECTORY)?
+            };
+            match nix::unistd::unlinkat(&parent, name.as_os_str(), UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            stack.extend(subdirs);
+        }
+    }
+    Ok(())
+}
+
+fn stat_at<Fd: AsFd>(dir: &Fd, name: &OsStr) -> nix::Result<FileStat> {
+    nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+fn is_dir(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
+fn is_regular(stat: &FileStat) -> bool {
+    SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
+}
+
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == Errno::ENOSPC as i32 || code == Errno::EDQUOT as i32)
+}
+
+fn join(names: &[OsString]) -> String {
+    names
+        .iter()
+        .map(|n| n.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn modified(stat: &FileStat) -> String {
+    let time = SystemTime::UNIX_EPOCH
+        + Duration::new(
+            stat.st_mtime.max(0) as u64,
+            stat.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+        );
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
 /// The calling thread's file-system identity (`setfsuid`/`setfsgid`) made the session's user
-/// until dropped. The server is root and the directory belongs to the session's code, which
-/// may swap a checked directory for a link at any moment: as the session's user, the kernel
-/// itself refuses whatever the session could not reach, whatever the race.
+/// until dropped. Resolution beneath the directory already keeps every path inside it; as the
+/// session's user, the kernel also refuses whatever that user could not touch itself.
 struct AsUser(Option<(nix::unistd::Uid, nix::unistd::Gid)>);
 
 impl AsUser {
@@ -348,37 +669,69 @@ mod tests {
         FileLimits {
             max_bytes: 100,
             max_total_bytes: 150,
+            max_list_entries: 2,
         }
+    }
+
+    fn files_in(root: &Path) -> SessionFiles {
+        SessionFiles::new(root, limits(), None, false, SessionFiles::turns())
     }
 
     #[test]
     fn paths_that_escape_are_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = std::fs::canonicalize(dir.path()).expect("canonical");
-        let files = SessionFiles::new(&root, limits(), None);
-        for bad in ["../x", "a/../../x", "/etc/passwd", "", "."] {
+        for bad in ["../x", "a/../../x", "/etc/passwd", "", ".", "./."] {
             assert!(
-                matches!(files.lexical(bad), Err(FileError::InvalidPath { .. })),
+                matches!(lexical(bad), Err(FileError::InvalidPath { .. })),
                 "{bad}"
             );
         }
-        assert!(files.lexical("a/b.csv").is_ok());
-        std::os::unix::fs::symlink("/etc", root.join("etc")).expect("symlink");
+        let long = "x".repeat(256);
         assert!(matches!(
-            files.existing("etc/passwd"),
+            lexical(&format!("a/{long}")),
             Err(FileError::InvalidPath { .. })
         ));
-        assert!(matches!(
-            files.writable("etc/x"),
-            Err(FileError::InvalidPath { .. })
-        ));
+        assert_eq!(lexical("a/./b.csv").expect("plain names"), ["a", "b.csv"]);
+        assert!(lexical(&"x".repeat(255)).is_ok());
     }
 
     #[tokio::test]
-    async fn sizes_are_limited() {
+    async fn links_fifos_and_files_where_directories_belong_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = std::fs::canonicalize(dir.path()).expect("canonical");
-        let files = SessionFiles::new(&root, limits(), None);
+        let files = files_in(&root);
+        std::os::unix::fs::symlink("/etc", root.join("etc")).expect("symlink");
+        assert!(matches!(
+            files.get("etc/passwd").await,
+            Err(FileError::InvalidPath { .. })
+        ));
+        assert!(matches!(
+            files.put("etc/x", bytes::Bytes::from_static(b"x")).await,
+            Err(FileError::InvalidPath { .. })
+        ));
+        nix::unistd::mkfifo(&root.join("fifo"), Mode::from_bits_truncate(0o600)).expect("fifo");
+        assert!(matches!(
+            files.get("fifo").await,
+            Err(FileError::NotARegularFile(_))
+        ));
+        std::fs::write(root.join("plain"), b"x").expect("file");
+        assert!(matches!(
+            files.put("plain/x", bytes::Bytes::from_static(b"x")).await,
+            Err(FileError::InvalidPath { .. })
+        ));
+        assert!(matches!(
+            files.get("sub").await,
+            Err(FileError::NotFound(_))
+        ));
+        // The link is deleted, not what it points to.
+        files.delete("etc").await.expect("delete the link");
+        assert!(Path::new("/etc/passwd").exists());
+    }
+
+    #[tokio::test]
+    async fn sizes_are_limited_and_listings_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = std::fs::canonicalize(dir.path()).expect("canonical");
+        let files = files_in(&root);
         let bytes = |b: u8, n: usize| bytes::Bytes::from(vec![b; n]);
         assert!(matches!(
             files.put("big", bytes(0, 101)).await,
@@ -394,19 +747,21 @@ mod tests {
             Err(FileError::QuotaExceeded { .. })
         ));
         files.put("sub/b", bytes(1, 60)).await.expect("fits");
-        let listed: Vec<String> = files
-            .list()
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|f| f.path)
-            .collect();
+        let listing = files.list().await.expect("list");
+        let listed: Vec<String> = listing.files.into_iter().map(|f| f.path).collect();
         assert_eq!(listed, ["a", "sub/b"]);
+        assert!(!listing.truncated);
         assert_eq!(files.get("sub/b").await.expect("read"), vec![1; 60]);
-        files.delete("sub").await.expect("delete");
+        files.delete("a").await.expect("delete");
+        files.put("sub/deeper/c", bytes(2, 1)).await.expect("fits");
+        files.put("d", bytes(2, 1)).await.expect("fits");
+        files.put("e", bytes(2, 1)).await.expect("fits");
+        assert!(files.list().await.expect("list").truncated, "capped at 2");
+        files.delete("sub").await.expect("delete a tree");
         assert!(matches!(
             files.get("sub/b").await,
             Err(FileError::NotFound(_))
         ));
+        assert!(!root.join("sub").exists());
     }
 }

@@ -17,6 +17,8 @@ pub mod protocol;
 pub mod reaper;
 pub mod sandbox;
 pub mod session;
+pub mod session_dir;
+pub mod state_dir;
 pub mod template;
 pub mod worker;
 

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -13,12 +12,14 @@ use crate::cold::ColdRunner;
 use crate::config::Config;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution};
-use crate::files::{FileInfo, FileLimits};
+use crate::files::{FileLimits, FileListing};
 use crate::notebook;
 use crate::pool::{PoolStatus, WarmPool};
 use crate::reaper;
-use crate::sandbox::{Sandbox, SessionSandbox};
+use crate::sandbox::{Sandbox, SessionSandbox, mounts};
 use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
+use crate::session_dir::SessionDir;
+use crate::state_dir::{self, StateDir};
 use crate::template::Template;
 use crate::worker::{EventSender, PrivateTmp, ResourceLimits, WorkerSpec};
 
@@ -28,10 +29,12 @@ pub const WORKER_SCRIPT: &str = include_str!("../../bootstrap/worker.py");
 
 pub struct SessionManager {
     sessions: DashMap<String, Arc<Session>>,
-    /// Sessions alive or being created: reserved before the (slow) worker start, so that
-    /// concurrent creates cannot overshoot the limit.
-    reserved: AtomicUsize,
+    /// Sessions alive or being created, in all and per owner: reserved before the (slow)
+    /// worker start, so that concurrent creates cannot overshoot a limit.
+    reserved: parking_lot::Mutex<Reserved>,
     max_sessions: usize,
+    /// Sessions one owner (a token) may hold.
+    max_per_owner: usize,
     idle_ttl: Option<Duration>,
     max_code_bytes: usize,
     max_frame_bytes: usize,
@@ -39,9 +42,17 @@ pub struct SessionManager {
     sessions_dir: PathBuf,
     sandbox: Sandbox,
     shutdown: CancellationToken,
+    /// Session directories get a tmpfs of their own, sized to the quota.
+    quota_mounts: bool,
+    /// Unmounts the shared sessions directory, after the sessions went and before the state
+    /// directory goes (fields drop in order).
+    _shared_sessions: Option<SharedMount>,
     /// Keeps the state directory (worker script, session directories) until the manager goes.
-    _state_dir: tempfile::TempDir,
+    _state_dir: StateDir,
 }
+
+/// How long `/healthz` waits for a blocking thread before it says the server is stuck.
+const BLOCKING_PROBE: Duration = Duration::from_secs(2);
 
 /// What `/healthz` reports.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,9 +69,8 @@ impl SessionManager {
     /// Sets up the state directory, starts the warm pool and the idle-session sweep. Must be
     /// called inside a tokio runtime.
     pub fn start(config: &Config) -> Result<Arc<SessionManager>, Error> {
-        let state_dir = tempfile::Builder::new()
-            .prefix("replpool-")
-            .tempdir()
+        state_dir::remove_abandoned();
+        let state_dir = StateDir::create()
             .map_err(|e| Error::Internal(format!("cannot create the state directory: {e}")))?;
         let script = state_dir.path().join("worker.py");
         std::fs::write(&script, WORKER_SCRIPT)
@@ -79,6 +89,22 @@ impl SessionManager {
                 .map_err(|e| Error::Internal(format!("cannot open {}: {e}", dir.display())))?;
         }
         let sandbox = Sandbox::setup(config, &[sessions_dir.clone(), config.scripts.dir.clone()])?;
+        // Before any worker starts: their mount namespaces are copies of ours, and must
+        // follow the sessions directory for the tmpfs mounted there later.
+        let shared_sessions = (mounts::in_private_namespace() && sandbox.changes_user())
+            .then(|| match mounts::share(&sessions_dir) {
+                Ok(()) => Some(SharedMount(sessions_dir.clone())),
+                Err(e) => {
+                    tracing::warn!("session directories cannot get a filesystem of their own ({e}): the disk quota is measured after each execution, not enforced");
+                    None
+                }
+            })
+            .flatten();
+        if shared_sessions.is_none() {
+            tracing::info!(
+                "session directories share the state directory's filesystem: the disk quota is measured after each execution, not enforced"
+            );
+        }
         let ex = &config.execution;
         let spec = WorkerSpec {
             python: config.python.executable.clone(),
@@ -122,13 +148,15 @@ impl SessionManager {
                 files: FileLimits {
                     max_bytes: config.files.max_bytes,
                     max_total_bytes: config.files.max_total_bytes,
+                    max_list_entries: config.files.max_list_entries,
                 },
             },
         });
         let manager = Arc::new(SessionManager {
             sessions: DashMap::new(),
-            reserved: AtomicUsize::new(0),
+            reserved: parking_lot::Mutex::new(Reserved::default()),
             max_sessions: config.sessions.max,
+            max_per_owner: config.auth.sessions_per_token(config.sessions.max),
             idle_ttl: (config.sessions.idle_ttl_secs > 0)
                 .then(|| Duration::from_secs(config.sessions.idle_ttl_secs)),
             max_code_bytes: ex.max_code_bytes,
@@ -137,6 +165,8 @@ impl SessionManager {
             sessions_dir,
             sandbox,
             shutdown,
+            quota_mounts: shared_sessions.is_some(),
+            _shared_sessions: shared_sessions,
             _state_dir: state_dir,
         });
         if let Some(ttl) = manager.idle_ttl {
@@ -161,12 +191,9 @@ impl SessionManager {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
-        let reservation = self.reserve()?;
+        let reservation = self.reserve(owner)?;
         let id = new_session_id();
-        let dir = self.sessions_dir.join(&id);
-        std::fs::create_dir(&dir)
-            .map_err(|e| Error::Internal(format!("cannot create the session directory: {e}")))?;
-        let sandbox = self.session_sandbox(&id, &dir)?;
+        let (dir, sandbox) = self.session_dir(&id)?;
         let session = Arc::new(Session::new(
             id.clone(),
             owner.map(str::to_owned),
@@ -248,7 +275,7 @@ impl SessionManager {
         Ok(self.session(id)?.files().delete(path).await?)
     }
 
-    pub async fn list_files(&self, id: &str) -> Result<Vec<FileInfo>, Error> {
+    pub async fn list_files(&self, id: &str) -> Result<FileListing, Error> {
         Ok(self.session(id)?.files().list().await?)
     }
 
@@ -278,27 +305,35 @@ impl SessionManager {
             return Err(Error::ShuttingDown);
         }
         self.check_request(request)?;
-        let dir = tempfile::Builder::new()
-            .prefix("once-")
-            .tempdir_in(&self.sessions_dir)
-            .map_err(|e| Error::Internal(format!("cannot create a directory: {e}")))?;
-        let id = dir
-            .path()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let dir = dir.keep();
-        let sandbox = self.session_sandbox(&id, &dir)?;
+        let id = format!("once-{:016x}", rand::random::<u64>());
+        let (dir, sandbox) = self.session_dir(&id)?;
         let session = Session::new(id, None, dir, sandbox, Arc::clone(&self.workers));
         session.execute(request, events).await
     }
 
-    /// A session's share of the sandbox; the directory is removed if there is none to be had.
+    /// A session's directory and its share of the sandbox (the directory is removed again
+    /// if there is none to be had), with the directory on a tmpfs of the quota's size where
+    /// the server mounts those.
+    fn session_dir(&self, id: &str) -> Result<(SessionDir, SessionSandbox), Error> {
+        let mut dir = SessionDir::create(&self.sessions_dir, id)
+            .map_err(|e| Error::Internal(format!("cannot create the session directory: {e}")))?;
+        let sandbox = self.session_sandbox(id, dir.path())?;
+        if self.quota_mounts
+            && let Some(owner) = sandbox.credentials()
+        {
+            dir.mount_quota(self.workers.limits.files.max_total_bytes, owner)
+                .map_err(|e| {
+                    Error::Internal(format!("cannot mount the session's filesystem: {e}"))
+                })?;
+        }
+        Ok((dir, sandbox))
+    }
+
+    /// A session's share of the sandbox.
     fn session_sandbox(&self, id: &str, dir: &Path) -> Result<SessionSandbox, Error> {
-        self.sandbox.session(id, dir).inspect_err(|e| {
-            tracing::warn!(session = %id, "refused: {e}");
-            let _ = std::fs::remove_dir_all(dir);
-        })
+        self.sandbox
+            .session(id, dir)
+            .inspect_err(|e| tracing::warn!(session = %id, "refused: {e}"))
     }
 
     /// Makes the template start over (after a package install): new workers import afresh.
@@ -313,12 +348,23 @@ impl SessionManager {
         self.workers.pool.python_version()
     }
 
-    pub fn health(&self) -> Health {
+    /// What `/healthz` says. Besides the pool, it checks that a blocking thread can be had:
+    /// executions end with work on those threads, so when none frees up in time nothing can
+    /// make progress, whatever the pool says.
+    pub async fn health(&self) -> Health {
         let pool = self.workers.pool.status();
-        let reason = pool
-            .last_error
-            .as_ref()
-            .map(|e| format!("warm workers cannot be started, executions run cold: {e}"));
+        let blocked = tokio::time::timeout(BLOCKING_PROBE, tokio::task::spawn_blocking(|| ()))
+            .await
+            .is_err();
+        let reason = if blocked {
+            Some(format!(
+                "no blocking thread became free within {BLOCKING_PROBE:?}: executions and file operations cannot make progress"
+            ))
+        } else {
+            pool.last_error
+                .as_ref()
+                .map(|e| format!("warm workers cannot be started, executions run cold: {e}"))
+        };
         Health {
             status: if reason.is_some() { "degraded" } else { "ok" },
             reason,
@@ -368,7 +414,7 @@ impl SessionManager {
             .sessions
             .remove(id)
             .ok_or_else(|| Error::SessionNotFound(id.to_owned()))?;
-        self.reserved.fetch_sub(1, Ordering::AcqRel);
+        self.reserved.lock().release(session.owner());
         session.close();
         tracing::info!(session = %id, "session {why}");
         Ok(())
@@ -401,23 +447,36 @@ impl SessionManager {
         Ok(())
     }
 
-    /// A place under the session limit, made by ending the least recently used idle session
-    /// if need be.
-    fn reserve(&self) -> Result<Reservation<'_>, Error> {
+    /// A place under the session limit and under the owner's, made if need be by ending the
+    /// owner's own least recently used idle session: one tenant never ends another's.
+    fn reserve(&self, owner: Option<&str>) -> Result<Reservation<'_>, Error> {
         loop {
-            let before = self.reserved.fetch_add(1, Ordering::AcqRel);
-            let reservation = Reservation {
-                counter: &self.reserved,
-                kept: false,
+            let refused = {
+                let mut reserved = self.reserved.lock();
+                let mine = reserved.of(owner);
+                let owner_full = owner.is_some() && mine >= self.max_per_owner;
+                if reserved.total < self.max_sessions && !owner_full {
+                    reserved.take(owner);
+                    return Ok(Reservation {
+                        reserved: &self.reserved,
+                        owner: owner.map(str::to_owned),
+                        kept: false,
+                    });
+                }
+                if owner_full {
+                    Error::TooManySessionsForOwner {
+                        max: self.max_per_owner,
+                    }
+                } else {
+                    Error::TooManySessions {
+                        max: self.max_sessions,
+                    }
+                }
             };
-            if before < self.max_sessions {
-                return Ok(reservation);
-            }
-            drop(reservation);
             let lru = self
                 .sessions
                 .iter()
-                .filter(|s| s.is_idle())
+                .filter(|s| s.owner() == owner && s.is_idle())
                 .min_by_key(|s| s.last_used())
                 .map(|s| s.key().clone());
             match lru {
@@ -425,11 +484,7 @@ impl SessionManager {
                     // Another create may have ended it first; then look again.
                     let _ = self.end(&id, "evicted (least recently used, session limit reached)");
                 }
-                None => {
-                    return Err(Error::TooManySessions {
-                        max: self.max_sessions,
-                    });
-                }
+                None => return Err(refused),
             }
         }
     }
@@ -470,9 +525,42 @@ async fn evict_idle(
     }
 }
 
-/// A place under the session limit, given back unless the session was made.
+/// Sessions alive or being made, in all and per owner.
+#[derive(Default)]
+struct Reserved {
+    total: usize,
+    by_owner: std::collections::HashMap<String, usize>,
+}
+
+impl Reserved {
+    fn of(&self, owner: Option<&str>) -> usize {
+        owner.map_or(0, |o| self.by_owner.get(o).copied().unwrap_or(0))
+    }
+
+    fn take(&mut self, owner: Option<&str>) {
+        self.total += 1;
+        if let Some(owner) = owner {
+            *self.by_owner.entry(owner.to_owned()).or_default() += 1;
+        }
+    }
+
+    fn release(&mut self, owner: Option<&str>) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(owner) = owner
+            && let Some(count) = self.by_owner.get_mut(owner)
+        {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.by_owner.remove(owner);
+            }
+        }
+    }
+}
+
+/// A place under the session limits, given back unless the session was made.
 struct Reservation<'a> {
-    counter: &'a AtomicUsize,
+    reserved: &'a parking_lot::Mutex<Reserved>,
+    owner: Option<String>,
     kept: bool,
 }
 
@@ -485,7 +573,19 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if !self.kept {
-            self.counter.fetch_sub(1, Ordering::AcqRel);
+            self.reserved.lock().release(self.owner.as_deref());
+        }
+    }
+}
+
+/// The sessions directory made a shared mount (see [`mounts::share`]), unmounted when the
+/// manager goes so that the state directory can be removed.
+struct SharedMount(PathBuf);
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        if let Err(e) = mounts::unmount(&self.0) {
+            tracing::warn!("cannot unmount {}: {e}", self.0.display());
         }
     }
 }

@@ -9,7 +9,7 @@
 //! (see [`crate::cold`]), and the first reply after the loss says `session_reset: true`.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -28,6 +28,7 @@ use crate::files::{FileLimits, SessionFiles};
 use crate::pool::WarmPool;
 use crate::protocol::ErrorInfo;
 use crate::sandbox::SessionSandbox;
+use crate::session_dir::SessionDir;
 use crate::worker::{Cell, CellOutcome, EventSender, Interrupt, Worker, WorkerError};
 
 /// What the session needs to know of the configuration to run a cell.
@@ -58,7 +59,9 @@ pub struct Session {
     /// Who may see and use the session (a token's name); `None` when auth is off, and for the
     /// sessions the server's own front ends make.
     owner: Option<String>,
-    dir: PathBuf,
+    dir: SessionDir,
+    /// Turns for the session's file operations (see [`SessionFiles`]).
+    file_turns: Arc<tokio::sync::Semaphore>,
     /// The session's user and cgroup; every worker it uses enters them.
     sandbox: Arc<SessionSandbox>,
     workers: Arc<Workers>,
@@ -135,7 +138,7 @@ impl Session {
     pub fn new(
         id: String,
         owner: Option<String>,
-        dir: PathBuf,
+        dir: SessionDir,
         sandbox: SessionSandbox,
         workers: Arc<Workers>,
     ) -> Session {
@@ -144,6 +147,7 @@ impl Session {
             id,
             owner,
             dir,
+            file_turns: SessionFiles::turns(),
             sandbox: Arc::new(sandbox),
             workers,
             created_at: now.0,
@@ -175,7 +179,7 @@ impl Session {
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     pub fn owner(&self) -> Option<&str> {
@@ -262,7 +266,13 @@ impl Session {
                         Mode::Cold,
                         self.workers
                             .cold
-                            .run(&self.dir, &self.sandbox, &cell, events, &self.interrupt)
+                            .run(
+                                self.dir.path(),
+                                &self.sandbox,
+                                &cell,
+                                events,
+                                &self.interrupt,
+                            )
                             .await,
                     ),
                 }
@@ -330,18 +340,39 @@ impl Session {
         }
         let files = self.files();
         let max = files.max_total_bytes();
+        // Where the directory is a filesystem of the quota's size, the kernel refused the
+        // write that would have passed it, and the cell saw ENOSPC; say why.
+        let refused_write = self.dir.own_fs()
+            && execution
+                .error
+                .as_ref()
+                .is_some_and(|e| e.ename == "OSError" && e.evalue.starts_with("[Errno 28]"));
         match files.usage().await {
-            Ok(used) if used > max => {
+            Ok(used) if used > max || refused_write => {
                 tracing::warn!(used, max, "limit reached: disk quota");
-                if execution.error.is_none() {
-                    execution.status = Status::Error;
-                    execution.error = Some(ErrorInfo {
-                        ename: "DiskQuotaExceeded".into(),
-                        evalue: format!(
-                            "the session's files take {used} bytes, over its quota of {max}; delete some to get under it"
-                        ),
-                        traceback: Vec::new(),
-                    });
+                let evalue = if refused_write {
+                    format!(
+                        "the session's files reached its quota of {max} bytes, so a write failed (No space left on device); delete some to make room"
+                    )
+                } else {
+                    format!(
+                        "the session's files take {used} bytes, over its quota of {max}; delete some to get under it"
+                    )
+                };
+                match execution.error.as_mut() {
+                    Some(error) if refused_write => {
+                        error.ename = "DiskQuotaExceeded".into();
+                        error.evalue = evalue;
+                    }
+                    Some(_) => {}
+                    None => {
+                        execution.status = Status::Error;
+                        execution.error = Some(ErrorInfo {
+                            ename: "DiskQuotaExceeded".into(),
+                            evalue,
+                            traceback: Vec::new(),
+                        });
+                    }
                 }
             }
             Ok(_) => {}
@@ -377,9 +408,11 @@ impl Session {
     /// The session's working directory, through the files API's checks.
     pub fn files(&self) -> SessionFiles {
         SessionFiles::new(
-            &self.dir,
+            self.dir.path(),
             self.workers.limits.files,
             self.sandbox.credentials(),
+            self.dir.own_fs(),
+            Arc::clone(&self.file_turns),
         )
     }
 
@@ -430,7 +463,7 @@ impl Session {
             return;
         }
         let pool = Arc::clone(&self.workers.pool);
-        let dir = self.dir.clone();
+        let dir = self.dir.path().to_owned();
         let sandbox = Arc::clone(&self.sandbox);
         slot.replacement = Some(AbortOnDropHandle::new(tokio::spawn(async move {
             let mut worker = pool.acquire().await?;
@@ -472,17 +505,6 @@ impl Session {
             return Err(Error::QueueFull { depth });
         }
         Ok(ticket)
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // The worker (a field) is killed by its own drop; the directory is ours to remove.
-        if let Err(e) = std::fs::remove_dir_all(&self.dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(session = %self.id, "cannot remove session directory: {e}");
-        }
     }
 }
 

@@ -39,6 +39,9 @@ impl From<Error> for ApiError {
         let (status, code) = match &e {
             Error::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
             Error::TooManySessions { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_sessions"),
+            Error::TooManySessionsForOwner { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions")
+            }
             Error::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
             Error::SessionClosed => (StatusCode::CONFLICT, "session_closed"),
             Error::CodeTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "code_too_large"),
@@ -50,6 +53,8 @@ impl From<Error> for ApiError {
             Error::File(file) => match file {
                 FileError::InvalidPath { .. } => (StatusCode::BAD_REQUEST, "invalid_path"),
                 FileError::IsADirectory(_) => (StatusCode::BAD_REQUEST, "is_a_directory"),
+                FileError::NotARegularFile(_) => (StatusCode::BAD_REQUEST, "not_a_regular_file"),
+                FileError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "files_busy"),
                 FileError::NotFound(_) => (StatusCode::NOT_FOUND, "file_not_found"),
                 FileError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large"),
                 FileError::QuotaExceeded { .. } => {

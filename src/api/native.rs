@@ -95,7 +95,7 @@ impl TryFrom<ExecuteBody> for ExecRequest {
 struct CreateSessionBody {}
 
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    Json(state.manager.health())
+    Json(state.manager.health().await)
 }
 
 async fn create_session(
@@ -195,9 +195,7 @@ async fn list_files(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     state.manager.authorize(&id, caller.owner())?;
-    Ok(Json(
-        json!({ "files": state.manager.list_files(&id).await? }),
-    ))
+    Ok(Json(state.manager.list_files(&id).await?))
 }
 
 async fn put_file(

@@ -120,15 +120,34 @@ impl Drop for Server {
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = signal::kill(pid, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut exited = false;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                exited = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // A server killed by the test (kill -9) could not remove its own state directory.
+        if let Some(dir) = state_dir_of(self.child.id()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// The state directory of the server `pid`: the one whose `server.lock` holds that pid.
+pub fn state_dir_of(pid: u32) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(std::env::temp_dir()).ok()?;
+    entries.flatten().map(|e| e.path()).find(|dir| {
+        dir.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("replpool-"))
+            && std::fs::read_to_string(dir.join("server.lock"))
+                .is_ok_and(|text| text.trim() == pid.to_string())
+    })
 }
 
 /// The server shared by the tests of one binary.

@@ -123,12 +123,13 @@ impl Isolation {
             loopback_up()?;
         }
         if !self.covers.is_empty() {
-            // Nothing done here may reach the machine's own mount table.
+            // Nothing done here may reach the machine's (or the server's) mount table; what
+            // the server mounts later (a session's tmpfs) still comes in: a slave.
             mount(
                 None::<&CStr>,
                 c"/",
                 None::<&CStr>,
-                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                MsFlags::MS_REC | MsFlags::MS_SLAVE,
                 None::<&CStr>,
             )?;
             for cover in &self.covers {

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod isolation;
+pub mod mounts;
 pub mod uids;
 
 use std::os::unix::fs::PermissionsExt;
