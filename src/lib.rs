@@ -4,6 +4,7 @@
 //! re-exported here so that the server's code names them as its own.
 
 pub mod api;
+pub mod memory;
 
 pub use replpool_core::{
     Config, Error, ExecRequest, Execution, SessionManager, cold, config, error, execution, files,

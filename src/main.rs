@@ -61,6 +61,7 @@ impl ConfigArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    replpool::memory::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Watch { dirs } => {
@@ -108,6 +109,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Processes that user code detaches from its worker come back to us and are ended; and
     // workers forked by the template become our children. Before the manager starts.
     replpool::reaper::children().start_sweeping(stop.clone());
+    replpool::memory::trim_periodically(stop.clone());
     let manager = SessionManager::start(&config)?;
     // Kept open until this process is gone, however it goes; see watcher.rs.
     let _watcher = match manager.cgroup_dirs() {

@@ -384,3 +384,41 @@ async fn a_killed_servers_state_is_removed_by_the_next_start() {
     assert!(own.exists(), "a live server's directory stays");
     drop(first);
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("server status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+#[tokio::test]
+async fn the_servers_memory_comes_back_after_a_burst() {
+    let server = Server::start(
+        "[pool]\nwarm_workers = 1\n\n[files]\nmax_bytes = 16777216\nmax_total_bytes = 67108864\n",
+    );
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    assert_eq!(api.run(&s, "1").await["status"], "ok");
+    let baseline = rss_kib(server.pid());
+    assert_eq!(put(&api, &s, "big", vec![7; 16 << 20]).await.0, 204);
+    // Twenty downloads of 16 MiB at once: over 300 MiB of replies in flight.
+    let gets = (0..20).map(|_| get_raw(&api, &s, "big"));
+    for (status, body) in futures::future::join_all(gets).await {
+        assert_eq!((status, body.len()), (200, 16 << 20));
+    }
+    let peak = rss_kib(server.pid());
+    // The client's pooled connections go too: what they hold is the client's to keep.
+    drop(api);
+    let back = common::eventually(Duration::from_secs(30), || {
+        rss_kib(server.pid()) < baseline + 32 * 1024
+    })
+    .await;
+    assert!(
+        back,
+        "the server's RSS stayed at {} KiB (baseline {baseline} KiB, peak {peak} KiB)",
+        rss_kib(server.pid())
+    );
+}
