@@ -164,10 +164,14 @@ class Capture:
     end of a cell without losing order.
     """
 
-    def __init__(self):
+    def __init__(self, stdio):
         self.lock = threading.Lock()
         self.sink = None
+        self.stdio = stdio
         self.fds = {}
+        # The write ends, kept (close-on-exec) to put fds 1 and 2 back if a cell closes or
+        # replaces them.
+        self.writers = {}
         for name, target in (("stdout", 1), ("stderr", 2)):
             r, w = os.pipe()
             try:
@@ -177,7 +181,7 @@ class Capture:
             except (ImportError, AttributeError, OSError):
                 pass
             os.dup2(w, target)
-            os.close(w)
+            self.writers[target] = w
             os.set_blocking(r, False)
             self.fds[r] = name
         thread = threading.Thread(target=self._run, name="replpool-capture", daemon=True)
@@ -210,6 +214,12 @@ class Capture:
                 if sink is not None and sink.flush_due_in() == 0.0:
                     sink.flush()
 
+    def restore_fds(self):
+        """Points fds 1 and 2 at the capture pipes again, whatever the last cell did to them
+        (closed, or pointed elsewhere). A dup2 each: cheaper than finding out."""
+        for target, w in self.writers.items():
+            os.dup2(w, target)
+
     def start(self, sink):
         with self.lock:
             for fd in self.fds:
@@ -218,11 +228,7 @@ class Capture:
 
     def _drain(self):
         """Pushes what the cell buffered into the pipes and reads it all. Call with the lock."""
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        self.stdio.flush()
         flush_c_stdio()
         for fd in self.fds:
             self._read_available(fd)
@@ -281,6 +287,21 @@ class Stdio:
         """fd 0 changed under sys.stdin: its read-ahead buffer belongs to the old file."""
         self.stdin = text_stream(0, "r")
 
+    def flush(self):
+        """Flushes sys.stdout and sys.stderr at the end of a cell. One of ours that cannot be
+        flushed (the cell closed its fd) is closed: what its buffer holds would otherwise come
+        out at the start of the next cell's output."""
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            try:
+                stream.flush()
+            except Exception:
+                if stream is getattr(self, name):
+                    try:
+                        stream.close()  # drops the buffer even when its flush fails
+                    except Exception:
+                        pass
+
     def install(self):
         for name in ("stdout", "stderr", "stdin"):
             ours = getattr(self, name)
@@ -298,24 +319,37 @@ class CPUTimeLimitExceeded(BaseException):
     that `except Exception` in user code does not swallow it)."""
 
 
+class FormattingInterrupted(BaseException):
+    """An interrupt landed while the worker formatted an error: the reply goes out with what
+    was made so far (a BaseException, so that `except Exception` in a user's `__str__` does
+    not swallow it)."""
+
+
 class UserCode:
     """Marks when user code runs: SIGINT and SIGXCPU raise only then.
 
     A signal that lands while the worker writes a frame would otherwise cut the frame in half.
+    While the worker formats an error (which runs user code too: `__str__`, and can take long)
+    they raise FormattingInterrupted, which the formatter catches, so the reply still goes out.
     """
 
     active = False
+    formatting = False
     cpu_limit = None
 
     @classmethod
     def on_sigint(cls, signum, frame):
         if cls.active:
             raise KeyboardInterrupt
+        if cls.formatting:
+            raise FormattingInterrupted
 
     @classmethod
     def on_sigxcpu(cls, signum, frame):
         if cls.active:
             raise CPUTimeLimitExceeded(f"CPU time limit of {cls.cpu_limit} s exceeded")
+        if cls.formatting:
+            raise FormattingInterrupted
 
 
 class CpuLimit:
@@ -441,25 +475,143 @@ def hook_pyplot():
         pyplot.show = show_figures
 
 
+# A traceback shows at most this many frames from its start and from its end (unbounded
+# recursion has a frame per level: a million of them took 36 s to format), each line at most
+# TRACEBACK_LINE_CHARS, all of it at most TRACEBACK_CHARS.
+TRACEBACK_HEAD_FRAMES = 50
+TRACEBACK_TAIL_FRAMES = 50
+TRACEBACK_LINE_CHARS = 4096
+TRACEBACK_CHARS = 64 * 1024
+EVALUE_CHARS = 64 * 1024
+
+
+class TrimmedStack(traceback.StackSummary):
+    """The first and last frames of a long stack, formatted with a line saying how many were
+    left out between them."""
+
+    def __init__(self, head, tail, omitted):
+        super().__init__(list(head) + list(tail))
+        self.head_len = len(head)
+        self.omitted = omitted
+
+    def format(self, **kwargs):
+        head = traceback.StackSummary.from_list(self[: self.head_len]).format(**kwargs)
+        tail = traceback.StackSummary.from_list(self[self.head_len :]).format(**kwargs)
+        return head + [f"  [... {self.omitted} frames omitted ...]\n"] + tail
+
+
+def bounded_stack(tb):
+    """The frames of `tb` as a StackSummary, the middle left out when there are too many.
+
+    Only the frames shown are looked at (source lines, positions); the others are counted."""
+    count = 0
+    t = tb
+    while t is not None:
+        count += 1
+        t = t.tb_next
+    if count <= TRACEBACK_HEAD_FRAMES + TRACEBACK_TAIL_FRAMES:
+        return traceback.extract_tb(tb)
+    head = traceback.extract_tb(tb, limit=TRACEBACK_HEAD_FRAMES)
+    t = tb
+    for _ in range(count - TRACEBACK_TAIL_FRAMES):
+        t = t.tb_next
+    tail = traceback.extract_tb(t)
+    return TrimmedStack(head, tail, count - TRACEBACK_HEAD_FRAMES - TRACEBACK_TAIL_FRAMES)
+
+
+def bound_lines(lines):
+    """Caps each line and the whole; what is cut from the middle is said in a line."""
+    lines = [line if len(line) <= TRACEBACK_LINE_CHARS else line[:TRACEBACK_LINE_CHARS] + "…" for line in lines]
+    if sum(len(line) for line in lines) <= TRACEBACK_CHARS:
+        return lines
+    budget = TRACEBACK_CHARS // 2
+    head, used = [], 0
+    for line in lines:
+        if used + len(line) > budget:
+            break
+        head.append(line)
+        used += len(line)
+    tail, used = [], 0
+    for line in reversed(lines[len(head) :]):
+        if used + len(line) > budget:
+            break
+        tail.append(line)
+        used += len(line)
+    tail.reverse()
+    omitted = len(lines) - len(head) - len(tail)
+    return head + [f"[... {omitted} lines omitted ...]"] + tail
+
+
+def safe_str(obj):
+    try:
+        return str(obj)
+    except Exception:
+        return f"<{type(obj).__name__}: str() failed>"
+
+
 def error_info(exc, cell_filename=None):
-    """ename/evalue/traceback for an exception, without this file's frames."""
-    # User code enters through a cell; start there. Otherwise drop this file's leading frames.
+    """ename/evalue/traceback for an exception, without this file's frames.
+
+    Bounded in time and size, since it runs between user code and the reply (with the
+    interrupt off): long stacks are cut in the middle (`bounded_stack`), lines and the whole
+    capped, and an interrupt while it runs (a `__str__` that loops, say) cuts it short."""
+    ename = type(exc).__name__
+    evalue = ""
+    lines = []
+    UserCode.formatting = True
+    try:
+        evalue = safe_str(exc)
+        if len(evalue) > EVALUE_CHARS:
+            evalue = evalue[:EVALUE_CHARS] + "…"
+        for chunk in format_exception_bounded(exc, first_frame(exc, cell_filename)):
+            lines.extend(chunk.rstrip("\n").split("\n"))
+    except FormattingInterrupted:
+        lines.append("[... the traceback was cut short by an interrupt ...]")
+    finally:
+        UserCode.formatting = False
+    return {"ename": ename, "evalue": evalue, "traceback": bound_lines(lines)}
+
+
+def first_frame(exc, cell_filename):
+    """Where the traceback starts: the first frame of a cell (user code enters through one),
+    else past this file's leading frames."""
     tb = exc.__traceback__
-    first_cell = tb
+
     def is_cell(filename):
         return filename == cell_filename or filename.startswith("<cell-")
 
+    first_cell = tb
     while first_cell is not None and not is_cell(first_cell.tb_frame.f_code.co_filename):
         first_cell = first_cell.tb_next
     if first_cell is not None:
-        tb = first_cell
-    else:
-        while tb is not None and tb.tb_frame.f_code.co_filename == WORKER_FILE:
-            tb = tb.tb_next
-    lines = []
-    for chunk in traceback.format_exception(type(exc), exc, tb):
-        lines.extend(chunk.rstrip("\n").split("\n"))
-    return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": lines}
+        return first_cell
+    while tb is not None and tb.tb_frame.f_code.co_filename == WORKER_FILE:
+        tb = tb.tb_next
+    return tb
+
+
+def format_exception_bounded(exc, tb):
+    """`traceback.format_exception`, with every stack of the chain bounded (`bounded_stack`).
+
+    TracebackException is made with a frame limit (so it never walks a long stack itself);
+    then each stack of the chain that may have been cut is replaced by the bounded one."""
+    limit = TRACEBACK_HEAD_FRAMES + TRACEBACK_TAIL_FRAMES
+    te = traceback.TracebackException(type(exc), exc, tb, limit=limit, compact=True)
+    # The TracebackException of each exception of the chain, beside that exception.
+    pending = [(te, exc, tb)]
+    seen = set()
+    while pending:
+        t, e, frames = pending.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if len(t.stack) == limit:
+            t.stack = bounded_stack(frames)
+        for link in ("__cause__", "__context__"):
+            chained_t, chained_e = getattr(t, link, None), getattr(e, link, None)
+            if chained_t is not None and chained_e is not None:
+                pending.append((chained_t, chained_e, chained_e.__traceback__))
+    return te.format()
 
 
 def run_cell(code, namespace, filename):
@@ -497,19 +649,27 @@ class StdinFile:
         self.replaced = False
 
     def set(self, text):
-        if text is None and not self.replaced:
-            return
+        """At the start of a cell: fd 0 is the request's stdin, else /dev/null, whatever the
+        last cell did to it (closed it, or pointed it elsewhere)."""
         if text is None:
             os.dup2(self.devnull, 0)
-            self.replaced = False
-        else:
-            fd = os.memfd_create("replpool-stdin")
-            os.write(fd, text.encode("utf-8"))
-            os.lseek(fd, 0, os.SEEK_SET)
+            if self.replaced:
+                self.replaced = False
+                self.stdio.renew_stdin()
+            return
+        fd = os.memfd_create("replpool-stdin")
+        os.write(fd, text.encode("utf-8"))
+        os.lseek(fd, 0, os.SEEK_SET)
+        if fd != 0:  # a cell that closed fd 0 made it the lowest free one: it is in place
             os.dup2(fd, 0)
             os.close(fd)
-            self.replaced = True
+        self.replaced = True
         self.stdio.renew_stdin()
+
+    def release(self):
+        """At the end of a cell: the request's stdin is not kept."""
+        if self.replaced:
+            self.set(None)
 
 
 class Worker:
@@ -609,6 +769,7 @@ class Worker:
                 displays.append(bundle)
 
         sink = Sink(int(request.get("max_output_bytes", 1 << 20)), stream_to if streaming else None)
+        self.capture.restore_fds()
         self.stdin.set(request.get("stdin"))
         self.stdio.install()
         hook_pyplot()
@@ -621,7 +782,12 @@ class Worker:
             value = run_cell(request["code"], self.namespace, filename)
             if value is not None:
                 self.namespace["_"] = value
-                result = mime_bundle(value)
+                # Its reprs are the cell's code: an interrupt must reach them too.
+                UserCode.active = True
+                try:
+                    result = mime_bundle(value)
+                finally:
+                    UserCode.active = False
         except SystemExit as exc:
             # A program's sys.exit(0) is a normal end; any other code is reported, never obeyed.
             if exc.code not in (None, 0):
@@ -645,7 +811,7 @@ class Worker:
                 status, error = "error", error_info(exc, filename)
         Display.emit = None
         stdout, stderr, truncated = self.capture.stop()
-        self.stdin.set(None)
+        self.stdin.release()
         reply = {
             "op": "done",
             "id": rid,
@@ -738,8 +904,8 @@ def serve_worker(protocol, base, devnull, started, server_pid, parent_tie=None):
     """Sets up output capture and serves requests until the server closes the pipe."""
     global _FFLUSH
     _FFLUSH = _libc_fflush()
-    capture = Capture()
     stdio = Stdio()
+    capture = Capture(stdio)
     stdio.install()
     worker = Worker(protocol, base, capture, stdio, devnull, server_pid, parent_tie)
     worker.warm_up()
