@@ -673,7 +673,9 @@ class StdinFile:
 
 
 class Worker:
-    def __init__(self, protocol, base, capture, stdio, devnull, server_pid, parent_tie=None):
+    def __init__(
+        self, protocol, base, capture, stdio, devnull, server_pid, parent_tie=None, syscall_filter=None
+    ):
         self.protocol = protocol
         self.pid = os.getpid()
         self.server_pid = server_pid
@@ -683,6 +685,9 @@ class Worker:
         self.stdio = stdio
         self.stdin = StdinFile(devnull, stdio)
         self.cpu = CpuLimit()
+        # The server's seccomp filter: installed once the worker's own privileged set-up is
+        # done (attach), and in any case before the first user code.
+        self.syscall_filter = syscall_filter
         self.namespace = None
         self.reset()
 
@@ -709,6 +714,7 @@ class Worker:
             op = request.get("op")
             rid = request.get("id")
             if op == "exec":
+                self.confine()
                 self.protocol.send_encoded(self.execute(request))
             elif op == "attach":
                 self.attach(request)
@@ -750,6 +756,18 @@ class Worker:
         tempfile = sys.modules.get("tempfile")
         if tempfile is not None:
             tempfile.tempdir = cwd
+        self.confine()
+
+    def confine(self):
+        """Installs the syscall filter, once. A worker that cannot must not run anything."""
+        if self.syscall_filter is None:
+            return
+        try:
+            install_syscall_filter(self.syscall_filter)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        self.syscall_filter = None
 
     def execute(self, request):
         rid = request["id"]
@@ -900,14 +918,14 @@ def common_setup(log):
     signal.signal(signal.SIGXCPU, UserCode.on_sigxcpu)
 
 
-def serve_worker(protocol, base, devnull, started, server_pid, parent_tie=None):
+def serve_worker(protocol, base, devnull, started, server_pid, parent_tie=None, syscall_filter=None):
     """Sets up output capture and serves requests until the server closes the pipe."""
     global _FFLUSH
     _FFLUSH = _libc_fflush()
     stdio = Stdio()
     capture = Capture(stdio)
     stdio.install()
-    worker = Worker(protocol, base, capture, stdio, devnull, server_pid, parent_tie)
+    worker = Worker(protocol, base, capture, stdio, devnull, server_pid, parent_tie, syscall_filter)
     worker.warm_up()
     protocol.send(
         {
@@ -943,7 +961,7 @@ def worker_main(settings):
         protocol.send({"op": "fatal", "error": error_info(exc)})
         return 1
     server_pid = int(settings.get("server_pid") or os.getppid())
-    return serve_worker(protocol, base, devnull, started, server_pid)
+    return serve_worker(protocol, base, devnull, started, server_pid, syscall_filter=settings.get("seccomp"))
 
 
 class Template:
@@ -1077,6 +1095,7 @@ class Template:
                 started,
                 self.server_pid,
                 ParentTie(self.server_pid),
+                self.settings.get("seccomp"),
             )
         except BaseException:
             try:
@@ -1153,6 +1172,36 @@ def private_tmp(settings):
         os.close(fd)
     if os.path.isdir("/dev/shm"):
         check(libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", ms_nosuid | ms_nodev, options), "mounting /dev/shm")
+
+
+def install_syscall_filter(spec):
+    """Loads the server's seccomp programs (`sandbox/seccomp.rs`) into every thread of this
+    process (SECCOMP_FILTER_FLAG_TSYNC: the capture thread runs Python code a cell could
+    reach), for good. `seccomp(2)` has no libc wrapper: through `syscall`, with the number the
+    server gave. NO_NEW_PRIVS, which an unprivileged caller needs, is set for every worker."""
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    seccomp_set_mode_filter, seccomp_filter_flag_tsync = 1, 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    for program in spec["programs"]:
+        code = base64.b64decode(program)
+        buffer = ctypes.create_string_buffer(code, len(code))
+        fprog = SockFprog(len(code) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+        result = libc.syscall(
+            ctypes.c_long(int(spec["syscall"])),
+            ctypes.c_ulong(seccomp_set_mode_filter),
+            ctypes.c_ulong(seccomp_filter_flag_tsync),
+            ctypes.byref(fprog),
+        )
+        if result < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(errno)}")
+        if result > 0:
+            raise OSError(f"seccomp: thread {result} could not take the filter")
 
 
 def become_user(user, server_pid):

@@ -8,6 +8,7 @@
 
 pub mod cgroup;
 pub mod isolation;
+pub mod seccomp;
 pub mod uids;
 
 use std::os::unix::fs::PermissionsExt;
@@ -20,6 +21,7 @@ use crate::config::{Config, Network};
 use crate::error::Error;
 pub use cgroup::{CgroupLimits, Cgroups, Counters, SessionCgroup};
 pub use isolation::Isolation;
+pub use seccomp::SyscallFilter;
 pub use uids::{Credentials, UidLease, UidPool};
 
 pub struct Sandbox {
@@ -33,6 +35,8 @@ pub struct Sandbox {
     nproc: Option<u64>,
     memory_mb: u64,
     processes: Option<u64>,
+    /// What user code may not call, in every worker (`None`: an architecture without a list).
+    syscall_filter: Option<Arc<SyscallFilter>>,
 }
 
 impl Sandbox {
@@ -81,6 +85,17 @@ impl Sandbox {
         }
         let isolation =
             Isolation::new(sandbox.network == Network::None, &reach, probe_user).map_err(fail)?;
+        // For every server, root or not: it takes nothing user code needs, and an embedding
+        // program's workers should not make namespaces or use io_uring either.
+        let syscall_filter = seccomp::worker_filter()
+            .map_err(|e| fail(e.to_string()))?
+            .map(Arc::new);
+        if syscall_filter.is_none() {
+            tracing::warn!(
+                "no syscall filter for {}: user code may make namespaces, use io_uring, ptrace…",
+                std::env::consts::ARCH
+            );
+        }
         let processes = config.limits.processes();
         let cgroups = if sandbox.cgroups && root {
             Cgroups::setup(CgroupLimits {
@@ -111,7 +126,13 @@ impl Sandbox {
             nproc,
             memory_mb: config.limits.memory_mb,
             processes,
+            syscall_filter,
         })
+    }
+
+    /// The seccomp filter for every worker.
+    pub fn syscall_filter(&self) -> Option<Arc<SyscallFilter>> {
+        self.syscall_filter.clone()
     }
 
     /// What every process started for Python sets up before exec.
