@@ -1135,12 +1135,14 @@ class ParentTie:
 
 
 def private_tmp(settings):
-    """Gives this worker (so its session) a /tmp and a /dev/shm of its own: fresh tmpfs mounts
-    in a mount namespace of its own. Sessions run as different users in one sticky /tmp would
-    see each other's files and trip over each other's names (`/tmp/plot.png`); here they
-    cannot. What the worker needs under /tmp (the server's state directory with the session
-    directories, a venv that lives there) is bound back in at its path. Needs one thread (unshare(CLONE_NEWNS) refuses a
-    threaded caller) and root: it runs before the worker starts threads or changes user.
+    """Gives this worker (so its session) a /tmp, a /var/tmp and a /dev/shm of its own: fresh
+    tmpfs mounts in a mount namespace of its own. Sessions run as different users in one
+    sticky /tmp would see each other's files and trip over each other's names
+    (`/tmp/plot.png`); here they cannot, and nothing they leave there outlives the worker.
+    What the worker needs under /tmp or /var/tmp (the server's state directory with the
+    session directories, a venv that lives there) is bound back in at its path. Needs one
+    thread (unshare(CLONE_NEWNS) refuses a threaded caller) and root: it runs before the worker
+    starts threads or changes user.
     """
     import ctypes
 
@@ -1158,13 +1160,17 @@ def private_tmp(settings):
     check(libc.unshare(0x00020000), "unshare(CLONE_NEWNS)")  # CLONE_NEWNS
     # Nothing mounted here may reach the namespace it came from.
     check(libc.mount(None, b"/", None, ms_rec | ms_private, None), "making / private")
-    # Held open across the mount, which hides them, to be bound back at their paths.
+    tmps = ["/tmp"]
+    if os.path.realpath("/var/tmp") == "/var/tmp" and os.path.isdir("/var/tmp"):  # not a link to /tmp
+        tmps.append("/var/tmp")
+    # Held open across the mounts, which hide them, to be bound back at their paths.
     held = []
     for path in settings.get("keep") or []:
         path = os.path.realpath(path)
-        if path.startswith("/tmp/") and os.path.isdir(path):
+        if any(path.startswith(tmp + "/") for tmp in tmps) and os.path.isdir(path):
             held.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY)))
-    check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", ms_nosuid | ms_nodev, options), "mounting /tmp")
+    for tmp in tmps:
+        check(libc.mount(b"tmpfs", tmp.encode(), b"tmpfs", ms_nosuid | ms_nodev, options), f"mounting {tmp}")
     for path, fd in held:
         os.makedirs(path, exist_ok=True)
         source = f"/proc/self/fd/{fd}".encode()

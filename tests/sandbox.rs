@@ -575,3 +575,38 @@ async fn threads_forks_and_subprocesses_work_under_the_filter() {
     .await;
     assert_eq!(value, "('2', 7, '42\\n', 1)");
 }
+
+/// Removes a path of the host's when dropped (a test that fails may have left it there).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn each_session_has_a_var_tmp_of_its_own() {
+    assert_root();
+    let api = Api::new(base());
+    let (a, b) = (api.session().await, api.session().await);
+    let name = format!("replpool-test-{}", std::process::id());
+    let host = RemoveOnDrop(std::path::Path::new("/var/tmp").join(&name));
+    let reply = api
+        .run(
+            &a,
+            &format!(
+                "open('/var/tmp/{name}', 'w').write('from a')\nopen('/var/tmp/{name}').read()"
+            ),
+        )
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "'from a'", "{reply}");
+    let reply = api
+        .run(&b, &format!("import os\nos.path.exists('/var/tmp/{name}')"))
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "False", "{reply}");
+    assert!(
+        !host.0.exists(),
+        "a session's /var/tmp reached the machine's"
+    );
+}

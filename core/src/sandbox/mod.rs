@@ -146,8 +146,8 @@ impl Sandbox {
         self.cgroups.as_ref().map(Cgroups::dirs).unwrap_or_default()
     }
 
-    /// What a worker must bind back into a /tmp of its own: the directories it needs that
-    /// live in /tmp, outermost only.
+    /// What a worker must bind back into a /tmp and /var/tmp of its own: the directories it
+    /// needs that live in either, outermost only.
     pub fn tmp_keeps(&self) -> Vec<PathBuf> {
         outermost_under_tmp(&self.reach)
     }
@@ -277,11 +277,19 @@ pub struct Refusals {
     pub described: Vec<String>,
 }
 
-/// The paths under /tmp (not /tmp itself), without those inside another of them.
+/// The directories each worker covers with a tmpfs of its own (`worker.py`'s `private_tmp`).
+const PRIVATE_TMPS: [&str; 2] = ["/tmp", "/var/tmp"];
+
+/// The paths under /tmp or /var/tmp (not those themselves), without those inside another of
+/// them.
 fn outermost_under_tmp(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut under_tmp: Vec<&PathBuf> = paths
         .iter()
-        .filter(|p| p.starts_with("/tmp") && p.as_path() != Path::new("/tmp"))
+        .filter(|p| {
+            PRIVATE_TMPS
+                .iter()
+                .any(|tmp| p.starts_with(tmp) && p.as_path() != Path::new(tmp))
+        })
         .collect();
     under_tmp.sort();
     let mut keeps: Vec<PathBuf> = Vec::new();
@@ -348,6 +356,10 @@ mod tests {
             "/tmpfoo/x",
             "/usr/lib/python3.11",
             "/tmp/replpool-x/sessions",
+            "/var/tmp",
+            "/var/tmp/venv/lib",
+            "/var/tmp/venv",
+            "/var/tmpx/y",
         ]
         .iter()
         .map(PathBuf::from)
@@ -356,7 +368,8 @@ mod tests {
             outermost_under_tmp(&paths),
             [
                 PathBuf::from("/tmp/clone/.venv"),
-                PathBuf::from("/tmp/replpool-x/sessions")
+                PathBuf::from("/tmp/replpool-x/sessions"),
+                PathBuf::from("/var/tmp/venv"),
             ]
         );
     }
