@@ -362,3 +362,22 @@ async fn unbounded_recursion_under_a_high_limit_is_a_recursion_error() {
     );
     assert_eq!(api.run(&s, "x").await["result"]["text/plain"], "7");
 }
+
+#[tokio::test]
+async fn a_worker_killed_for_not_stopping_is_told_why() {
+    let api = api();
+    let s = api.session().await;
+    let code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass";
+    let reply = api.exec(&s, json!({"code": code, "timeout_ms": 500})).await;
+    assert_eq!(
+        reply,
+        ok_reply(
+            1,
+            json!({"status": "timeout", "session_reset": true, "error": {
+                "ename": "TimeoutError",
+                "evalue": "execution exceeded 500 ms and did not stop after the interrupt: the code set SIGINT to be ignored; the worker was killed",
+                "traceback": [],
+            }})
+        )
+    );
+}

@@ -107,8 +107,8 @@ pub enum WorkerError {
     Preload(ErrorInfo),
     #[error("the worker died ({reason}){}", stderr_suffix(.stderr))]
     Died { reason: String, stderr: String },
-    #[error("the worker did not stop after an interrupt")]
-    Unresponsive(Interrupt),
+    #[error("the worker did not stop after an interrupt{}", .1.map(|why| format!(" ({why})")).unwrap_or_default())]
+    Unresponsive(Interrupt, Option<&'static str>),
     #[error("worker protocol error: {0}")]
     Protocol(String),
     #[error("the template is not running")]
@@ -392,7 +392,9 @@ impl Worker {
         process::interrupt(pid);
         tokio::select! {
             done = &mut reply => done.map(|done| CellOutcome { done, interrupted: Some(cause) }),
-            _ = tokio::time::sleep(cell.interrupt_grace) => Err(WorkerError::Unresponsive(cause)),
+            _ = tokio::time::sleep(cell.interrupt_grace) => {
+                Err(WorkerError::Unresponsive(cause, process::why_unresponsive(pid)))
+            }
         }
     }
 
