@@ -1,7 +1,9 @@
 """Unit tests of worker.py's pure parts (the protocol end to end is tested from Rust)."""
 
 import os
+import signal
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +38,52 @@ class RunCellTest(unittest.TestCase):
         self.assertEqual(info["traceback"][0], "Traceback (most recent call last):")
         self.assertEqual(info["traceback"][1], '  File "<cell-3>", line 2, in <module>')
         self.assertFalse(any("worker.py" in line for line in info["traceback"]))
+
+
+class ErrorInfoTest(unittest.TestCase):
+    def test_a_deep_stack_is_cut_in_the_middle(self):
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(5000)
+        try:
+            worker.run_cell("def f(n):\n    return f(n + 1)\nf(0)", {}, "<cell-1>")
+        except RecursionError as exc:  # assertRaises would drop the traceback
+            error = exc
+        finally:
+            sys.setrecursionlimit(limit)
+        frames = 0
+        tb = error.__traceback__
+        while tb is not None:
+            frames += 1
+            tb = tb.tb_next
+        lines = worker.error_info(error)["traceback"]
+        shown = worker.TRACEBACK_HEAD_FRAMES + worker.TRACEBACK_TAIL_FRAMES
+        # This test's frame and run_cell's are not shown: the traceback starts at the cell.
+        self.assertIn(f"  [... {frames - 2 - shown} frames omitted ...]", lines)
+        self.assertLess(len(lines), 40, lines)
+        self.assertEqual(lines[-1], "RecursionError: maximum recursion depth exceeded")
+
+    def test_a_huge_message_is_capped(self):
+        info = worker.error_info(ValueError("x" * (1 << 20)))
+        self.assertLessEqual(sum(len(line) for line in info["traceback"]), worker.TRACEBACK_CHARS + 100)
+        self.assertLessEqual(len(info["evalue"]), worker.EVALUE_CHARS + 1)
+
+    def test_an_interrupt_cuts_the_formatting_short(self):
+        class Slow(Exception):
+            def __str__(self):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the interrupt ends this at once, or the test fails
+                return "slow"
+
+        previous = signal.signal(signal.SIGINT, worker.UserCode.on_sigint)
+        try:
+            started = time.monotonic()
+            info = worker.error_info(Slow())
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        self.assertLess(time.monotonic() - started, 4)
+        self.assertEqual(info["ename"], "Slow")
+        self.assertEqual(info["traceback"][-1], "[... the traceback was cut short by an interrupt ...]")
+        self.assertFalse(worker.UserCode.formatting)
 
 
 class MimeBundleTest(unittest.TestCase):

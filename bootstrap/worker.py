@@ -164,10 +164,14 @@ class Capture:
     end of a cell without losing order.
     """
 
-    def __init__(self):
+    def __init__(self, stdio):
         self.lock = threading.Lock()
         self.sink = None
+        self.stdio = stdio
         self.fds = {}
+        # The write ends, kept (close-on-exec) to put fds 1 and 2 back if a cell closes or
+        # replaces them.
+        self.writers = {}
         for name, target in (("stdout", 1), ("stderr", 2)):
             r, w = os.pipe()
             try:
@@ -177,7 +181,7 @@ class Capture:
             except (ImportError, AttributeError, OSError):
                 pass
             os.dup2(w, target)
-            os.close(w)
+            self.writers[target] = w
             os.set_blocking(r, False)
             self.fds[r] = name
         thread = threading.Thread(target=self._run, name="replpool-capture", daemon=True)
@@ -210,6 +214,12 @@ class Capture:
                 if sink is not None and sink.flush_due_in() == 0.0:
                     sink.flush()
 
+    def restore_fds(self):
+        """Points fds 1 and 2 at the capture pipes again, whatever the last cell did to them
+        (closed, or pointed elsewhere). A dup2 each: cheaper than finding out."""
+        for target, w in self.writers.items():
+            os.dup2(w, target)
+
     def start(self, sink):
         with self.lock:
             for fd in self.fds:
@@ -218,11 +228,7 @@ class Capture:
 
     def _drain(self):
         """Pushes what the cell buffered into the pipes and reads it all. Call with the lock."""
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:
-                pass
+        self.stdio.flush()
         flush_c_stdio()
         for fd in self.fds:
             self._read_available(fd)
@@ -281,6 +287,21 @@ class Stdio:
         """fd 0 changed under sys.stdin: its read-ahead buffer belongs to the old file."""
         self.stdin = text_stream(0, "r")
 
+    def flush(self):
+        """Flushes sys.stdout and sys.stderr at the end of a cell. One of ours that cannot be
+        flushed (the cell closed its fd) is closed: what its buffer holds would otherwise come
+        out at the start of the next cell's output."""
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            try:
+                stream.flush()
+            except Exception:
+                if stream is getattr(self, name):
+                    try:
+                        stream.close()  # drops the buffer even when its flush fails
+                    except Exception:
+                        pass
+
     def install(self):
         for name in ("stdout", "stderr", "stdin"):
             ours = getattr(self, name)
@@ -298,24 +319,37 @@ class CPUTimeLimitExceeded(BaseException):
     that `except Exception` in user code does not swallow it)."""
 
 
+class FormattingInterrupted(BaseException):
+    """An interrupt landed while the worker formatted an error: the reply goes out with what
+    was made so far (a BaseException, so that `except Exception` in a user's `__str__` does
+    not swallow it)."""
+
+
 class UserCode:
     """Marks when user code runs: SIGINT and SIGXCPU raise only then.
 
     A signal that lands while the worker writes a frame would otherwise cut the frame in half.
+    While the worker formats an error (which runs user code too: `__str__`, and can take long)
+    they raise FormattingInterrupted, which the formatter catches, so the reply still goes out.
     """
 
     active = False
+    formatting = False
     cpu_limit = None
 
     @classmethod
     def on_sigint(cls, signum, frame):
         if cls.active:
             raise KeyboardInterrupt
+        if cls.formatting:
+            raise FormattingInterrupted
 
     @classmethod
     def on_sigxcpu(cls, signum, frame):
         if cls.active:
             raise CPUTimeLimitExceeded(f"CPU time limit of {cls.cpu_limit} s exceeded")
+        if cls.formatting:
+            raise FormattingInterrupted
 
 
 class CpuLimit:
@@ -441,25 +475,143 @@ def hook_pyplot():
         pyplot.show = show_figures
 
 
+# A traceback shows at most this many frames from its start and from its end (unbounded
+# recursion has a frame per level: a million of them took 36 s to format), each line at most
+# TRACEBACK_LINE_CHARS, all of it at most TRACEBACK_CHARS.
+TRACEBACK_HEAD_FRAMES = 50
+TRACEBACK_TAIL_FRAMES = 50
+TRACEBACK_LINE_CHARS = 4096
+TRACEBACK_CHARS = 64 * 1024
+EVALUE_CHARS = 64 * 1024
+
+
+class TrimmedStack(traceback.StackSummary):
+    """The first and last frames of a long stack, formatted with a line saying how many were
+    left out between them."""
+
+    def __init__(self, head, tail, omitted):
+        super().__init__(list(head) + list(tail))
+        self.head_len = len(head)
+        self.omitted = omitted
+
+    def format(self, **kwargs):
+        head = traceback.StackSummary.from_list(self[: self.head_len]).format(**kwargs)
+        tail = traceback.StackSummary.from_list(self[self.head_len :]).format(**kwargs)
+        return head + [f"  [... {self.omitted} frames omitted ...]\n"] + tail
+
+
+def bounded_stack(tb):
+    """The frames of `tb` as a StackSummary, the middle left out when there are too many.
+
+    Only the frames shown are looked at (source lines, positions); the others are counted."""
+    count = 0
+    t = tb
+    while t is not None:
+        count += 1
+        t = t.tb_next
+    if count <= TRACEBACK_HEAD_FRAMES + TRACEBACK_TAIL_FRAMES:
+        return traceback.extract_tb(tb)
+    head = traceback.extract_tb(tb, limit=TRACEBACK_HEAD_FRAMES)
+    t = tb
+    for _ in range(count - TRACEBACK_TAIL_FRAMES):
+        t = t.tb_next
+    tail = traceback.extract_tb(t)
+    return TrimmedStack(head, tail, count - TRACEBACK_HEAD_FRAMES - TRACEBACK_TAIL_FRAMES)
+
+
+def bound_lines(lines):
+    """Caps each line and the whole; what is cut from the middle is said in a line."""
+    lines = [line if len(line) <= TRACEBACK_LINE_CHARS else line[:TRACEBACK_LINE_CHARS] + "…" for line in lines]
+    if sum(len(line) for line in lines) <= TRACEBACK_CHARS:
+        return lines
+    budget = TRACEBACK_CHARS // 2
+    head, used = [], 0
+    for line in lines:
+        if used + len(line) > budget:
+            break
+        head.append(line)
+        used += len(line)
+    tail, used = [], 0
+    for line in reversed(lines[len(head) :]):
+        if used + len(line) > budget:
+            break
+        tail.append(line)
+        used += len(line)
+    tail.reverse()
+    omitted = len(lines) - len(head) - len(tail)
+    return head + [f"[... {omitted} lines omitted ...]"] + tail
+
+
+def safe_str(obj):
+    try:
+        return str(obj)
+    except Exception:
+        return f"<{type(obj).__name__}: str() failed>"
+
+
 def error_info(exc, cell_filename=None):
-    """ename/evalue/traceback for an exception, without this file's frames."""
-    # User code enters through a cell; start there. Otherwise drop this file's leading frames.
+    """ename/evalue/traceback for an exception, without this file's frames.
+
+    Bounded in time and size, since it runs between user code and the reply (with the
+    interrupt off): long stacks are cut in the middle (`bounded_stack`), lines and the whole
+    capped, and an interrupt while it runs (a `__str__` that loops, say) cuts it short."""
+    ename = type(exc).__name__
+    evalue = ""
+    lines = []
+    UserCode.formatting = True
+    try:
+        evalue = safe_str(exc)
+        if len(evalue) > EVALUE_CHARS:
+            evalue = evalue[:EVALUE_CHARS] + "…"
+        for chunk in format_exception_bounded(exc, first_frame(exc, cell_filename)):
+            lines.extend(chunk.rstrip("\n").split("\n"))
+    except FormattingInterrupted:
+        lines.append("[... the traceback was cut short by an interrupt ...]")
+    finally:
+        UserCode.formatting = False
+    return {"ename": ename, "evalue": evalue, "traceback": bound_lines(lines)}
+
+
+def first_frame(exc, cell_filename):
+    """Where the traceback starts: the first frame of a cell (user code enters through one),
+    else past this file's leading frames."""
     tb = exc.__traceback__
-    first_cell = tb
+
     def is_cell(filename):
         return filename == cell_filename or filename.startswith("<cell-")
 
+    first_cell = tb
     while first_cell is not None and not is_cell(first_cell.tb_frame.f_code.co_filename):
         first_cell = first_cell.tb_next
     if first_cell is not None:
-        tb = first_cell
-    else:
-        while tb is not None and tb.tb_frame.f_code.co_filename == WORKER_FILE:
-            tb = tb.tb_next
-    lines = []
-    for chunk in traceback.format_exception(type(exc), exc, tb):
-        lines.extend(chunk.rstrip("\n").split("\n"))
-    return {"ename": type(exc).__name__, "evalue": str(exc), "traceback": lines}
+        return first_cell
+    while tb is not None and tb.tb_frame.f_code.co_filename == WORKER_FILE:
+        tb = tb.tb_next
+    return tb
+
+
+def format_exception_bounded(exc, tb):
+    """`traceback.format_exception`, with every stack of the chain bounded (`bounded_stack`).
+
+    TracebackException is made with a frame limit (so it never walks a long stack itself);
+    then each stack of the chain that may have been cut is replaced by the bounded one."""
+    limit = TRACEBACK_HEAD_FRAMES + TRACEBACK_TAIL_FRAMES
+    te = traceback.TracebackException(type(exc), exc, tb, limit=limit, compact=True)
+    # The TracebackException of each exception of the chain, beside that exception.
+    pending = [(te, exc, tb)]
+    seen = set()
+    while pending:
+        t, e, frames = pending.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        if len(t.stack) == limit:
+            t.stack = bounded_stack(frames)
+        for link in ("__cause__", "__context__"):
+            chained_t, chained_e = getattr(t, link, None), getattr(e, link, None)
+            if chained_t is not None and chained_e is not None:
+                pending.append((chained_t, chained_e, chained_e.__traceback__))
+    return te.format()
 
 
 def run_cell(code, namespace, filename):
@@ -497,23 +649,33 @@ class StdinFile:
         self.replaced = False
 
     def set(self, text):
-        if text is None and not self.replaced:
-            return
+        """At the start of a cell: fd 0 is the request's stdin, else /dev/null, whatever the
+        last cell did to it (closed it, or pointed it elsewhere)."""
         if text is None:
             os.dup2(self.devnull, 0)
-            self.replaced = False
-        else:
-            fd = os.memfd_create("replpool-stdin")
-            os.write(fd, text.encode("utf-8"))
-            os.lseek(fd, 0, os.SEEK_SET)
+            if self.replaced:
+                self.replaced = False
+                self.stdio.renew_stdin()
+            return
+        fd = os.memfd_create("replpool-stdin")
+        os.write(fd, text.encode("utf-8"))
+        os.lseek(fd, 0, os.SEEK_SET)
+        if fd != 0:  # a cell that closed fd 0 made it the lowest free one: it is in place
             os.dup2(fd, 0)
             os.close(fd)
-            self.replaced = True
+        self.replaced = True
         self.stdio.renew_stdin()
+
+    def release(self):
+        """At the end of a cell: the request's stdin is not kept."""
+        if self.replaced:
+            self.set(None)
 
 
 class Worker:
-    def __init__(self, protocol, base, capture, stdio, devnull, server_pid, parent_tie=None):
+    def __init__(
+        self, protocol, base, capture, stdio, devnull, server_pid, parent_tie=None, syscall_filter=None
+    ):
         self.protocol = protocol
         self.pid = os.getpid()
         self.server_pid = server_pid
@@ -523,6 +685,9 @@ class Worker:
         self.stdio = stdio
         self.stdin = StdinFile(devnull, stdio)
         self.cpu = CpuLimit()
+        # The server's seccomp filter: installed once the worker's own privileged set-up is
+        # done (attach), and in any case before the first user code.
+        self.syscall_filter = syscall_filter
         self.namespace = None
         self.reset()
 
@@ -549,6 +714,7 @@ class Worker:
             op = request.get("op")
             rid = request.get("id")
             if op == "exec":
+                self.confine()
                 self.protocol.send_encoded(self.execute(request))
             elif op == "attach":
                 self.attach(request)
@@ -590,6 +756,18 @@ class Worker:
         tempfile = sys.modules.get("tempfile")
         if tempfile is not None:
             tempfile.tempdir = cwd
+        self.confine()
+
+    def confine(self):
+        """Installs the syscall filter, once. A worker that cannot must not run anything."""
+        if self.syscall_filter is None:
+            return
+        try:
+            install_syscall_filter(self.syscall_filter)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        self.syscall_filter = None
 
     def execute(self, request):
         rid = request["id"]
@@ -609,6 +787,7 @@ class Worker:
                 displays.append(bundle)
 
         sink = Sink(int(request.get("max_output_bytes", 1 << 20)), stream_to if streaming else None)
+        self.capture.restore_fds()
         self.stdin.set(request.get("stdin"))
         self.stdio.install()
         hook_pyplot()
@@ -621,7 +800,12 @@ class Worker:
             value = run_cell(request["code"], self.namespace, filename)
             if value is not None:
                 self.namespace["_"] = value
-                result = mime_bundle(value)
+                # Its reprs are the cell's code: an interrupt must reach them too.
+                UserCode.active = True
+                try:
+                    result = mime_bundle(value)
+                finally:
+                    UserCode.active = False
         except SystemExit as exc:
             # A program's sys.exit(0) is a normal end; any other code is reported, never obeyed.
             if exc.code not in (None, 0):
@@ -645,7 +829,7 @@ class Worker:
                 status, error = "error", error_info(exc, filename)
         Display.emit = None
         stdout, stderr, truncated = self.capture.stop()
-        self.stdin.set(None)
+        self.stdin.release()
         reply = {
             "op": "done",
             "id": rid,
@@ -734,14 +918,14 @@ def common_setup(log):
     signal.signal(signal.SIGXCPU, UserCode.on_sigxcpu)
 
 
-def serve_worker(protocol, base, devnull, started, server_pid, parent_tie=None):
+def serve_worker(protocol, base, devnull, started, server_pid, parent_tie=None, syscall_filter=None):
     """Sets up output capture and serves requests until the server closes the pipe."""
     global _FFLUSH
     _FFLUSH = _libc_fflush()
-    capture = Capture()
     stdio = Stdio()
+    capture = Capture(stdio)
     stdio.install()
-    worker = Worker(protocol, base, capture, stdio, devnull, server_pid, parent_tie)
+    worker = Worker(protocol, base, capture, stdio, devnull, server_pid, parent_tie, syscall_filter)
     worker.warm_up()
     protocol.send(
         {
@@ -777,7 +961,7 @@ def worker_main(settings):
         protocol.send({"op": "fatal", "error": error_info(exc)})
         return 1
     server_pid = int(settings.get("server_pid") or os.getppid())
-    return serve_worker(protocol, base, devnull, started, server_pid)
+    return serve_worker(protocol, base, devnull, started, server_pid, syscall_filter=settings.get("seccomp"))
 
 
 class Template:
@@ -911,6 +1095,7 @@ class Template:
                 started,
                 self.server_pid,
                 ParentTie(self.server_pid),
+                self.settings.get("seccomp"),
             )
         except BaseException:
             try:
@@ -950,12 +1135,14 @@ class ParentTie:
 
 
 def private_tmp(settings):
-    """Gives this worker (so its session) a /tmp and a /dev/shm of its own: fresh tmpfs mounts
-    in a mount namespace of its own. Sessions run as different users in one sticky /tmp would
-    see each other's files and trip over each other's names (`/tmp/plot.png`); here they
-    cannot. What the worker needs under /tmp (the server's state directory with the session
-    directories, a venv that lives there) is bound back in at its path. Needs one thread (unshare(CLONE_NEWNS) refuses a
-    threaded caller) and root: it runs before the worker starts threads or changes user.
+    """Gives this worker (so its session) a /tmp, a /var/tmp and a /dev/shm of its own: fresh
+    tmpfs mounts in a mount namespace of its own. Sessions run as different users in one
+    sticky /tmp would see each other's files and trip over each other's names
+    (`/tmp/plot.png`); here they cannot, and nothing they leave there outlives the worker.
+    What the worker needs under /tmp or /var/tmp (the server's state directory with the
+    session directories, a venv that lives there) is bound back in at its path. Needs one
+    thread (unshare(CLONE_NEWNS) refuses a threaded caller) and root: it runs before the worker
+    starts threads or changes user.
     """
     import ctypes
 
@@ -974,13 +1161,17 @@ def private_tmp(settings):
     # Nothing mounted here may reach the namespace it came from; what the server mounts
     # later (the session directory's own tmpfs) still comes in: a slave.
     check(libc.mount(None, b"/", None, ms_rec | ms_slave, None), "making / a slave")
-    # Held open across the mount, which hides them, to be bound back at their paths.
+    tmps = ["/tmp"]
+    if os.path.realpath("/var/tmp") == "/var/tmp" and os.path.isdir("/var/tmp"):  # not a link to /tmp
+        tmps.append("/var/tmp")
+    # Held open across the mounts, which hide them, to be bound back at their paths.
     held = []
     for path in settings.get("keep") or []:
         path = os.path.realpath(path)
-        if path.startswith("/tmp/") and os.path.isdir(path):
+        if any(path.startswith(tmp + "/") for tmp in tmps) and os.path.isdir(path):
             held.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY)))
-    check(libc.mount(b"tmpfs", b"/tmp", b"tmpfs", ms_nosuid | ms_nodev, options), "mounting /tmp")
+    for tmp in tmps:
+        check(libc.mount(b"tmpfs", tmp.encode(), b"tmpfs", ms_nosuid | ms_nodev, options), f"mounting {tmp}")
     for path, fd in held:
         os.makedirs(path, exist_ok=True)
         source = f"/proc/self/fd/{fd}".encode()
@@ -988,6 +1179,36 @@ def private_tmp(settings):
         os.close(fd)
     if os.path.isdir("/dev/shm"):
         check(libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", ms_nosuid | ms_nodev, options), "mounting /dev/shm")
+
+
+def install_syscall_filter(spec):
+    """Loads the server's seccomp programs (`sandbox/seccomp.rs`) into every thread of this
+    process (SECCOMP_FILTER_FLAG_TSYNC: the capture thread runs Python code a cell could
+    reach), for good. `seccomp(2)` has no libc wrapper: through `syscall`, with the number the
+    server gave. NO_NEW_PRIVS, which an unprivileged caller needs, is set for every worker."""
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    seccomp_set_mode_filter, seccomp_filter_flag_tsync = 1, 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    for program in spec["programs"]:
+        code = base64.b64decode(program)
+        buffer = ctypes.create_string_buffer(code, len(code))
+        fprog = SockFprog(len(code) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+        result = libc.syscall(
+            ctypes.c_long(int(spec["syscall"])),
+            ctypes.c_ulong(seccomp_set_mode_filter),
+            ctypes.c_ulong(seccomp_filter_flag_tsync),
+            ctypes.byref(fprog),
+        )
+        if result < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(errno)}")
+        if result > 0:
+            raise OSError(f"seccomp: thread {result} could not take the filter")
 
 
 def become_user(user, server_pid):

@@ -480,3 +480,135 @@ async fn with_the_watcher_gone_too_the_next_start_ends_it() {
         "the detached process outlived its server's next start"
     );
 }
+
+/// The `text/plain` of a cell's value (the test fails on anything else).
+async fn value_of(api: &Api, session: &str, code: &str) -> String {
+    let reply = api.run(session, code).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    reply["result"]["text/plain"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a value: {reply}"))
+        .to_owned()
+}
+
+/// Python that calls `call` through ctypes and gives `'ok'` or the errno's name.
+const ERRNO_OF: &str = "import ctypes, errno, platform\n\
+    libc = ctypes.CDLL(None, use_errno=True)\n\
+    libc.syscall.restype = ctypes.c_long\n\
+    def errno_of(result):\n    \
+        return 'ok' if result >= 0 else errno.errorcode[ctypes.get_errno()]\n";
+
+#[tokio::test]
+async fn user_code_cannot_make_namespaces() {
+    assert_root();
+    let api = Api::new(base());
+    let s = api.session().await;
+    // The tool, in a fresh single-threaded process: the kernel alone would let it map root.
+    let value = value_of(
+        &api,
+        &s,
+        "import subprocess\n\
+         p = subprocess.run(['unshare', '-Urm', 'true'], capture_output=True, text=True)\n\
+         (p.returncode, 'Operation not permitted' in p.stderr)",
+    )
+    .await;
+    assert_eq!(value, "(1, True)");
+    // From the worker itself: user, mount, network namespaces, joining one, a new root.
+    let value = value_of(
+        &api,
+        &s,
+        &format!(
+            "{ERRNO_OF}[errno_of(libc.unshare(flag)) for flag in (0x10000000, 0x00020000, 0x40000000)] \
+             + [errno_of(libc.setns(0, 0)), errno_of(libc.chroot(b'/'))]"
+        ),
+    )
+    .await;
+    assert_eq!(value, "['EPERM', 'EPERM', 'EPERM', 'EPERM', 'EPERM']");
+}
+
+#[tokio::test]
+async fn io_uring_keyrings_and_ptrace_are_refused() {
+    assert_root();
+    let api = Api::new(base());
+    let s = api.session().await;
+    // io_uring_setup is 425 on both architectures; keyctl and ptrace differ.
+    let value = value_of(
+        &api,
+        &s,
+        &format!(
+            "{ERRNO_OF}keyctl, ptrace = {{'x86_64': (250, 101), 'aarch64': (219, 117)}}[platform.machine()]\n\
+             params = ctypes.create_string_buffer(120)\n\
+             [errno_of(libc.syscall(425, 4, params)),\n \
+              errno_of(libc.syscall(keyctl, 0, -3, 1)),\n \
+              errno_of(libc.syscall(ptrace, 16, 1, 0, 0))]"
+        ),
+    )
+    .await;
+    assert_eq!(value, "['EPERM', 'EPERM', 'EPERM']");
+    let value = value_of(
+        &api,
+        &s,
+        "open('/proc/self/status').read().split('Seccomp:')[1].split()[0]",
+    )
+    .await;
+    assert_eq!(value, "'2'");
+}
+
+#[tokio::test]
+async fn threads_forks_and_subprocesses_work_under_the_filter() {
+    assert_root();
+    let api = Api::new(base());
+    let s = api.session().await;
+    let value = value_of(
+        &api,
+        &s,
+        "import os, subprocess, threading\n\
+         seccomp = open('/proc/self/status').read().split('Seccomp:')[1].split()[0]\n\
+         pid = os.fork()\n\
+         if pid == 0:\n    os._exit(7)\n\
+         _, status = os.waitpid(pid, 0)\n\
+         out = subprocess.run(['sh', '-c', 'echo $((6 * 7))'], capture_output=True, text=True).stdout\n\
+         seen = []\n\
+         t = threading.Thread(target=lambda: seen.append(threading.get_native_id()))\n\
+         t.start()\n\
+         t.join()\n\
+         (seccomp, os.waitstatus_to_exitcode(status), out, len(seen))",
+    )
+    .await;
+    assert_eq!(value, "('2', 7, '42\\n', 1)");
+}
+
+/// Removes a path of the host's when dropped (a test that fails may have left it there).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn each_session_has_a_var_tmp_of_its_own() {
+    assert_root();
+    let api = Api::new(base());
+    let (a, b) = (api.session().await, api.session().await);
+    let name = format!("replpool-test-{}", std::process::id());
+    let host = RemoveOnDrop(std::path::Path::new("/var/tmp").join(&name));
+    let reply = api
+        .run(
+            &a,
+            &format!(
+                "open('/var/tmp/{name}', 'w').write('from a')\nopen('/var/tmp/{name}').read()"
+            ),
+        )
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "'from a'", "{reply}");
+    let reply = api
+        .run(&b, &format!("import os\nos.path.exists('/var/tmp/{name}')"))
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "False", "{reply}");
+    assert!(
+        !host.0.exists(),
+        "a session's /var/tmp reached the machine's"
+    );
+}

@@ -265,3 +265,119 @@ async fn file_size_and_cpu_limits_end_the_cell_not_the_session() {
         "499500"
     );
 }
+
+#[tokio::test]
+async fn standard_streams_a_cell_closed_are_back_in_the_next_cell() {
+    let api = api();
+    let s = api.session().await;
+    assert_eq!(
+        api.run(&s, "import os, sys\nos.close(1)").await,
+        ok_reply(1, json!({}))
+    );
+    assert_eq!(
+        api.run(&s, "print('back')").await,
+        ok_reply(2, json!({"stdout": "back\n"}))
+    );
+    // What a print into a closed fd 1 left in the stream's buffer is not the next cell's.
+    let reply = api.run(&s, "os.close(1)\nprint('lost')").await;
+    assert_eq!(
+        without_traceback(reply, "OSError: [Errno 9] Bad file descriptor"),
+        ok_reply(
+            3,
+            json!({"status": "error", "error": {"ename": "OSError", "evalue": "[Errno 9] Bad file descriptor"}})
+        )
+    );
+    assert_eq!(
+        api.run(&s, "print('again')").await,
+        ok_reply(4, json!({"stdout": "again\n"}))
+    );
+    assert_eq!(api.run(&s, "os.close(2)").await, ok_reply(5, json!({})));
+    assert_eq!(
+        api.run(
+            &s,
+            "print('to stderr', file=sys.stderr)\nos.write(2, b'raw\\n')"
+        )
+        .await,
+        ok_reply(
+            6,
+            json!({"stderr": "to stderr\nraw\n", "result": {"text/plain": "4"}})
+        )
+    );
+    assert_eq!(
+        api.run(&s, "sys.stdout = None\nsys.stderr = None").await,
+        ok_reply(7, json!({}))
+    );
+    assert_eq!(
+        api.run(&s, "print('out')\nprint('err', file=sys.stderr)")
+            .await,
+        ok_reply(8, json!({"stdout": "out\n", "stderr": "err\n"}))
+    );
+    // fd 0 closed, then a cell sent with stdin reads it; and one without reads nothing.
+    assert_eq!(api.run(&s, "os.close(0)").await, ok_reply(9, json!({})));
+    assert_eq!(
+        api.exec(
+            &s,
+            json!({"code": "input() + sys.stdin.read()", "stdin": "line\nrest"})
+        )
+        .await,
+        ok_reply(10, json!({"result": {"text/plain": "'linerest'"}}))
+    );
+    assert_eq!(
+        api.run(&s, "os.close(0)\nsys.stdin.close()").await,
+        ok_reply(11, json!({}))
+    );
+    assert_eq!(
+        api.run(&s, "sys.stdin.read()").await,
+        ok_reply(12, json!({"result": {"text/plain": "''"}}))
+    );
+}
+
+#[tokio::test]
+async fn unbounded_recursion_under_a_high_limit_is_a_recursion_error() {
+    let api = api();
+    let s = api.session().await;
+    api.run(&s, "x = 7").await;
+    let code = "import sys\nsys.setrecursionlimit(10**6)\ndef f(n):\n    return f(n + 1)\nf(0)";
+    let reply = api
+        .exec(&s, json!({"code": code, "timeout_ms": 20000}))
+        .await;
+    assert_eq!(reply["status"], "error", "{reply}");
+    assert_eq!(reply["session_reset"], false, "{reply}");
+    assert_eq!(
+        reply["error"]["ename"], "RecursionError",
+        "{}",
+        reply["error"]
+    );
+    let traceback = reply["error"]["traceback"].as_array().expect("traceback");
+    assert!(traceback.len() < 100, "{} lines", traceback.len());
+    assert!(
+        traceback.iter().any(|l| l
+            .as_str()
+            .is_some_and(|l| l.ends_with("frames omitted ...]"))),
+        "{traceback:?}"
+    );
+    assert_eq!(
+        traceback.last().and_then(Value::as_str),
+        Some("RecursionError: maximum recursion depth exceeded")
+    );
+    assert_eq!(api.run(&s, "x").await["result"]["text/plain"], "7");
+}
+
+#[tokio::test]
+async fn a_worker_killed_for_not_stopping_is_told_why() {
+    let api = api();
+    let s = api.session().await;
+    let code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass";
+    let reply = api.exec(&s, json!({"code": code, "timeout_ms": 500})).await;
+    assert_eq!(
+        reply,
+        ok_reply(
+            1,
+            json!({"status": "timeout", "session_reset": true, "error": {
+                "ename": "TimeoutError",
+                "evalue": "execution exceeded 500 ms and did not stop after the interrupt: the code set SIGINT to be ignored; the worker was killed",
+                "traceback": [],
+            }})
+        )
+    );
+}

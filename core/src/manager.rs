@@ -125,6 +125,7 @@ impl SessionManager {
                 keep: sandbox.tmp_keeps(),
                 size_bytes: config.files.max_total_bytes,
             }),
+            syscall_filter: sandbox.syscall_filter(),
         };
         let shutdown = CancellationToken::new();
         let cold = ColdRunner::new(&spec);

@@ -129,6 +129,32 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / ticks)
 }
 
+/// Why a process that was sent SIGINT may not have acted on it, as `/proc/<pid>/status`
+/// shows: stopped, stuck in an uninterruptible wait, or ignoring the signal. `None` when
+/// nothing there explains it (Python code that catches KeyboardInterrupt, C code that does
+/// not return to the interpreter).
+pub fn why_unresponsive(pid: u32) -> Option<&'static str> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    unresponsive_cause(&status)
+}
+
+fn unresponsive_cause(status: &str) -> Option<&'static str> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    match field("State")?.chars().next()? {
+        'T' | 't' => return Some("the worker was stopped"),
+        'D' => return Some("the worker was stuck in an uninterruptible wait in the kernel"),
+        _ => {}
+    }
+    let ignored = u64::from_str_radix(field("SigIgn")?, 16).ok()?;
+    let sigint = 1u64 << (Signal::SIGINT as u64 - 1);
+    (ignored & sigint != 0).then_some("the code set SIGINT to be ignored")
+}
+
 /// SIGINT to one process (not its group).
 pub fn interrupt(pid: u32) {
     if pid != 0 {
@@ -164,5 +190,35 @@ fn describe_signal(sig: i32) -> String {
     match Signal::try_from(sig) {
         Ok(s) => format!("signal {sig} ({})", s.as_str()),
         Err(_) => format!("signal {sig}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cause_of_an_unanswered_interrupt_is_read_from_status() {
+        let status = |state: &str, ignored: &str| {
+            format!(
+                "Name:\tpython\nState:\t{state}\nSigBlk:\t0000000000000000\nSigIgn:\t{ignored}\n"
+            )
+        };
+        assert_eq!(
+            unresponsive_cause(&status("R (running)", "0000000001001000")),
+            None
+        );
+        assert_eq!(
+            unresponsive_cause(&status("R (running)", "0000000001001002")),
+            Some("the code set SIGINT to be ignored")
+        );
+        assert_eq!(
+            unresponsive_cause(&status("T (stopped)", "0000000000000000")),
+            Some("the worker was stopped")
+        );
+        assert_eq!(
+            unresponsive_cause(&status("D (disk sleep)", "0000000000000000")),
+            Some("the worker was stuck in an uninterruptible wait in the kernel")
+        );
     }
 }

@@ -515,21 +515,22 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
         traceback: Vec::new(),
     };
     match e {
-        WorkerError::Unresponsive(Interrupt::Deadline) => (
+        WorkerError::Unresponsive(Interrupt::Deadline, why) => (
             Status::Timeout,
             error(
                 "TimeoutError",
                 format!(
-                    "execution exceeded {} ms and ignored the interrupt; the worker was killed",
-                    timeout.as_millis()
+                    "execution exceeded {} ms and {}; the worker was killed",
+                    timeout.as_millis(),
+                    ignored(*why)
                 ),
             ),
         ),
-        WorkerError::Unresponsive(Interrupt::Requested) => (
+        WorkerError::Unresponsive(Interrupt::Requested, why) => (
             Status::Error,
             error(
                 "KeyboardInterrupt",
-                "the code ignored the interrupt; the worker was killed".into(),
+                format!("the code {}; the worker was killed", ignored(*why)),
             ),
         ),
         WorkerError::CpuCeiling { seconds } => (
@@ -555,6 +556,14 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
                 format!("the worker was lost during the execution: {other}"),
             ),
         ),
+    }
+}
+
+/// What a worker that did not answer an interrupt did, with the cause where one was seen.
+fn ignored(why: Option<&str>) -> String {
+    match why {
+        Some(why) => format!("did not stop after the interrupt: {why}"),
+        None => "ignored the interrupt".into(),
     }
 }
 

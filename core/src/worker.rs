@@ -24,7 +24,7 @@ use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 use crate::process::{self, Process};
 use crate::protocol::{self, Done, ErrorInfo, Frame, MimeBundle, Request, StreamName};
 use crate::reaper;
-use crate::sandbox::{Isolation, SessionSandbox};
+use crate::sandbox::{Isolation, SessionSandbox, SyscallFilter};
 
 /// CPU seconds past the cell's limit before the server ends a worker whose code lifted its
 /// soft limit (or ignores CPUTimeLimitExceeded), and how often it looks.
@@ -53,6 +53,8 @@ pub struct WorkerSpec {
     /// A /tmp and /dev/shm of each worker's own (workers of different users must not share
     /// them); made by the worker itself, while it is still root and has one thread.
     pub private_tmp: Option<PrivateTmp>,
+    /// The seccomp filter each worker installs on itself before it runs user code.
+    pub syscall_filter: Option<Arc<SyscallFilter>>,
 }
 
 /// What a worker needs to make its own /tmp: the directories under /tmp it must still reach
@@ -105,8 +107,8 @@ pub enum WorkerError {
     Preload(ErrorInfo),
     #[error("the worker died ({reason}){}", stderr_suffix(.stderr))]
     Died { reason: String, stderr: String },
-    #[error("the worker did not stop after an interrupt")]
-    Unresponsive(Interrupt),
+    #[error("the worker did not stop after an interrupt{}", .1.map(|why| format!(" ({why})")).unwrap_or_default())]
+    Unresponsive(Interrupt, Option<&'static str>),
     #[error("worker protocol error: {0}")]
     Protocol(String),
     #[error("the template is not running")]
@@ -215,6 +217,7 @@ impl WorkerSpec {
             "cold": self.cold,
             "server_pid": std::process::id(),
             "private_tmp": self.private_tmp,
+            "seccomp": self.syscall_filter.as_deref(),
         })
     }
 
@@ -389,7 +392,9 @@ impl Worker {
         process::interrupt(pid);
         tokio::select! {
             done = &mut reply => done.map(|done| CellOutcome { done, interrupted: Some(cause) }),
-            _ = tokio::time::sleep(cell.interrupt_grace) => Err(WorkerError::Unresponsive(cause)),
+            _ = tokio::time::sleep(cell.interrupt_grace) => {
+                Err(WorkerError::Unresponsive(cause, process::why_unresponsive(pid)))
+            }
         }
     }
 

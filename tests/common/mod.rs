@@ -478,12 +478,21 @@ impl Blocker {
 /// Python that blocks until the test writes a byte to the returned blocker's connection: a
 /// way to hold a session busy for exactly as long as a test needs, without sleeping. A Unix
 /// socket in a directory everyone may enter, so that it reaches a worker in its own network
-/// namespace running as another user; in /var/tmp, since a worker has a /tmp of its own.
+/// namespace running as another user. Not under /tmp or /var/tmp, which a worker has of its
+/// own: under /run/replpool-tests when root (where workers change user), else the temp dir.
 pub async fn blocker() -> (Blocker, String) {
     use std::os::unix::fs::PermissionsExt;
+    let parent = if nix::unistd::geteuid().is_root() {
+        let shared = PathBuf::from("/run/replpool-tests");
+        std::fs::create_dir_all(&shared).expect("create /run/replpool-tests");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        shared
+    } else {
+        std::env::temp_dir()
+    };
     let dir = tempfile::Builder::new()
-        .tempdir_in("/var/tmp")
-        .expect("tempdir in /var/tmp");
+        .tempdir_in(&parent)
+        .expect("tempdir for the blocker");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let path = dir.path().join("blocker.sock");
     let listener = tokio::net::UnixListener::bind(&path).expect("bind");

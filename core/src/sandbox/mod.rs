@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod isolation;
 pub mod mounts;
+pub mod seccomp;
 pub mod uids;
 
 use std::os::unix::fs::PermissionsExt;
@@ -21,6 +22,7 @@ use crate::config::{Config, Network};
 use crate::error::Error;
 pub use cgroup::{CgroupLimits, Cgroups, Counters, SessionCgroup};
 pub use isolation::Isolation;
+pub use seccomp::SyscallFilter;
 pub use uids::{Credentials, UidLease, UidPool};
 
 pub struct Sandbox {
@@ -34,6 +36,8 @@ pub struct Sandbox {
     nproc: Option<u64>,
     memory_mb: u64,
     processes: Option<u64>,
+    /// What user code may not call, in every worker (`None`: an architecture without a list).
+    syscall_filter: Option<Arc<SyscallFilter>>,
 }
 
 impl Sandbox {
@@ -82,6 +86,17 @@ impl Sandbox {
         }
         let isolation =
             Isolation::new(sandbox.network == Network::None, &reach, probe_user).map_err(fail)?;
+        // For every server, root or not: it takes nothing user code needs, and an embedding
+        // program's workers should not make namespaces or use io_uring either.
+        let syscall_filter = seccomp::worker_filter()
+            .map_err(|e| fail(e.to_string()))?
+            .map(Arc::new);
+        if syscall_filter.is_none() {
+            tracing::warn!(
+                "no syscall filter for {}: user code may make namespaces, use io_uring, ptrace…",
+                std::env::consts::ARCH
+            );
+        }
         let processes = config.limits.processes();
         let cgroups = if sandbox.cgroups && root {
             Cgroups::setup(CgroupLimits {
@@ -112,7 +127,13 @@ impl Sandbox {
             nproc,
             memory_mb: config.limits.memory_mb,
             processes,
+            syscall_filter,
         })
+    }
+
+    /// The seccomp filter for every worker.
+    pub fn syscall_filter(&self) -> Option<Arc<SyscallFilter>> {
+        self.syscall_filter.clone()
     }
 
     /// What every process started for Python sets up before exec.
@@ -126,8 +147,8 @@ impl Sandbox {
         self.cgroups.as_ref().map(Cgroups::dirs).unwrap_or_default()
     }
 
-    /// What a worker must bind back into a /tmp of its own: the directories it needs that
-    /// live in /tmp, outermost only.
+    /// What a worker must bind back into a /tmp and /var/tmp of its own: the directories it
+    /// needs that live in either, outermost only.
     pub fn tmp_keeps(&self) -> Vec<PathBuf> {
         outermost_under_tmp(&self.reach)
     }
@@ -257,11 +278,19 @@ pub struct Refusals {
     pub described: Vec<String>,
 }
 
-/// The paths under /tmp (not /tmp itself), without those inside another of them.
+/// The directories each worker covers with a tmpfs of its own (`worker.py`'s `private_tmp`).
+const PRIVATE_TMPS: [&str; 2] = ["/tmp", "/var/tmp"];
+
+/// The paths under /tmp or /var/tmp (not those themselves), without those inside another of
+/// them.
 fn outermost_under_tmp(paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut under_tmp: Vec<&PathBuf> = paths
         .iter()
-        .filter(|p| p.starts_with("/tmp") && p.as_path() != Path::new("/tmp"))
+        .filter(|p| {
+            PRIVATE_TMPS
+                .iter()
+                .any(|tmp| p.starts_with(tmp) && p.as_path() != Path::new(tmp))
+        })
         .collect();
     under_tmp.sort();
     let mut keeps: Vec<PathBuf> = Vec::new();
@@ -328,6 +357,10 @@ mod tests {
             "/tmpfoo/x",
             "/usr/lib/python3.11",
             "/tmp/replpool-x/sessions",
+            "/var/tmp",
+            "/var/tmp/venv/lib",
+            "/var/tmp/venv",
+            "/var/tmpx/y",
         ]
         .iter()
         .map(PathBuf::from)
@@ -336,7 +369,8 @@ mod tests {
             outermost_under_tmp(&paths),
             [
                 PathBuf::from("/tmp/clone/.venv"),
-                PathBuf::from("/tmp/replpool-x/sessions")
+                PathBuf::from("/tmp/replpool-x/sessions"),
+                PathBuf::from("/var/tmp/venv"),
             ]
         );
     }
