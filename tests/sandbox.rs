@@ -612,3 +612,242 @@ async fn each_session_has_a_var_tmp_of_its_own() {
         "a session's /var/tmp reached the machine's"
     );
 }
+
+/// Python that starts `threads` threads hashing for ever (hashlib lets go of the GIL, so they
+/// run on every core at once) and returns: code that keeps the CPU after its cell.
+fn spinner(threads: usize) -> String {
+    format!(
+        "import hashlib, threading\n\
+         def spin():\n    data = b'x' * (1 << 20)\n    while True:\n        hashlib.sha256(data).digest()\n\
+         for _ in range({threads}):\n    threading.Thread(target=spin, daemon=True).start()"
+    )
+}
+
+/// CPU time (user + system, all threads) of a process, seconds, from `/proc/<pid>/stat`.
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat of the worker");
+    let (_, rest) = stat.rsplit_once(')').expect("stat format");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .expect("sysconf")
+        .expect("CLK_TCK") as f64;
+    ticks / hz
+}
+
+async fn pid_of_session(api: &Api, session: &str) -> u32 {
+    let (status, info) = api.get(&format!("/v1/sessions/{session}")).await;
+    assert_eq!(status, 200, "{info}");
+    info["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("a worker pid: {info}")) as u32
+}
+
+/// Starts the spinner in `session` and waits until its threads are burning CPU; returns the
+/// worker's pid.
+async fn start_spinner(api: &Api, session: &str, threads: usize) -> u32 {
+    let reply = api.run(session, &spinner(threads)).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let pid = pid_of_session(api, session).await;
+    let start = cpu_seconds_of(pid);
+    let spinning = common::eventually(Duration::from_secs(10), || {
+        cpu_seconds_of(pid) - start > 0.3
+    })
+    .await;
+    assert!(spinning, "the spinner's threads never ran");
+    pid
+}
+
+#[tokio::test]
+async fn an_idle_sessions_threads_get_at_most_limits_cpus() {
+    assert_root();
+    let api = Api::new(base());
+    let s = api.session().await;
+    // More threads than cores: without a ceiling they take every core there is.
+    let pid = start_spinner(&api, &s, 8).await;
+    // A measurement over a stretch of wall time, not a wait for anything.
+    let (wall, cpu) = (Instant::now(), cpu_seconds_of(pid));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cores = (cpu_seconds_of(pid) - cpu) / wall.elapsed().as_secs_f64();
+    eprintln!("the idle spinner used {cores:.2} cores");
+    // limits.cpus defaults to one core; four spinning threads would take every core there is.
+    assert!(cores <= 1.3, "the idle session used {cores:.2} cores");
+    assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+}
+
+/// The median of `n` runs of `code` in `session`, seconds (the server's own measure).
+async fn median_duration(api: &Api, session: &str, code: &str, n: usize) -> f64 {
+    let mut times = Vec::new();
+    for _ in 0..n {
+        let (status, reply) = api
+            .post(
+                &format!("/v1/sessions/{session}/execute"),
+                json!({ "code": code }),
+            )
+            .await;
+        assert_eq!((status, &reply["status"]), (200, &json!("ok")), "{reply}");
+        times.push(reply["duration_ms"].as_f64().expect("duration_ms") / 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    times[n / 2]
+}
+
+#[tokio::test]
+async fn a_neighbour_keeps_its_speed_beside_an_idle_spinner() {
+    assert_root();
+    let api = Api::new(base());
+    let (neighbour, spinner) = (api.session().await, api.session().await);
+    let work = "sum(range(10**7))";
+    median_duration(&api, &neighbour, work, 1).await; // warm-up
+    let alone = median_duration(&api, &neighbour, work, 7).await;
+    // More threads than cores: without a ceiling they would crowd the neighbour out even
+    // on a host busy with other work.
+    start_spinner(&api, &spinner, 8).await;
+    let beside = median_duration(&api, &neighbour, work, 7).await;
+    assert_eq!(api.delete(&format!("/v1/sessions/{spinner}")).await, 204);
+    let ratio = beside / alone;
+    eprintln!("{work}: {beside:.3} s beside the spinner, {alone:.3} s alone ({ratio:.2}x)");
+    assert!(
+        ratio < 3.0,
+        "{work} took {beside:.3} s beside the spinner, {alone:.3} s alone ({ratio:.2}x)"
+    );
+    // The neighbour's own cells are not background use.
+    let (_, info) = api.get(&format!("/v1/sessions/{neighbour}")).await;
+    let background = info["background_cpu_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("background_cpu_seconds: {info}"));
+    assert!(
+        background < 0.5,
+        "the neighbour was charged {background} s: {info}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_over_its_background_cpu_budget_is_reset() {
+    assert_root();
+    let server = Server::start(
+        "[pool]\nwarm_workers = 1\n\n[limits]\nbackground_cpu_seconds_per_minute = 1\n",
+    );
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    let pid = start_spinner(&api, &s, 4).await;
+    let path = format!("/v1/sessions/{s}");
+    let mut info = Value::Null;
+    let mut reset = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reset && Instant::now() < deadline {
+        info = api.get(&path).await.1;
+        reset = info["pid"].as_u64() != Some(u64::from(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reset, "the spinning session was never reset: {info}");
+    let killed = common::eventually(Duration::from_secs(10), || common::is_dead(pid)).await;
+    assert!(killed, "the spinning worker outlived its reset");
+    let background = info["background_cpu_seconds"].as_f64().unwrap_or(0.0);
+    assert!(background >= 1.0, "reported background use: {info}");
+    let reply = api.run(&s, "1 + 1").await;
+    assert_eq!(reply["result"]["text/plain"], "2", "{reply}");
+    assert_eq!(reply["session_reset"], true, "{reply}");
+    let reason = reply["reset_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("background_cpu_seconds_per_minute"),
+        "{reply}"
+    );
+    // Said once: the next reply has nothing to report (but that a cold cell's definitions
+    // are gone, if the first ran cold).
+    let warm = reply["mode"] == "warm";
+    let reply = api.run(&s, "2 + 2").await;
+    if warm {
+        assert_eq!(reply["session_reset"], false, "{reply}");
+    }
+    assert!(reply.get("reset_reason").is_none(), "{reply}");
+}
+
+#[tokio::test]
+async fn cgroup_names_do_not_give_session_ids_away() {
+    assert_root();
+    let api = Api::new(base());
+    let (a, b) = (api.session().await, api.session().await);
+    let pid_b = pid_of_session(&api, &b).await;
+    for file in [
+        "/proc/self/cgroup".to_owned(),
+        format!("/proc/{pid_b}/cgroup"),
+    ] {
+        let reply = api.run(&a, &format!("open({file:?}).read()")).await;
+        let text = reply["result"]["text/plain"].as_str().unwrap_or("");
+        assert!(text.contains("replpool-"), "{file} of a session: {reply}");
+        for id in [&a, &b] {
+            assert!(
+                !text.contains(id.as_str()),
+                "{file} names a session id: {text}"
+            );
+        }
+    }
+}
+
+/// The server's own cgroup directories (`…/replpool-<pid>`), in every hierarchy that has one.
+fn server_cgroup_dirs(server_pid: u32) -> Vec<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let membership =
+        std::fs::read_to_string(format!("/proc/{server_pid}/cgroup")).expect("server's cgroups");
+    let mut dirs = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        if !(after.starts_with("cgroup ") || after.starts_with("cgroup2 ")) {
+            continue;
+        }
+        let fields: Vec<&str> = before.split(' ').collect();
+        let (root, point) = (fields[3], fields[4]);
+        for member in membership.lines() {
+            let path = member.splitn(3, ':').nth(2).unwrap_or("");
+            let relative = path.strip_prefix(root).unwrap_or(path);
+            let dir = std::path::Path::new(point)
+                .join(relative.trim_start_matches('/'))
+                .join(format!("replpool-{server_pid}"));
+            if dir.is_dir() && !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    dirs
+}
+
+/// The session directories below the server's cgroup directories.
+fn session_cgroups(dirs: &[std::path::PathBuf]) -> Vec<std::path::PathBuf> {
+    dirs.iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_ended_sessions_cgroups_are_removed_without_another_session() {
+    assert_root();
+    let server = Server::start("[pool]\nwarm_workers = 1\n");
+    let dirs = server_cgroup_dirs(server.pid());
+    assert!(!dirs.is_empty(), "the server has no cgroup directory");
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    // A child too, so that there is more than the worker to end.
+    let reply = api
+        .run(
+            &s,
+            "import subprocess\nsubprocess.Popen(['sleep', '600']).pid",
+        )
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert!(
+        !session_cgroups(&dirs).is_empty(),
+        "the session has no cgroup in {dirs:?}"
+    );
+    assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    let removed = common::eventually(Duration::from_secs(10), || {
+        session_cgroups(&dirs).is_empty()
+    })
+    .await;
+    assert!(removed, "left behind: {:?}", session_cgroups(&dirs));
+}

@@ -327,6 +327,13 @@ pub struct LimitsConfig {
     pub cpu_seconds: u64,
     /// Processes (and threads) of one session: its pids cgroup, else RLIMIT_NPROC of its uid.
     pub processes: u64,
+    /// CPU of one session's processes together, in cores (its cgroup's `cpu.max` / CFS quota);
+    /// 0: no ceiling. Sessions also get equal CPU weights, whatever this is.
+    pub cpus: f64,
+    /// CPU time a session's processes may use while none of its cells runs (threads and
+    /// processes a cell left behind), seconds over the last minute; beyond it the session's
+    /// worker is reset. 0: no budget (still counted and reported).
+    pub background_cpu_seconds_per_minute: f64,
 }
 
 impl Default for LimitsConfig {
@@ -337,6 +344,8 @@ impl Default for LimitsConfig {
             open_files: 1024,
             cpu_seconds: 600,
             processes: 256,
+            cpus: 1.0,
+            background_cpu_seconds_per_minute: 30.0,
         }
     }
 }
@@ -364,6 +373,15 @@ impl LimitsConfig {
 
     pub fn processes(&self) -> Option<u64> {
         Self::nonzero(self.processes)
+    }
+
+    pub fn cpus(&self) -> Option<f64> {
+        (self.cpus > 0.0).then_some(self.cpus)
+    }
+
+    pub fn background_cpu_budget(&self) -> Option<f64> {
+        (self.background_cpu_seconds_per_minute > 0.0)
+            .then_some(self.background_cpu_seconds_per_minute)
     }
 }
 
@@ -575,6 +593,19 @@ impl Config {
                 "must be 0 (no limit) or at least 16: a worker alone runs several threads",
             ));
         }
+        // The kernel's smallest CFS quota is 1 ms per 100 ms period.
+        if !(self.limits.cpus == 0.0 || (0.01..=1e6).contains(&self.limits.cpus)) {
+            return Err(ConfigError::field(
+                "limits.cpus",
+                "must be 0 (no ceiling) or a number of cores of at least 0.01",
+            ));
+        }
+        if !(0.0..=1e6).contains(&self.limits.background_cpu_seconds_per_minute) {
+            return Err(ConfigError::field(
+                "limits.background_cpu_seconds_per_minute",
+                "must be 0 (no budget) or a positive number of seconds",
+            ));
+        }
         if let Some((first, last)) = self.sandbox.session_uid_range()?
             && u64::from(last - first) + 1 < self.sessions.max as u64 * 2
         {
@@ -758,6 +789,30 @@ mod tests {
             &[],
         )
         .expect("installs with the network");
+    }
+
+    #[test]
+    fn cpu_limits_are_checked() {
+        let config = load_str("", &[]).expect("valid");
+        assert_eq!(config.limits.cpus(), Some(1.0));
+        assert_eq!(config.limits.background_cpu_budget(), Some(30.0));
+        let config = load_str(
+            "[limits]\ncpus = 0\nbackground_cpu_seconds_per_minute = 0\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(config.limits.cpus(), None);
+        assert_eq!(config.limits.background_cpu_budget(), None);
+        for bad in ["-1", "0.001", "nan"] {
+            let err = load_str(&format!("[limits]\ncpus = {bad}\n"), &[]).unwrap_err();
+            assert!(err.to_string().contains("limits.cpus"), "{bad}: {err}");
+        }
+        let err = load_str("[limits]\nbackground_cpu_seconds_per_minute = -1\n", &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("limits.background_cpu_seconds_per_minute"),
+            "{err}"
+        );
     }
 
     #[test]

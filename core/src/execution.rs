@@ -50,6 +50,10 @@ pub struct Execution {
     /// Variables from earlier executions are gone: the session's worker was lost (and
     /// replaced), or the previous execution ran cold.
     pub session_reset: bool,
+    /// Why the session was reset, where the server itself chose to (its background CPU
+    /// budget); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reset_reason: Option<String>,
 }
 
 impl Execution {
@@ -83,6 +87,7 @@ impl Execution {
             mode: Mode::Warm,
             truncated: done.truncated,
             session_reset: false,
+            reset_reason: None,
         }
     }
 
@@ -105,6 +110,7 @@ impl Execution {
             mode: Mode::Warm,
             truncated: false,
             session_reset: true,
+            reset_reason: None,
         }
     }
 }

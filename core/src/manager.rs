@@ -170,6 +170,11 @@ impl SessionManager {
             _shared_sessions: shared_sessions,
             _state_dir: state_dir,
         });
+        tokio::spawn(watch_background_cpu(
+            Arc::downgrade(&manager),
+            config.limits.background_cpu_budget(),
+            manager.shutdown.clone(),
+        ));
         if let Some(ttl) = manager.idle_ttl {
             tokio::spawn(evict_idle(
                 Arc::downgrade(&manager),
@@ -333,7 +338,7 @@ impl SessionManager {
     /// A session's share of the sandbox.
     fn session_sandbox(&self, id: &str, dir: &Path) -> Result<SessionSandbox, Error> {
         self.sandbox
-            .session(id, dir)
+            .session(dir)
             .inspect_err(|e| tracing::warn!(session = %id, "refused: {e}"))
     }
 
@@ -553,6 +558,58 @@ impl Reserved {
             *count = count.saturating_sub(1);
             if *count == 0 {
                 self.by_owner.remove(owner);
+            }
+        }
+    }
+}
+
+/// How often idle sessions' CPU time is sampled.
+const BACKGROUND_CPU_SWEEP: Duration = Duration::from_secs(1);
+
+/// Counts the CPU time each session uses while none of its cells runs (threads and processes
+/// a cell left behind), and resets the worker of a session over `budget` seconds in the last
+/// minute. A sweep reads one cgroup file (or `/proc` entry) per session, on a blocking thread;
+/// executions themselves pay nothing for it.
+async fn watch_background_cpu(
+    manager: std::sync::Weak<SessionManager>,
+    budget: Option<f64>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(BACKGROUND_CPU_SWEEP) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(manager) = manager.upgrade() else {
+            return;
+        };
+        let sessions: Vec<Arc<Session>> = manager
+            .sessions
+            .iter()
+            .map(|s| Arc::clone(s.value()))
+            .collect();
+        drop(manager);
+        let sampled = tokio::task::spawn_blocking(move || {
+            sessions
+                .into_iter()
+                .map(|session| {
+                    let used = session.sample_background_cpu();
+                    (session, used)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let (Some(budget), Ok(sampled)) = (budget, sampled) else {
+            continue;
+        };
+        for (session, used) in sampled {
+            if used > budget && session.reset_for_background_cpu(used, budget) {
+                tracing::warn!(
+                    session = %session.id(),
+                    used,
+                    budget,
+                    "limit reached: background CPU budget; the session's worker was reset"
+                );
             }
         }
     }

@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::execution::{ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
 use crate::pool::WarmPool;
+use crate::process;
 use crate::protocol::ErrorInfo;
 use crate::sandbox::SessionSandbox;
 use crate::session_dir::SessionDir;
@@ -79,6 +80,29 @@ pub struct Session {
     history: Mutex<VecDeque<HistoryEntry>>,
     /// The Python version of the session's workers, once one was seen (for notebooks).
     python_version: Mutex<Option<String>>,
+    /// Changes whenever an execution enters or leaves the queue: an interval over which it
+    /// did not change, with nothing pending, had no cell running.
+    activity: AtomicU64,
+    background: Mutex<BackgroundCpu>,
+}
+
+/// How far back the background CPU budget looks.
+const BACKGROUND_WINDOW: Duration = Duration::from_secs(60);
+
+/// CPU time the session used while none of its cells ran: what its code left running.
+#[derive(Default)]
+struct BackgroundCpu {
+    last: Option<CpuSample>,
+    /// What each sampled interval of the last minute added.
+    window: VecDeque<(Instant, f64)>,
+    total: f64,
+}
+
+struct CpuSample {
+    /// Where the time was read: the session's cgroup (0), else the worker's pid.
+    source: u32,
+    used: f64,
+    activity: u64,
 }
 
 /// One execution as the history keeps it: the code and the reply.
@@ -98,6 +122,8 @@ struct Slot {
     replacement: Option<AbortOnDropHandle<Result<Worker, WorkerError>>>,
     /// The namespace was lost and no reply has said so yet.
     unreported_reset: bool,
+    /// Why, when the server itself reset the worker.
+    reset_reason: Option<String>,
 }
 
 /// What `GET /v1/sessions/{id}` shows.
@@ -112,6 +138,9 @@ pub struct SessionInfo {
     pub pid: Option<u32>,
     /// Proportional set size of the worker, bytes (shared pages split between sharers).
     pub memory_pss_bytes: Option<u64>,
+    /// CPU time the session's processes used while none of its cells ran, seconds, since the
+    /// session began (sampled about every second).
+    pub background_cpu_seconds: f64,
 }
 
 impl SessionInfo {
@@ -125,11 +154,12 @@ impl SessionInfo {
 }
 
 /// Decrements the waiting count however the execution ends (including a dropped request).
-struct QueueTicket<'a>(&'a AtomicUsize);
+struct QueueTicket<'a>(&'a Session);
 
 impl Drop for QueueTicket<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+        self.0.activity.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -160,6 +190,8 @@ impl Session {
             closed: CancellationToken::new(),
             history: Mutex::new(VecDeque::new()),
             python_version: Mutex::new(None),
+            activity: AtomicU64::new(0),
+            background: Mutex::default(),
         };
         if let Ok(mut slot) = session.slot.try_lock() {
             session.prepare_replacement(&mut slot);
@@ -211,7 +243,75 @@ impl Session {
             last_used_at: rfc3339(self.last_used.lock().0),
             pid,
             memory_pss_bytes: None,
+            background_cpu_seconds: (self.background.lock().total * 1000.0).round() / 1000.0,
         }
+    }
+
+    /// Samples the CPU time the session has used; what an interval without any execution
+    /// added counts as background use. Returns the background use of the last minute, seconds.
+    /// Reads a cgroup file or `/proc`: call it off the async threads.
+    pub fn sample_background_cpu(&self) -> f64 {
+        // Read before the time used, so that an execution starting meanwhile voids the interval.
+        let activity = self.activity.load(Ordering::Acquire);
+        let idle = self.is_idle();
+        let pid = self.worker_pid.load(Ordering::Acquire);
+        let sample = match self.sandbox.cpu_seconds() {
+            Some(used) => Some((0, used)),
+            // Without a cgroup, the worker itself; a new worker starts a new count.
+            None if pid != 0 => process::cpu_seconds(pid).map(|used| (pid, used)),
+            None => None,
+        }
+        .map(|(source, used)| CpuSample {
+            source,
+            used,
+            activity,
+        });
+        let now = Instant::now();
+        let mut background = self.background.lock();
+        if let (Some(last), Some(sample)) = (&background.last, &sample)
+            && idle
+            && last.source == sample.source
+            && last.activity == sample.activity
+            && sample.used > last.used
+        {
+            let added = sample.used - last.used;
+            background.total += added;
+            background.window.push_back((now, added));
+        }
+        background.last = sample;
+        while background
+            .window
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > BACKGROUND_WINDOW)
+        {
+            background.window.pop_front();
+        }
+        background.window.iter().map(|(_, added)| added).sum()
+    }
+
+    /// Resets the worker of a session whose code used `used` seconds of CPU in the last
+    /// minute while idle, over `budget`: the worker and every process of the session are
+    /// killed, a fresh worker is prepared, and the next reply says why. Returns false when an
+    /// execution holds the worker (the next sweep looks again).
+    pub fn reset_for_background_cpu(&self, used: f64, budget: f64) -> bool {
+        let Ok(mut slot) = self.slot.try_lock() else {
+            return false;
+        };
+        slot.worker = None;
+        // The worker's own group is gone with it; this ends what left the group too.
+        self.sandbox.kill_all();
+        {
+            let mut background = self.background.lock();
+            background.window.clear();
+            background.last = None;
+        }
+        slot.reset_reason = Some(format!(
+            "the session's code used {used:.1} s of CPU time in the last minute while no cell \
+             was running, over its budget of {budget} s (limits.background_cpu_seconds_per_minute); \
+             its worker and everything it started were ended"
+        ));
+        self.lose_worker(&mut slot);
+        true
     }
 
     /// Runs one execution after those already queued.
@@ -238,6 +338,7 @@ impl Session {
         }
         // A loss of the namespace not yet reported is reported by this reply.
         let reset_before = std::mem::take(&mut slot.unreported_reset);
+        let reset_reason = slot.reset_reason.take();
         let count = self.execution_count.fetch_add(1, Ordering::AcqRel) + 1;
         let timeout = request
             .timeout
@@ -296,6 +397,7 @@ impl Session {
             // failure, not the code's.
             Err(e) if mode == Mode::Cold && e.is_start_failure() => {
                 slot.unreported_reset = reset_before;
+                slot.reset_reason = reset_reason;
                 return Err(Error::WorkerUnavailable(e));
             }
             Err(e) => {
@@ -312,6 +414,9 @@ impl Session {
         self.check_limits(&mut execution).await;
         execution.mode = mode;
         execution.session_reset |= reset_before;
+        if reset_before {
+            execution.reset_reason = reset_reason;
+        }
         // Whatever this reply says covers losses up to now; only a cold cell's definitions,
         // which did not persist, are news for the next reply.
         slot.unreported_reset = mode == Mode::Cold;
@@ -429,6 +534,7 @@ impl Session {
         self.take_replacement(&mut slot).await;
         // The caller asked for it: no reply needs to announce it.
         slot.unreported_reset = false;
+        slot.reset_reason = None;
         Ok(())
     }
 
@@ -500,7 +606,8 @@ impl Session {
     fn enter_queue(&self, depth: usize) -> Result<QueueTicket<'_>, Error> {
         // One execution runs and `depth` wait: `depth + 1` may hold tickets.
         let before = self.pending.fetch_add(1, Ordering::AcqRel);
-        let ticket = QueueTicket(&self.pending);
+        self.activity.fetch_add(1, Ordering::AcqRel);
+        let ticket = QueueTicket(self);
         if before > depth {
             return Err(Error::QueueFull { depth });
         }

@@ -1,39 +1,63 @@
-//! Per-session cgroups: a process limit and a memory limit that hold for everything a session
-//! starts, however it detaches, and one way to end all of it at once.
+//! Per-session cgroups: a process limit, a memory limit and a CPU share and ceiling that hold
+//! for everything a session starts, however it detaches; the CPU time it used; and one way to
+//! end all of it at once.
 //!
 //! Machines differ: cgroup v2 alone, v1 alone, or both (v1 controllers beside a v2 hierarchy
 //! with none, as on this project's CI machine). For each controller the server uses v2 when v2
 //! offers it, else v1's hierarchy of that controller; a v2 hierarchy, even one without
-//! controllers, gives `cgroup.kill`. The server's directories are made under its own cgroup in
-//! each hierarchy (`…/replpool-<pid>/<session>`), so an operator's limits on the server still
-//! hold for its workers. Where nothing is writable, sessions run without (the rlimits still
-//! hold) and the start says so.
+//! controllers, gives `cgroup.kill` and `cpu.stat`. The server's directories are made under its
+//! own cgroup in each hierarchy (`…/replpool-<pid>/s<random>`), so an operator's limits on the
+//! server still hold for its workers. Where nothing is writable, sessions run without (the
+//! rlimits still hold) and the start says so.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use parking_lot::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// What a session's cgroup limits.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CgroupLimits {
     pub processes: Option<u64>,
     pub memory_bytes: Option<u64>,
+    /// CPU time per wall-clock second, in cores (`cpu.max` / the CFS quota).
+    pub cpus: Option<f64>,
+    /// Most sessions at once: what the server's own CPU weight is made of.
+    pub sessions: usize,
+}
+
+/// The CFS period the CPU quota is given over.
+const CPU_PERIOD_US: u64 = 100_000;
+/// Every session's `cpu.weight` (v2) and `cpu.shares` (v1): the same for all, so that under
+/// contention each session gets an equal share, however many threads it runs.
+const CPU_WEIGHT_V2: u64 = 100;
+const CPU_SHARES_V1: u64 = 1024;
+const CPU_WEIGHT_V2_MAX: u64 = 10_000;
+const CPU_SHARES_V1_MAX: u64 = 262_144;
+/// How long the remover keeps trying to remove an ended session's directory.
+const REMOVE_FOR: Duration = Duration::from_secs(30);
+const REMOVE_RETRY: Duration = Duration::from_millis(20);
+
+/// Where one controller lives: the server's directory in the hierarchy that offers it.
+#[derive(Debug, Clone)]
+struct Controller {
+    base: PathBuf,
+    v2: bool,
 }
 
 /// Where each controller lives, found once at start.
 pub struct Cgroups {
     /// The server's directory in the v2 hierarchy, if there is one.
     v2: Option<PathBuf>,
-    /// The server's directories in the v1 hierarchies used (pids, memory).
-    v1_pids: Option<PathBuf>,
-    v1_memory: Option<PathBuf>,
-    v2_pids: bool,
-    v2_memory: bool,
+    pids: Option<Controller>,
+    memory: Option<Controller>,
+    cpu: Option<Controller>,
+    /// Where the CPU time a session used is counted: v2's `cpu.stat` (present in every v2
+    /// group, controller or not), else v1's `cpuacct.usage`.
+    usage: Option<Controller>,
     limits: CgroupLimits,
-    /// Directories whose processes were still dying when their session ended.
-    leftovers: Arc<Mutex<Vec<PathBuf>>>,
+    /// Hands ended sessions' directories to the thread that removes them.
+    remover: mpsc::Sender<PathBuf>,
 }
 
 /// How many times the limits refused something, so far.
@@ -50,7 +74,8 @@ pub struct SessionCgroup {
     v2: Option<PathBuf>,
     pids: Option<PathBuf>,
     memory: Option<(PathBuf, bool)>,
-    leftovers: Arc<Mutex<Vec<PathBuf>>>,
+    usage: Option<(PathBuf, bool)>,
+    remover: Option<mpsc::Sender<PathBuf>>,
 }
 
 impl Cgroups {
@@ -80,53 +105,70 @@ impl Cgroups {
             }
         };
         let v2 = mounts.iter().find(|m| m.v2).and_then(|m| own_dir(m, ""));
-        let (mut v2_pids, mut v2_memory) = (false, false);
-        if let Some(dir) = &v2 {
+        let on_v2 = |controller: &str| -> Option<Controller> {
+            let dir = v2.as_ref()?;
             // What the server's own cgroup hands down; enabling more would need its parent.
             let available =
                 std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
-            for (controller, flag) in [("pids", &mut v2_pids), ("memory", &mut v2_memory)] {
-                *flag = available.split_whitespace().any(|c| c == controller)
-                    && write(
-                        &dir.join("cgroup.subtree_control"),
-                        &format!("+{controller}"),
-                    )
-                    .is_ok();
-            }
-        }
+            (available.split_whitespace().any(|c| c == controller)
+                && write(
+                    &dir.join("cgroup.subtree_control"),
+                    &format!("+{controller}"),
+                )
+                .is_ok())
+            .then(|| Controller {
+                base: dir.clone(),
+                v2: true,
+            })
+        };
+        let (v2_pids, v2_memory, v2_cpu) = (on_v2("pids"), on_v2("memory"), on_v2("cpu"));
         let v1 = |controller: &str| {
             mounts
                 .iter()
                 .find(|m| !m.v2 && m.controllers.iter().any(|c| c == controller))
                 .and_then(|m| own_dir(m, &m.controllers.join(",")))
+                .map(|base| Controller { base, v2: false })
         };
-        let v1_pids = if v2_pids { None } else { v1("pids") };
-        let v1_memory = if v2_memory { None } else { v1("memory") };
-        if v2.is_none() && v1_pids.is_none() && v1_memory.is_none() {
+        let pids = v2_pids.or_else(|| v1("pids"));
+        let memory = v2_memory.or_else(|| v1("memory"));
+        let cpu = v2_cpu.or_else(|| v1("cpu"));
+        if let Some(cpu) = &cpu {
+            set_server_weight(cpu, limits.sessions);
+        }
+        let usage = match &v2 {
+            Some(base) if base.join("cpu.stat").exists() => Some(Controller {
+                base: base.clone(),
+                v2: true,
+            }),
+            _ => v1("cpuacct"),
+        };
+        if v2.is_none() && pids.is_none() && memory.is_none() && cpu.is_none() && usage.is_none() {
             return None;
         }
         Some(Cgroups {
             v2,
-            v1_pids,
-            v1_memory,
-            v2_pids,
-            v2_memory,
+            pids,
+            memory,
+            cpu,
+            usage,
             limits,
-            leftovers: Arc::default(),
+            remover: spawn_remover(),
         })
     }
 
     /// What is in use, for the start-up log.
     pub fn describe(&self) -> String {
-        let where_ = |v2: bool, v1: &Option<PathBuf>| match (v2, v1) {
-            (true, _) => "v2",
-            (false, Some(_)) => "v1",
-            _ => "none",
+        let where_ = |c: &Option<Controller>| match c {
+            Some(Controller { v2: true, .. }) => "v2",
+            Some(Controller { v2: false, .. }) => "v1",
+            None => "none",
         };
         format!(
-            "pids: {}, memory: {}, kill: {}",
-            where_(self.v2_pids, &self.v1_pids),
-            where_(self.v2_memory, &self.v1_memory),
+            "pids: {}, memory: {}, cpu: {}, cpu usage: {}, kill: {}",
+            where_(&self.pids),
+            where_(&self.memory),
+            where_(&self.cpu),
+            where_(&self.usage),
             if self.v2.is_some() {
                 "cgroup.kill"
             } else {
@@ -137,49 +179,43 @@ impl Cgroups {
 
     /// The server's own directory in each hierarchy used: everything of its sessions is below.
     pub fn dirs(&self) -> Vec<PathBuf> {
-        [&self.v2, &self.v1_pids, &self.v1_memory]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect()
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let controllers = [&self.pids, &self.memory, &self.cpu, &self.usage];
+        let bases = controllers.into_iter().flatten().map(|c| &c.base);
+        for dir in self.v2.iter().chain(bases) {
+            if !dirs.contains(dir) {
+                dirs.push(dir.clone());
+            }
+        }
+        dirs
     }
 
     /// Whether sessions get a process limit from a cgroup.
     pub fn limits_processes(&self) -> bool {
-        self.v2_pids || self.v1_pids.is_some()
+        self.pids.is_some()
     }
 
-    /// A cgroup for one session, with the limits set.
-    pub fn session(&self, name: &str) -> std::io::Result<SessionCgroup> {
-        self.remove_leftovers();
+    /// A cgroup for one session, with the limits set. Its name is random, not the session's
+    /// id: any process can read any other's `/proc/<pid>/cgroup`, and an id is a capability.
+    pub fn session(&self) -> std::io::Result<SessionCgroup> {
+        let name = format!("s{:032x}", rand::random::<u128>());
         let mut group = SessionCgroup {
             dirs: Vec::new(),
             v2: None,
             pids: None,
             memory: None,
-            leftovers: Arc::clone(&self.leftovers),
+            usage: None,
+            remover: Some(self.remover.clone()),
         };
-        if let Some(base) = &self.v2 {
-            let dir = make(base, name)?;
-            group.dirs.push(dir.clone());
-            if self.v2_pids {
-                group.pids = Some(dir.clone());
-            }
-            if self.v2_memory {
-                group.memory = Some((dir.clone(), true));
-            }
-            group.v2 = Some(dir);
+        // Made one by one, so that a failure part way leaves only what the drop removes.
+        for base in self.dirs() {
+            group.dirs.push(make(&base, &name)?);
         }
-        if let Some(base) = &self.v1_pids {
-            let dir = make(base, name)?;
-            group.dirs.push(dir.clone());
-            group.pids = Some(dir);
-        }
-        if let Some(base) = &self.v1_memory {
-            let dir = make(base, name)?;
-            group.dirs.push(dir.clone());
-            group.memory = Some((dir, false));
-        }
+        let dir_of = |c: &Controller| (c.base.join(&name), c.v2);
+        group.v2 = self.v2.as_ref().map(|base| base.join(&name));
+        group.pids = self.pids.as_ref().map(|c| dir_of(c).0);
+        group.memory = self.memory.as_ref().map(dir_of);
+        group.usage = self.usage.as_ref().map(dir_of);
         if let (Some(dir), Some(max)) = (&group.pids, self.limits.processes) {
             write(&dir.join("pids.max"), &max.to_string())?;
         }
@@ -195,35 +231,103 @@ impl Cgroups {
                 let _ = write(&dir.join("memory.swap.max"), "0");
             }
         }
+        if let Some((dir, v2)) = self.cpu.as_ref().map(dir_of) {
+            let quota = self
+                .limits
+                .cpus
+                .map(|cores| ((cores * CPU_PERIOD_US as f64).round() as u64).max(1000));
+            if v2 {
+                write(&dir.join("cpu.weight"), &CPU_WEIGHT_V2.to_string())?;
+                let max = quota.map_or_else(|| "max".to_owned(), |q| q.to_string());
+                write(&dir.join("cpu.max"), &format!("{max} {CPU_PERIOD_US}"))?;
+            } else {
+                write(&dir.join("cpu.shares"), &CPU_SHARES_V1.to_string())?;
+                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                let quota = quota.map_or_else(|| "-1".to_owned(), |q| q.to_string());
+                write(&dir.join("cpu.cfs_quota_us"), &quota)?;
+            }
+        }
         Ok(group)
-    }
-
-    fn remove_leftovers(&self) {
-        self.leftovers
-            .lock()
-            .retain(|dir| std::fs::remove_dir(dir).is_err_and(|e| e.kind() != ErrorKind::NotFound));
     }
 }
 
 impl Drop for Cgroups {
     fn drop(&mut self) {
-        // Sessions were ended first; what is left is dying. Give it a moment, then let go.
-        for _ in 0..100 {
-            self.remove_leftovers();
-            if self.leftovers.lock().is_empty() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        for dir in [&self.v2, &self.v1_pids, &self.v1_memory]
-            .into_iter()
-            .flatten()
-        {
-            if let Err(e) = remove_tree(dir) {
+        // Sessions were ended first; what is left of them is killed and removed with the
+        // server's own directories.
+        for dir in self.dirs() {
+            if let Err(e) = remove_tree(&dir) {
                 tracing::warn!("cannot remove cgroup {}: {e}", dir.display());
             }
         }
     }
+}
+
+/// The server's own directory weighs as much as `sessions` ordinary processes against its
+/// neighbours on the machine. Under it, a session's threads compete with each other only; at
+/// the default weight, all sessions together would weigh as much as one process of the host,
+/// so a busy host would starve every session (before cgroups, each thread of each session
+/// weighed that much by itself). The per-session CPU ceiling bounds what this hands out.
+fn set_server_weight(cpu: &Controller, sessions: usize) {
+    let sessions = (sessions as u64).max(1);
+    let (file, value) = if cpu.v2 {
+        (
+            "cpu.weight",
+            (CPU_WEIGHT_V2 * sessions).min(CPU_WEIGHT_V2_MAX),
+        )
+    } else {
+        (
+            "cpu.shares",
+            (CPU_SHARES_V1 * sessions).min(CPU_SHARES_V1_MAX),
+        )
+    };
+    if let Err(e) = write(&cpu.base.join(file), &value.to_string()) {
+        tracing::warn!("cannot set {}/{file}: {e}", cpu.base.display());
+    }
+}
+
+/// A thread that removes ended sessions' directories. A directory cannot be removed while
+/// processes are in it, and killed processes take a moment to go: retrying sleeps, which no
+/// async thread may do, and a session's end must not wait for it.
+fn spawn_remover() -> mpsc::Sender<PathBuf> {
+    let (tx, rx) = mpsc::channel::<PathBuf>();
+    let spawned = std::thread::Builder::new()
+        .name("cgroup-remover".into())
+        .spawn(move || {
+            let mut pending: Vec<(PathBuf, Instant)> = Vec::new();
+            loop {
+                let next = if pending.is_empty() {
+                    rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                } else {
+                    rx.recv_timeout(REMOVE_RETRY)
+                };
+                match next {
+                    Ok(dir) => pending.push((dir, Instant::now() + REMOVE_FOR)),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    // The server is ending: its own directories' removal takes the rest.
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                pending.extend(rx.try_iter().map(|dir| (dir, Instant::now() + REMOVE_FOR)));
+                pending.retain(|(dir, give_up)| match std::fs::remove_dir(dir) {
+                    Ok(()) => false,
+                    Err(e) if e.kind() == ErrorKind::NotFound => false,
+                    Err(e) if Instant::now() >= *give_up => {
+                        tracing::warn!("cannot remove cgroup {}: {e}", dir.display());
+                        false
+                    }
+                    Err(_) => {
+                        // A process forked while the others were being killed.
+                        signal_members(dir);
+                        true
+                    }
+                });
+            }
+        });
+    if let Err(e) = spawned {
+        // Then the senders' directories stay until the server's own are removed.
+        tracing::warn!("cannot start the cgroup remover: {e}");
+    }
+    tx
 }
 
 impl SessionCgroup {
@@ -242,24 +346,20 @@ impl SessionCgroup {
         {
             return;
         }
-        // Signal what is there until nothing is; the pids limit bounds a fork race.
         for dir in &self.dirs {
-            for _ in 0..64 {
-                let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = procs
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect();
-                if pids.is_empty() {
-                    break;
-                }
-                for pid in pids {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
+            signal_members(dir);
+        }
+    }
+
+    /// CPU time the session's processes have used, seconds, all of them together since the
+    /// session began (a replaced worker's included).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let (dir, v2) = self.usage.as_ref()?;
+        if *v2 {
+            read_key(&dir.join("cpu.stat"), "usage_usec").map(|us| us as f64 / 1e6)
+        } else {
+            let text = std::fs::read_to_string(dir.join("cpuacct.usage")).ok()?;
+            text.trim().parse::<u64>().ok().map(|ns| ns as f64 / 1e9)
         }
     }
 
@@ -291,10 +391,35 @@ impl SessionCgroup {
 impl Drop for SessionCgroup {
     fn drop(&mut self) {
         self.kill();
-        for dir in &self.dirs {
-            if std::fs::remove_dir(dir).is_err() {
-                self.leftovers.lock().push(dir.clone());
+        let Some(remover) = self.remover.take() else {
+            return;
+        };
+        for dir in self.dirs.drain(..) {
+            if let Err(mpsc::SendError(dir)) = remover.send(dir) {
+                // No remover: one attempt here, and the server's exit removes the rest.
+                let _ = std::fs::remove_dir(dir);
             }
+        }
+    }
+}
+
+/// SIGKILL to every process in a directory, until none is left; the pids limit bounds a
+/// fork race.
+fn signal_members(dir: &Path) {
+    for _ in 0..64 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        let pids: Vec<i32> = procs
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -393,18 +518,12 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
             }
         }
     }
-    let group = SessionCgroup {
-        dirs: vec![dir.to_owned()],
-        v2: dir.join("cgroup.kill").exists().then(|| dir.to_owned()),
-        pids: None,
-        memory: None,
-        leftovers: Arc::default(),
-    };
-    group.kill();
-    let dirs = std::mem::take(&mut { group }.dirs);
+    if !(dir.join("cgroup.kill").exists() && write(&dir.join("cgroup.kill"), "1").is_ok()) {
+        signal_members(dir);
+    }
     let mut last = Ok(());
     for _ in 0..100 {
-        last = std::fs::remove_dir(&dirs[0]);
+        last = std::fs::remove_dir(dir);
         match &last {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),

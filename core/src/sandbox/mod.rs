@@ -102,6 +102,8 @@ impl Sandbox {
             Cgroups::setup(CgroupLimits {
                 processes,
                 memory_bytes: config.limits.address_space_bytes(),
+                cpus: config.limits.cpus(),
+                sessions: config.sessions.max,
             })
         } else {
             None
@@ -159,7 +161,7 @@ impl Sandbox {
     }
 
     /// A session's share: a uid, its directory made its own (mode 0700), a cgroup.
-    pub fn session(&self, name: &str, dir: &Path) -> Result<SessionSandbox, Error> {
+    pub fn session(&self, dir: &Path) -> Result<SessionSandbox, Error> {
         let lease = match &self.uids {
             None => None,
             Some(pool) => Some(pool.lease().ok_or_else(|| {
@@ -179,7 +181,7 @@ impl Sandbox {
         let cgroup =
             match &self.cgroups {
                 None => None,
-                Some(cgroups) => Some(cgroups.session(name).map_err(|e| {
+                Some(cgroups) => Some(cgroups.session().map_err(|e| {
                     Error::Internal(format!("cannot make the session's cgroup: {e}"))
                 })?),
             };
@@ -234,6 +236,19 @@ impl SessionSandbox {
             Some(cgroup) => cgroup.add(pid),
             None => Ok(()),
         }
+    }
+
+    /// Ends every process of the session, however detached (nothing without a cgroup).
+    pub fn kill_all(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill();
+        }
+    }
+
+    /// CPU time all of the session's processes have used so far, from its cgroup (`None`
+    /// without one).
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.cgroup.as_ref().and_then(SessionCgroup::cpu_seconds)
     }
 
     /// What the limits refused since the last call.
