@@ -20,7 +20,7 @@ const MARGIN: Duration = Duration::from_secs(3);
 /// How long an attacker keeps at it before it gives up on being cut off (the test fails).
 const ATTACK_BOUND: Duration = Duration::from_secs(12);
 /// The pace of the trickle: one byte per attacker this often.
-const TRICKLE: Duration = Duration::from_millis(100);
+const TRICKLE: Duration = Duration::from_millis(250);
 
 fn config(extra: &str) -> String {
     format!(
@@ -112,24 +112,38 @@ async fn a_slowloris_is_cut_off_at_the_header_timeout_and_slows_no_neighbour() {
     let (health_base, cell_base) = latencies(&api, &session, SAMPLES).await;
     let fds_before = fd_count(pid);
 
-    let mut attackers = tokio::task::JoinSet::new();
-    for _ in 0..SLOW {
+    // The attackers run on a thread and runtime of their own, so that the neighbour's
+    // requests are not queued behind them in the test's own scheduler.
+    let attack = {
         let address = address.clone();
-        attackers.spawn(async move {
-            let head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
-            trickle(&address, head, b'a').await
-        });
-    }
-    let mut silent = tokio::task::JoinSet::new();
-    for _ in 0..SILENT {
-        let address = address.clone();
-        silent.spawn(async move {
-            let start = Instant::now();
-            let mut stream = TcpStream::connect(&address).await.expect("connect");
-            let (seen, closed) = read_until_closed(&mut stream, ATTACK_BOUND).await;
-            (seen, closed.then(|| start.elapsed()))
-        });
-    }
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("attack runtime");
+            runtime.block_on(async move {
+                let mut slow = tokio::task::JoinSet::new();
+                for _ in 0..SLOW {
+                    let address = address.clone();
+                    slow.spawn(async move {
+                        let head = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ";
+                        trickle(&address, head, b'a').await
+                    });
+                }
+                let mut silent = tokio::task::JoinSet::new();
+                for _ in 0..SILENT {
+                    let address = address.clone();
+                    silent.spawn(async move {
+                        let start = Instant::now();
+                        let mut stream = TcpStream::connect(&address).await.expect("connect");
+                        let (seen, closed) = read_until_closed(&mut stream, ATTACK_BOUND).await;
+                        (seen, closed.then(|| start.elapsed()))
+                    });
+                }
+                (slow.join_all().await, silent.join_all().await)
+            })
+        })
+    };
     // The attack is in place once the server holds a descriptor for each of its connections.
     assert!(
         eventually(HEADER_TIMEOUT, || fd_count(pid)
@@ -146,9 +160,12 @@ async fn a_slowloris_is_cut_off_at_the_header_timeout_and_slows_no_neighbour() {
          {cell_attacked:?} (attack still in place after sampling: {still_attacked})"
     );
 
+    let (slow, silent) = tokio::task::spawn_blocking(move || attack.join())
+        .await
+        .expect("join the attack")
+        .expect("the attack thread");
     let mut closed_after = Vec::new();
-    while let Some(joined) = attackers.join_next().await {
-        let (seen, closed) = joined.expect("attacker task");
+    for (seen, closed) in slow {
         let closed = closed.unwrap_or_else(|| {
             panic!(
                 "a slow request head was still open after {ATTACK_BOUND:?} (server sent {:?})",
@@ -166,8 +183,7 @@ async fn a_slowloris_is_cut_off_at_the_header_timeout_and_slows_no_neighbour() {
         latest < HEADER_TIMEOUT + MARGIN,
         "a slow request head was held {latest:?} (header timeout {HEADER_TIMEOUT:?})"
     );
-    while let Some(joined) = silent.join_next().await {
-        let (seen, closed) = joined.expect("silent task");
+    for (seen, closed) in silent {
         let closed = closed.expect("a silent connection was never closed");
         assert!(
             closed < KEEP_ALIVE_TIMEOUT + MARGIN,
