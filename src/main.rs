@@ -11,6 +11,7 @@ use replpool::{Config, SessionManager, api};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+mod http;
 mod watcher;
 
 /// replpool keeps Python warm: per-session Python workers with numpy, pandas and matplotlib
@@ -124,17 +125,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     tracing::info!(%addr, python = %config.python.executable.display(), "replpool serving");
 
+    let limits = http::Limits {
+        header_read: Duration::from_millis(config.server.header_read_timeout_ms),
+        body_read: Duration::from_millis(config.server.body_read_timeout_ms),
+        keep_alive: Duration::from_millis(config.server.keep_alive_timeout_ms),
+        max_connections: connection_cap(config.server.max_connections),
+    };
+    tracing::debug!(?limits, "connection limits");
+
     let draining = CancellationToken::new();
-    let mut server = tokio::spawn(
-        axum::serve(listener, app)
-            .with_graceful_shutdown(draining.clone().cancelled_owned())
-            .into_future(),
-    );
+    let mut server = tokio::spawn(http::serve(listener, app, limits, draining.clone()));
     tokio::select! {
         finished = &mut server => {
             manager.shutdown();
             stop.cancel();
-            return Ok(finished??);
+            finished?;
+            anyhow::bail!("the server stopped accepting connections by itself");
         }
         _ = shutdown_signal() => {}
     }
@@ -153,6 +159,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `server.max_connections`, held below the open-file limit: every connection is a
+/// descriptor, and sessions need theirs (worker pipes, pidfds, files). The soft limit is raised
+/// to the hard one first, since the usual soft default (1024) would cap the server needlessly.
+fn connection_cap(wanted: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let limit = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            tracing::warn!("cannot read the open-file limit: {e}");
+            return wanted;
+        }
+    };
+    let room = usize::try_from(limit / 2).unwrap_or(usize::MAX).max(1);
+    if wanted > room {
+        tracing::warn!(
+            "server.max_connections {wanted} is above half the open-file limit ({limit}); serving at most {room}"
+        );
+    }
+    wanted.min(room)
 }
 
 async fn shutdown_signal() {

@@ -227,6 +227,18 @@ pub struct ServerConfig {
     /// On SIGTERM/Ctrl-C, how long running executions may take to finish before every
     /// worker is killed.
     pub shutdown_grace_ms: u64,
+    /// From the first byte of a request to the end of its headers; a connection slower than
+    /// that is closed (a slowloris holds nothing longer).
+    pub header_read_timeout_ms: u64,
+    /// From the end of a request's headers to the end of its body; slower, the request is
+    /// answered 408 `request_timeout` and the connection closed.
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in progress that receives nothing for this long (a new
+    /// one that stays silent, or a kept-alive one between requests) is closed.
+    pub keep_alive_timeout_ms: u64,
+    /// Connections served at once. At the cap the server stops accepting (new connections
+    /// wait in the kernel's backlog) until one closes. Clamped to half the open-file limit.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -234,6 +246,10 @@ impl Default for ServerConfig {
         ServerConfig {
             bind: SocketAddr::from(([127, 0, 0, 1], 8765)),
             shutdown_grace_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 60_000,
+            keep_alive_timeout_ms: 10_000,
+            max_connections: 1024,
         }
     }
 }
@@ -502,6 +518,19 @@ impl Config {
             ("pool.acquire_timeout_ms", self.pool.acquire_timeout_ms),
             ("sessions.max", self.sessions.max as u64),
             ("python.blas_threads", u64::from(self.python.blas_threads)),
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+            (
+                "server.keep_alive_timeout_ms",
+                self.server.keep_alive_timeout_ms,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -729,6 +758,32 @@ mod tests {
         let config = load_str("", &[]).expect("valid");
         assert_eq!(config.pool.warm_workers, 2);
         assert_eq!(config.server.bind.to_string(), "127.0.0.1:8765");
+    }
+
+    #[test]
+    fn http_timeouts_and_cap_have_defaults_and_refuse_zero() {
+        let server = load_str("", &[]).expect("valid").server;
+        assert_eq!(
+            (
+                server.header_read_timeout_ms,
+                server.body_read_timeout_ms,
+                server.keep_alive_timeout_ms,
+                server.max_connections
+            ),
+            (10_000, 60_000, 10_000, 1024)
+        );
+        for field in [
+            "header_read_timeout_ms",
+            "body_read_timeout_ms",
+            "keep_alive_timeout_ms",
+            "max_connections",
+        ] {
+            let err = load_str(&format!("[server]\n{field} = 0\n"), &[]).unwrap_err();
+            assert!(
+                err.to_string().contains(&format!("server.{field}")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -67,8 +67,34 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The answer to a request whose body did not arrive within `server.body_read_timeout_ms`
+/// (the server's connection layer puts a deadline on every request body).
+fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body did not arrive in time (server.body_read_timeout_ms)",
+    )
+}
+
+/// Whether reading a body failed because its deadline passed: the deadline's error sits
+/// somewhere down the rejection's chain of sources.
+fn body_timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if body_timed_out(&rejection) {
+            return body_timeout();
+        }
         let (status, code) = match &rejection {
             JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             JsonRejection::JsonDataError(_) => {
@@ -100,6 +126,9 @@ impl From<QueryRejection> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
+        if body_timed_out(&rejection) {
+            return body_timeout();
+        }
         let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             "payload_too_large"
         } else {

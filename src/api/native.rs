@@ -101,8 +101,9 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
 async fn create_session(
     State(state): State<AppState>,
     caller: Caller,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SessionInfo>), ApiError> {
+    let body = body?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         serde_json::from_slice::<CreateSessionBody>(&body).map_err(|e| {
             let code = if e.is_data() {
