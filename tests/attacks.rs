@@ -36,16 +36,7 @@ fn ename(reply: &Value) -> &str {
 }
 
 async fn put(api: &Api, session: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
-    let response = api
-        .http
-        .put(api.url(&format!("/v1/sessions/{session}/files/{path}")))
-        .body(body)
-        .send()
-        .await
-        .expect("upload sent");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    api.put_file(session, path, body).await
 }
 
 async fn get_raw(api: &Api, session: &str, path: &str) -> (u16, Vec<u8>) {

@@ -165,16 +165,7 @@ async fn display_sends_bundles_in_order() {
 }
 
 async fn put(api: &Api, session: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
-    let response = api
-        .http
-        .put(api.url(&format!("/v1/sessions/{session}/files/{path}")))
-        .body(body)
-        .send()
-        .await
-        .expect("sent");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    api.put_file(session, path, body).await
 }
 
 #[tokio::test]

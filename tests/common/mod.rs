@@ -258,6 +258,21 @@ impl Api {
         response.status().as_u16()
     }
 
+    /// Uploads a file into a session (`PUT …/files/{path}`): the status and the JSON body
+    /// (null when there is none).
+    pub async fn put_file(&self, session: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .http
+            .put(self.url(&format!("/v1/sessions/{session}/files/{path}")))
+            .body(body)
+            .send()
+            .await
+            .expect("upload sent");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     /// Creates a session and returns its id.
     pub async fn session(&self) -> String {
         let (status, body) = self.post("/v1/sessions", serde_json::json!({})).await;
