@@ -266,3 +266,124 @@ async fn async_execution_then_poll_and_kill() {
     assert_eq!(status, 404);
     assert!(body["error"].is_string());
 }
+
+#[tokio::test]
+async fn an_entrypoint_that_was_not_sent_is_400_naming_it() {
+    let api = api();
+    let (status, body) = api
+        .post(
+            "/api/v1/eval",
+            json!({"files": [{"name": "lib.py", "content": "print('not me')"}], "entrypoint": "main.py"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().expect("error").contains("main.py"),
+        "{body}"
+    );
+    let (status, body) = api
+        .post(
+            "/api/v1/eval",
+            json!({"code": "print(1)", "entrypoint": "other.py"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().expect("error").contains("other.py"),
+        "{body}"
+    );
+    let (status, body) = submit(
+        &api,
+        "/api/v1/exec/sync",
+        &[("lib.py", "print(1)")],
+        json!({"entrypoint": "main.py"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().expect("error").contains("main.py"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn an_execution_that_cannot_get_a_session_fails_with_the_reason_and_is_pruned() {
+    let server = common::Server::start(
+        "[pool]\nwarm_workers = 1\n\n[sessions]\nmax = 1\n\n[executor]\nkeep_secs = 1\n",
+    );
+    let api = Api::new(&server.base);
+    // The one session there may be, held busy so that it cannot be evicted to make room.
+    let session = api.session().await;
+    let (blocker, code) = common::blocker().await;
+    let busy = {
+        let http = api.http.clone();
+        let url = api.url(&format!("/v1/sessions/{session}/execute"));
+        tokio::spawn(async move { http.post(url).json(&json!({"code": code})).send().await })
+    };
+    let release = blocker.accept().await;
+
+    let (status, accepted) = submit(
+        &api,
+        "/api/v1/exec/async",
+        &[("main.py", "print('never')")],
+        json!({"entrypoint": "main.py"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["execution_id"].as_str().expect("id").to_owned();
+    let result = poll_until_done(&api, &id).await;
+    assert_eq!(result["status"], "failed", "{result}");
+    assert!(
+        result["error"]
+            .as_str()
+            .expect("error")
+            .contains("session limit"),
+        "{result}"
+    );
+    assert!(result["finished_at"].is_string(), "{result}");
+
+    // Pruned once `executor.keep_secs` has passed, like any finished execution.
+    let path = format!("/api/v1/executions/{id}");
+    let mut gone = false;
+    for _ in 0..300 {
+        let (status, _) = api.get(&path).await;
+        if status == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gone, "{id} was never pruned");
+    drop(release);
+    busy.await.expect("joined").expect("sent");
+}
+
+#[tokio::test]
+async fn executions_belong_to_the_token_that_made_them() {
+    const A: &str = "token-a-0123456789abcdef";
+    const B: &str = "token-b-0123456789abcdef";
+    let server = common::Server::start(&format!(
+        "[pool]\nwarm_workers = 2\n\n[auth]\ntokens = [{A:?}, {B:?}]\n"
+    ));
+    let a = Api::with_token(&server.base, A);
+    let b = Api::with_token(&server.base, B);
+    let (status, accepted) = submit(
+        &a,
+        "/api/v1/exec/async",
+        &[("main.py", "print('mine')")],
+        json!({"entrypoint": "main.py"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["execution_id"].as_str().expect("id").to_owned();
+    let result = poll_until_done(&a, &id).await;
+    assert_eq!(result["stdout"], "mine\n", "{result}");
+
+    let path = format!("/api/v1/executions/{id}");
+    let (status, body) = b.get(&path).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(b.delete(&path).await, 404);
+    let (status, result) = a.get(&path).await;
+    assert_eq!((status, &result["status"]), (200, &json!("completed")));
+}

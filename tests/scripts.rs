@@ -144,3 +144,102 @@ async fn installing_packages_is_refused_unless_enabled() {
         (403, Some("install_disabled"))
     );
 }
+
+fn scripts_dir() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/scripts")
+}
+
+#[tokio::test]
+async fn a_load_that_fails_ends_its_session() {
+    // Code this small lets the first set-up cell through and refuses the import cell.
+    let server = common::Server::start(&format!(
+        "[pool]\nwarm_workers = 1\n\n[execution]\nmax_code_bytes = 400\n\n[scripts]\ndir = {:?}\n",
+        scripts_dir()
+    ));
+    let api = Api::new(&server.base);
+    let (status, body) = api
+        .post(
+            "/python/load",
+            json!({"script_name": "geometry", "alias": "geo"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (413, Some("code_too_large")),
+        "{body}"
+    );
+    let (status, list) = api.get("/v1/sessions").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["sessions"], json!([]), "the load's session is left");
+}
+
+#[tokio::test]
+async fn aliases_belong_to_the_token_that_loaded_them() {
+    const A: &str = "token-a-0123456789abcdef";
+    const B: &str = "token-b-0123456789abcdef";
+    let server = common::Server::start(&format!(
+        "[pool]\nwarm_workers = 2\n\n[auth]\ntokens = [{A:?}, {B:?}]\n\n[scripts]\ndir = {:?}\n",
+        scripts_dir()
+    ));
+    let a = Api::with_token(&server.base, A);
+    let b = Api::with_token(&server.base, B);
+    load(&a, "geo").await;
+
+    let (status, body) = b
+        .post(
+            "/python/call",
+            json!({"alias": "geo", "function_name": "area", "args": [1]}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("alias_not_found")),
+        "{body}"
+    );
+    let (_, list) = b.get("/python/list").await;
+    assert_eq!(list["scripts"], json!([]), "{list}");
+    // B's own `geo` is another alias: A's is neither replaced nor ended.
+    load(&b, "geo").await;
+    let (_, list) = b.get("/python/list").await;
+    assert_eq!(list["scripts"].as_array().map(Vec::len), Some(1), "{list}");
+    for caller in [&a, &b] {
+        let (status, body) = caller
+            .post(
+                "/python/call",
+                json!({"alias": "geo", "function_name": "area", "args": [1]}),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("success")),
+            "{body}"
+        );
+    }
+    // The alias's session is its loader's: it counts as theirs, and only theirs.
+    let (_, sessions) = a.get("/v1/sessions").await;
+    assert_eq!(
+        sessions["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{sessions}"
+    );
+}
+
+#[tokio::test]
+async fn an_install_cut_short_by_max_timeout_says_so() {
+    let server = common::Server::start(
+        "[pool]\nwarm_workers = 1\n\n[sandbox]\nnetwork = \"host\"\n\n[packages]\nallow_install = true\n\n[execution]\ndefault_timeout_ms = 100\nmax_timeout_ms = 100\n\n[judge]\nrun_timeout_ms = 100\ncompile_timeout_ms = 100\n",
+    );
+    let api = Api::new(&server.base);
+    // Already installed, so pip needs no network; it cannot even start in 100 ms.
+    let (status, body) = api
+        .post("/python/installPackage", json!({"package_name": "pip"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "error", "{body}");
+    let error = body["error"].as_str().expect("error says why");
+    assert!(
+        error.contains("execution.max_timeout_ms") && error.contains("600"),
+        "{error}"
+    );
+    assert_eq!(body["timeout_ms"], 100, "{body}");
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -13,21 +13,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Caller;
+use super::json::Json;
 use super::{ApiError, AppState, stream};
 use crate::execution::{ExecRequest, Execution};
 use crate::files;
 use crate::session::SessionInfo;
-
-/// `axum::Json`, with rejections in the service's error shape.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Json<T>(pub T);
-
-impl<T: serde::Serialize> IntoResponse for Json<T> {
-    fn into_response(self) -> axum::response::Response {
-        axum::Json(self.0).into_response()
-    }
-}
 
 pub fn routes(max_file_bytes: usize) -> Router<AppState> {
     Router::new()

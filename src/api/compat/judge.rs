@@ -1,5 +1,5 @@
-//! The code judge's API (seed 000): `POST /execute` runs one program against stdin/stdout test
-//! cases and says which passed, in exactly the seed server's shapes.
+//! The code judge's API: `POST /execute` runs one program against stdin/stdout test cases and
+//! says which passed, in exactly the shapes of the judge server whose clients this serves.
 //!
 //! A translation onto the core: each case is a one-shot execution (a fresh warm worker, so no
 //! state leaks between cases), several at once up to the pool's size. C++ is compiled and run
@@ -16,10 +16,11 @@ use axum::routing::post;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::native::Json;
-use super::{ApiError, AppState};
+use super::python_literal::python_str;
+use crate::api::json::Json;
+use crate::api::{ApiError, AppState};
 use crate::execution::{ExecRequest, Execution, Status};
-use crate::{Error, SessionManager};
+use crate::{Config, Error, SessionManager};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/execute", post(execute))
@@ -67,7 +68,7 @@ impl Output {
         }
     }
 
-    /// A case's outcome, as the seed server reports it: `passed` compares stripped stdout;
+    /// A case's outcome, as the judge server reports it: `passed` compares stripped stdout;
     /// a timeout says so in both streams; an exception's traceback ends stderr, as a Python
     /// process would have printed it.
     fn of_case(execution: &Execution, expected: &str) -> Output {
@@ -125,6 +126,32 @@ pub struct JudgeSettings {
     pub gxx: Option<std::path::PathBuf>,
 }
 
+impl JudgeSettings {
+    pub fn from_config(config: &Config) -> JudgeSettings {
+        JudgeSettings {
+            run_timeout: Duration::from_millis(config.judge.run_timeout_ms),
+            compile_timeout: Duration::from_millis(config.judge.compile_timeout_ms),
+            parallel: if config.judge.parallel == 0 {
+                config.pool.warm_workers.max(1)
+            } else {
+                config.judge.parallel
+            },
+            gxx: find_on_path("g++"),
+        }
+    }
+}
+
+/// The first `name` on `PATH` that is an executable file, as a shell would find it.
+fn find_on_path(name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 async fn python(
     manager: &Arc<SessionManager>,
     judge: &JudgeSettings,
@@ -179,10 +206,10 @@ async fn cpp(
         .await
         .map_err(|e| ApiError::from(Error::Internal(format!("cannot write the source: {e}"))))?;
     let compile = format!(
-        "import subprocess, sys\np = subprocess.run([{gxx:?}, '-std=c++20', '-o', {binary:?}, {source:?}], capture_output=True, text=True)\nsys.stdout.write(p.stdout)\nsys.stderr.write(p.stderr)\nraise SystemExit(p.returncode)",
-        gxx = gxx.display().to_string(),
-        binary = binary.display().to_string(),
-        source = source.display().to_string(),
+        "import subprocess, sys\np = subprocess.run([{gxx}, '-std=c++20', '-o', {binary}, {source}], capture_output=True, text=True)\nsys.stdout.write(p.stdout)\nsys.stderr.write(p.stderr)\nraise SystemExit(p.returncode)",
+        gxx = python_str(&gxx.to_string_lossy()),
+        binary = python_str(&binary.to_string_lossy()),
+        source = python_str(&source.to_string_lossy()),
     );
     let compiled = manager
         .execute_once(
@@ -214,8 +241,8 @@ async fn cpp(
         });
     }
     let run = format!(
-        "import subprocess, sys\np = subprocess.run([{binary:?}], input=sys.stdin.read(), capture_output=True, text=True)\nsys.stdout.write(p.stdout)\nsys.stderr.write(p.stderr)",
-        binary = binary.display().to_string(),
+        "import subprocess, sys\np = subprocess.run([{binary}], input=sys.stdin.read(), capture_output=True, text=True)\nsys.stdout.write(p.stdout)\nsys.stderr.write(p.stderr)",
+        binary = python_str(&binary.to_string_lossy()),
     );
     let cases = run_cases(manager, judge, &request.stdin_stdout, |case| ExecRequest {
         code: run.clone(),

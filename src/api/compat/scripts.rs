@@ -1,13 +1,17 @@
-//! The script wrapper's API (seed 001): load a script from the configured scripts directory
-//! under an alias, list what is loaded, call its functions with JSON arguments.
+//! The script wrapper's API: load a script from the configured scripts directory under an
+//! alias, list what is loaded, call its functions with JSON arguments, install a package.
 //!
 //! A translation onto the core: each alias is a long-lived session of its own, into which the
 //! script is imported as a module; a call is a cell that calls the function and returns its
 //! result as `application/json` (its `repr` when it is not JSON-serialisable). Errors of the
 //! service are the native `{"error": {"code", "message"}}`; a function that raises answers
 //! `{"status": "error", "error": {"ename", "evalue", "traceback"}}`, as a cell would.
+//!
+//! An alias belongs to the caller that loaded it (with `auth.tokens` on, each token has aliases
+//! of its own, in sessions of its own): another token's alias is unknown to a caller.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -17,9 +21,13 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::native::Json;
-use super::{ApiError, AppState};
+use super::python_literal::{python_literal, python_str};
+use crate::api::auth::Caller;
+use crate::api::json::Json;
+use crate::api::{ApiError, AppState};
 use crate::execution::{ExecRequest, Execution, Status};
+use crate::protocol::ErrorInfo;
+use crate::{Config, SessionManager};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -29,11 +37,24 @@ pub fn routes() -> Router<AppState> {
         .route("/python/installPackage", post(install_package))
 }
 
+/// How long `pip install` may take, as the script wrapper's clients expect; a server whose
+/// `execution.max_timeout_ms` is lower allows only that (and the reply says so).
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// What the script wrapper knows: where scripts are, and what is loaded under which alias.
 pub struct Scripts {
-    pub dir: PathBuf,
-    pub allow_install: bool,
-    loaded: DashMap<String, Loaded>,
+    dir: PathBuf,
+    allow_install: bool,
+    /// [`INSTALL_TIMEOUT`], capped by `execution.max_timeout_ms`.
+    install_timeout: Duration,
+    loaded: DashMap<AliasKey, Loaded>,
+}
+
+/// An alias, as its owner (the caller that loaded it) names it.
+type AliasKey = (Option<String>, String);
+
+fn key(caller: &Caller, alias: &str) -> AliasKey {
+    (caller.owner().map(str::to_owned), alias.to_owned())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,10 +69,12 @@ struct Loaded {
 }
 
 impl Scripts {
-    pub fn new(dir: PathBuf, allow_install: bool) -> Scripts {
+    pub fn from_config(config: &Config) -> Scripts {
         Scripts {
-            dir,
-            allow_install,
+            dir: config.scripts.dir.clone(),
+            allow_install: config.packages.allow_install,
+            install_timeout: INSTALL_TIMEOUT
+                .min(Duration::from_millis(config.execution.max_timeout_ms)),
             loaded: DashMap::new(),
         }
     }
@@ -111,9 +134,9 @@ _functions = sorted(n for n, f in vars(_module).items()
                     if _inspect.isfunction(f) and not n.startswith("_") and f.__module__ == _module.__name__)
 _info = _module.get_tool_info() if callable(getattr(_module, "get_tool_info", None)) else None
 __replpool_json__({{"functions": _functions, "info": _info}})"#,
-        module = literal(&format!("replpool_tool_{alias}")),
-        path = literal(path),
-        alias = literal(alias),
+        module = python_str(&format!("replpool_tool_{alias}")),
+        path = python_str(path),
+        alias = python_str(alias),
     )
 }
 
@@ -129,17 +152,17 @@ fn call_cell(
 _fn = getattr(__replpool_tools__[{alias}], {function}, None)
 if not callable(_fn):
     raise LookupError({function})
-_value = _fn(*_json.loads({args}), **_json.loads({kwargs}))
+_value = _fn(*{args}, **{kwargs})
 try:
     _json.dumps(_value)
     _out = {{"result": _value}}
 except (TypeError, ValueError):
     _out = {{"result": repr(_value), "repr": True}}
 __replpool_json__(_out)"#,
-        alias = literal(alias),
-        function = literal(function),
-        args = literal(&Value::Array(args.to_vec()).to_string()),
-        kwargs = literal(&Value::Object(kwargs.clone()).to_string()),
+        alias = python_str(alias),
+        function = python_str(function),
+        args = python_literal(&Value::Array(args.to_vec())),
+        kwargs = python_literal(&Value::Object(kwargs.clone())),
     )
 }
 
@@ -153,11 +176,6 @@ const JSON_HELPER: &str = r#"class __replpool_json__:
         return "<json>"
 "#;
 
-/// A Python string literal (a JSON string is one).
-fn literal(s: &str) -> String {
-    Value::String(s.to_owned()).to_string()
-}
-
 /// The `application/json` value of a cell's result.
 fn json_result(execution: &Execution) -> Option<Value> {
     execution
@@ -169,6 +187,7 @@ fn json_result(execution: &Execution) -> Option<Value> {
 
 async fn load(
     State(state): State<AppState>,
+    caller: Caller,
     Json(request): Json<LoadRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let scripts = &state.scripts;
@@ -196,26 +215,18 @@ async fn load(
         ));
     }
     let manager = &state.manager;
-    let session = manager.create().await?.session_id;
-    let run = |code: String| ExecRequest {
-        code,
-        ..ExecRequest::default()
-    };
-    let defined = manager
-        .execute(&session, &run(JSON_HELPER.to_owned()), None)
-        .await?;
-    let loaded = manager
-        .execute(
-            &session,
-            &run(load_cell(&path.to_string_lossy(), &request.alias)),
-            None,
-        )
-        .await?;
-    let described = json_result(&loaded)
-        .filter(|_| defined.status == Status::Ok && loaded.status == Status::Ok);
-    let Some(described) = described else {
-        let _ = manager.delete(&session);
-        return Ok(Json(json!({"status": "error", "error": loaded.error})));
+    let session = manager.create_for(caller.owner()).await?.session_id;
+    // A session whose script is not loaded serves nobody: it ends however the load fails.
+    let described = match import(manager, &session, &path, &request.alias).await {
+        Ok(Ok(described)) => described,
+        Ok(Err(error)) => {
+            let _ = manager.delete(&session);
+            return Ok(Json(json!({"status": "error", "error": error})));
+        }
+        Err(e) => {
+            let _ = manager.delete(&session);
+            return Err(e.into());
+        }
     };
     let entry = Loaded {
         alias: request.alias.clone(),
@@ -224,7 +235,10 @@ async fn load(
         info: described["info"].clone(),
         session,
     };
-    if let Some(previous) = scripts.loaded.insert(request.alias.clone(), entry.clone()) {
+    if let Some(previous) = scripts
+        .loaded
+        .insert(key(&caller, &request.alias), entry.clone())
+    {
         let _ = manager.delete(&previous.session);
     }
     Ok(Json(json!({
@@ -235,11 +249,42 @@ async fn load(
     })))
 }
 
-async fn list(State(state): State<AppState>) -> Json<Value> {
+/// Imports the script at `path` into `session` under `alias`: its functions and tool info
+/// (`Ok(Ok(_))`), or the error the script raised (`Ok(Err(_))`).
+async fn import(
+    manager: &SessionManager,
+    session: &str,
+    path: &std::path::Path,
+    alias: &str,
+) -> Result<Result<Value, Option<ErrorInfo>>, crate::Error> {
+    let run = |code: String| ExecRequest {
+        code,
+        ..ExecRequest::default()
+    };
+    let defined = manager
+        .execute(session, &run(JSON_HELPER.to_owned()), None)
+        .await?;
+    if defined.status != Status::Ok {
+        return Ok(Err(defined.error));
+    }
+    let loaded = manager
+        .execute(
+            session,
+            &run(load_cell(&path.to_string_lossy(), alias)),
+            None,
+        )
+        .await?;
+    Ok(json_result(&loaded)
+        .filter(|_| loaded.status == Status::Ok)
+        .ok_or(loaded.error))
+}
+
+async fn list(State(state): State<AppState>, caller: Caller) -> Json<Value> {
     let mut scripts: Vec<Loaded> = state
         .scripts
         .loaded
         .iter()
+        .filter(|e| e.key().0.as_deref() == caller.owner())
         .map(|e| e.value().clone())
         .collect();
     scripts.sort_by(|a, b| a.alias.cmp(&b.alias));
@@ -248,12 +293,13 @@ async fn list(State(state): State<AppState>) -> Json<Value> {
 
 async fn call(
     State(state): State<AppState>,
+    caller: Caller,
     Json(request): Json<CallRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let loaded = state
         .scripts
         .loaded
-        .get(&request.alias)
+        .get(&key(&caller, &request.alias))
         .map(|e| e.value().clone())
         .ok_or_else(|| {
             not_found(
@@ -338,23 +384,44 @@ async fn install_package(
     }
     let code = format!(
         "import subprocess, sys\np = subprocess.run([sys.executable, '-m', 'pip', 'install', '--disable-pip-version-check', {}], capture_output=True, text=True)\nprint(p.stdout[-4000:])\nprint(p.stderr[-4000:], file=sys.stderr)\nraise SystemExit(p.returncode)",
-        literal(name)
+        python_str(name)
     );
+    let timeout = state.scripts.install_timeout;
     let execution = state
         .manager
         .execute_once(
             &ExecRequest {
                 code,
-                timeout: Some(std::time::Duration::from_secs(600)),
+                timeout: Some(timeout),
                 ..ExecRequest::default()
             },
             None,
         )
         .await?;
+    let timeout_ms = timeout.as_millis() as u64;
+    if execution.status == Status::Timeout {
+        let mut error = format!("pip did not finish within {timeout_ms} ms");
+        if timeout < INSTALL_TIMEOUT {
+            error.push_str(&format!(
+                " (installPackage allows {} s; this server's execution.max_timeout_ms caps it)",
+                INSTALL_TIMEOUT.as_secs()
+            ));
+        }
+        return Ok(Json(json!({
+            "status": "error",
+            "error": error,
+            "timeout_ms": timeout_ms,
+            "stdout": execution.stdout,
+            "stderr": execution.stderr,
+        })));
+    }
     if execution.status != Status::Ok {
-        return Ok(Json(
-            json!({"status": "error", "stdout": execution.stdout, "stderr": execution.stderr}),
-        ));
+        return Ok(Json(json!({
+            "status": "error",
+            "timeout_ms": timeout_ms,
+            "stdout": execution.stdout,
+            "stderr": execution.stderr,
+        })));
     }
     // New workers must see the package: the template re-imports from scratch.
     state.manager.restart_template();

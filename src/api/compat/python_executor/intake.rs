@@ -1,0 +1,278 @@
+//! What to run, from either of python-executor's request shapes: the JSON of `/api/v1/eval`,
+//! or the multipart `tar` + `metadata` of `/api/v1/exec/*`. Everything python-executor would
+//! refuse, or that replpool cannot honour, is refused here with a 400 naming it.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::Duration;
+
+use axum::extract::Multipart;
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::error::ExecutorError;
+use crate::SessionManager;
+
+/// python-executor refuses code over 100 KB.
+const MAX_CODE_BYTES: usize = 100 * 1024;
+const DEFAULT_TIMEOUT_SECONDS: u64 = 300;
+const SUPPORTED_VERSIONS: [&str; 4] = ["3.10", "3.11", "3.12", "3.13"];
+
+/// What to run, from either request shape.
+pub struct Job {
+    pub files: Vec<(String, Vec<u8>)>,
+    pub entrypoint: String,
+    pub stdin: Option<String>,
+    pub env: HashMap<String, String>,
+    pub args: Vec<String>,
+    pub timeout: Duration,
+    pub eval_last_expr: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EvalRequest {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    files: Option<Vec<EvalFile>>,
+    #[serde(default)]
+    entrypoint: Option<String>,
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    python_version: Option<String>,
+    #[serde(default)]
+    eval_last_expr: bool,
+    #[serde(default)]
+    config: Option<RunConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EvalFile {
+    name: String,
+    content: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RunConfig {
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Metadata {
+    entrypoint: String,
+    #[serde(default)]
+    docker_image: Option<String>,
+    #[serde(default)]
+    requirements_txt: Option<String>,
+    #[serde(default)]
+    pre_commands: Option<Vec<String>>,
+    #[serde(default)]
+    stdin: Option<String>,
+    #[serde(default)]
+    env_vars: Option<Vec<String>>,
+    #[serde(default)]
+    script_args: Option<Vec<String>>,
+    #[serde(default)]
+    config: Option<RunConfig>,
+}
+
+/// The job of an `/api/v1/eval` request.
+pub fn job_from_eval(manager: &SessionManager, request: EvalRequest) -> Result<Job, ExecutorError> {
+    check_python_version(manager, request.python_version.as_deref())?;
+    let files: Vec<(String, Vec<u8>)> = match (&request.files, &request.code) {
+        (Some(files), _) if !files.is_empty() => files
+            .iter()
+            .map(|f| (f.name.clone(), f.content.clone().into_bytes()))
+            .collect(),
+        (_, Some(code)) => vec![("main.py".to_owned(), code.clone().into_bytes())],
+        _ => {
+            return Err(ExecutorError::bad_request(
+                "either code or files is required",
+            ));
+        }
+    };
+    let size: usize = files.iter().map(|(_, c)| c.len()).sum();
+    if size > MAX_CODE_BYTES {
+        return Err(ExecutorError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("code is {size} bytes; the limit is {MAX_CODE_BYTES}"),
+        ));
+    }
+    let entrypoint = match request.entrypoint {
+        Some(entrypoint) => entrypoint,
+        None if files.iter().any(|(n, _)| n == "main.py") => "main.py".to_owned(),
+        None => files.first().map(|(n, _)| n.clone()).unwrap_or_default(),
+    };
+    check_entrypoint(&files, &entrypoint, "among the files sent")?;
+    Ok(Job {
+        files,
+        entrypoint,
+        stdin: request.stdin,
+        env: HashMap::new(),
+        args: Vec::new(),
+        timeout: timeout_of(request.config.as_ref()),
+        eval_last_expr: request.eval_last_expr,
+    })
+}
+
+/// Refuses an entrypoint that names none of the files sent: python-executor would fail to
+/// open it, where running nothing would report a program that succeeded.
+fn check_entrypoint(
+    files: &[(String, Vec<u8>)],
+    entrypoint: &str,
+    sent_as: &str,
+) -> Result<(), ExecutorError> {
+    if files.iter().any(|(name, _)| name == entrypoint) {
+        return Ok(());
+    }
+    Err(ExecutorError::bad_request(format!(
+        "entrypoint {entrypoint:?} is not {sent_as}"
+    )))
+}
+
+fn timeout_of(config: Option<&RunConfig>) -> Duration {
+    Duration::from_secs(
+        config
+            .and_then(|c| c.timeout_seconds)
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_TIMEOUT_SECONDS),
+    )
+}
+
+/// Only the workers' own Python can run code here.
+fn check_python_version(
+    manager: &SessionManager,
+    requested: Option<&str>,
+) -> Result<(), ExecutorError> {
+    let Some(requested) = requested else {
+        return Ok(());
+    };
+    if !SUPPORTED_VERSIONS.contains(&requested) {
+        return Err(ExecutorError::bad_request(format!(
+            "python_version {requested:?} is not supported (one of {SUPPORTED_VERSIONS:?})"
+        )));
+    }
+    if let Some(ours) = manager.python_version() {
+        let ours_minor: String = ours.split('.').take(2).collect::<Vec<_>>().join(".");
+        if ours_minor != requested {
+            return Err(ExecutorError::bad_request(format!(
+                "python_version {requested} is not available: this server's workers run Python {ours}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub async fn job_from_multipart(mut multipart: Multipart) -> Result<Job, ExecutorError> {
+    let mut archive = None;
+    let mut metadata = None;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ExecutorError::bad_request(format!("malformed multipart body: {e}")))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|e| ExecutorError::bad_request(format!("cannot read field {name}: {e}")))?;
+        match name.as_str() {
+            "tar" => archive = Some(bytes),
+            "metadata" => metadata = Some(bytes),
+            _ => {}
+        }
+    }
+    let archive =
+        archive.ok_or_else(|| ExecutorError::bad_request("the `tar` field is required"))?;
+    let metadata =
+        metadata.ok_or_else(|| ExecutorError::bad_request("the `metadata` field is required"))?;
+    let metadata: Metadata = serde_json::from_slice(&metadata)
+        .map_err(|e| ExecutorError::bad_request(format!("invalid metadata: {e}")))?;
+    for (field, present) in [
+        ("docker_image", metadata.docker_image.is_some()),
+        (
+            "requirements_txt",
+            metadata
+                .requirements_txt
+                .as_deref()
+                .is_some_and(|r| !r.trim().is_empty()),
+        ),
+        (
+            "pre_commands",
+            metadata
+                .pre_commands
+                .as_ref()
+                .is_some_and(|c| !c.is_empty()),
+        ),
+    ] {
+        if present {
+            return Err(ExecutorError::bad_request(format!(
+                "metadata.{field} is not supported: replpool runs code in its own preloaded Python workers, with no image to choose and no package installs"
+            )));
+        }
+    }
+    let mut env = HashMap::new();
+    for var in metadata.env_vars.unwrap_or_default() {
+        let (key, value) = var.split_once('=').ok_or_else(|| {
+            ExecutorError::bad_request(format!("env_vars entry {var:?} is not KEY=value"))
+        })?;
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    let files = unpack(&archive)?;
+    check_entrypoint(&files, &metadata.entrypoint, "in the archive")?;
+    Ok(Job {
+        files,
+        entrypoint: metadata.entrypoint,
+        stdin: metadata.stdin,
+        env,
+        args: metadata.script_args.unwrap_or_default(),
+        timeout: timeout_of(metadata.config.as_ref()),
+        eval_last_expr: false,
+    })
+}
+
+/// The regular files of a tar archive. Links and entries that would land outside the
+/// directory refuse the whole archive.
+fn unpack(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ExecutorError> {
+    let mut files = Vec::new();
+    let mut tar = tar::Archive::new(archive);
+    let entries = tar
+        .entries()
+        .map_err(|e| ExecutorError::bad_request(format!("invalid tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| ExecutorError::bad_request(format!("invalid tar archive: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| ExecutorError::bad_request(format!("invalid path in archive: {e}")))?
+            .to_string_lossy()
+            .into_owned();
+        let path = path.trim_start_matches("./").to_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(ExecutorError::bad_request(format!(
+                "archive entry {path:?} is not a regular file (links are not allowed)"
+            )));
+        }
+        let escapes = path.starts_with('/')
+            || std::path::Path::new(&path)
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        if escapes {
+            return Err(ExecutorError::bad_request(format!(
+                "archive entry {path:?} would be written outside the execution's directory"
+            )));
+        }
+        let mut data = Vec::new();
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| ExecutorError::bad_request(format!("cannot read {path:?}: {e}")))?;
+        files.push((path, data));
+    }
+    Ok(files)
+}

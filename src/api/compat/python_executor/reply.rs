@@ -1,0 +1,164 @@
+//! python-executor's result of an execution, and the translation of replpool's reply into it:
+//! what `status`, `exit_code`, `error_type` and `error_line` a program's outcome is there.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::intake::Job;
+use crate::execution::{Execution, Status};
+
+/// python-executor's ExecutionResult.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecutionResult {
+    pub execution_id: String,
+    /// `pending`, `running`, `completed`, `failed` or `killed`.
+    pub status: &'static str,
+    pub stdout: String,
+    pub stderr: String,
+    pub exit_code: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_line: Option<u32>,
+    /// With `eval_last_expr`: the repr of the last expression, or null.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl ExecutionResult {
+    pub fn pending() -> ExecutionResult {
+        ExecutionResult {
+            execution_id: format!("exe_{}", uuid_like()),
+            status: "pending",
+            stdout: String::new(),
+            stderr: String::new(),
+            exit_code: 0,
+            error: None,
+            error_type: None,
+            error_line: None,
+            result: None,
+            started_at: None,
+            finished_at: None,
+            duration_ms: 0,
+        }
+    }
+}
+
+/// Translates replpool's reply into python-executor's result.
+pub fn fill(result: &mut ExecutionResult, execution: &Execution, job: &Job) {
+    result.stdout = execution.stdout.clone();
+    result.stderr = execution.stderr.clone();
+    if job.eval_last_expr {
+        result.result = Some(
+            execution
+                .result
+                .as_ref()
+                .and_then(|r| r.get("text/plain").cloned())
+                .unwrap_or(Value::Null),
+        );
+    }
+    match (execution.status, &execution.error) {
+        (Status::Ok, _) => {
+            result.status = "completed";
+            result.exit_code = 0;
+        }
+        (Status::Timeout, _) => {
+            result.status = "failed";
+            result.exit_code = 124;
+            result.error = Some(format!(
+                "execution timed out after {} s",
+                job.timeout.as_secs()
+            ));
+            result.error_type = Some("TimeoutError".into());
+        }
+        (Status::Error, Some(error)) if error.ename == "WorkerDied" => {
+            result.status = "failed";
+            result.exit_code = 1;
+            result.error = Some(error.evalue.clone());
+            result.error_type = Some(error.ename.clone());
+        }
+        (Status::Error, Some(error)) => {
+            // The program ran and raised: the service did its job.
+            result.status = "completed";
+            result.exit_code = if error.ename == "SystemExit" {
+                error.evalue.parse().unwrap_or(1)
+            } else {
+                1
+            };
+            for line in &error.traceback {
+                result.stderr.push_str(line);
+                result.stderr.push('\n');
+            }
+            result.error_type = Some(error.ename.clone());
+            result.error_line = error_line(&error.traceback);
+        }
+        (Status::Error, None) => {
+            result.status = "completed";
+            result.exit_code = 1;
+        }
+    }
+}
+
+/// The line of the innermost frame of a traceback (`  File "main.py", line 3, in <module>`).
+fn error_line(traceback: &[String]) -> Option<u32> {
+    traceback.iter().rev().find_map(|line| {
+        let rest = line.trim_start().strip_prefix("File \"")?;
+        let after = &rest[rest.find("\", line ")? + 8..];
+        after
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+pub fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// 128 random bits in the 8-4-4-4-12 form of a UUID.
+fn uuid_like() -> String {
+    let hex = format!("{:032x}", rand::random::<u128>());
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_line_is_the_innermost_frame() {
+        let tb: Vec<String> = [
+            "Traceback (most recent call last):",
+            "  File \"main.py\", line 3, in <module>",
+            "    f()",
+            "  File \"main.py\", line 1, in f",
+            "NameError: name 'x' is not defined",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(error_line(&tb), Some(1));
+        let syntax: Vec<String> = [
+            "  File \"main.py\", line 2",
+            "    x = (",
+            "SyntaxError: '(' was never closed",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(error_line(&syntax), Some(2));
+    }
+}
