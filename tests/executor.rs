@@ -232,22 +232,20 @@ async fn async_execution_then_poll_and_kill() {
     assert_eq!(result["status"], "completed");
     assert_eq!(result["stdout"], "async done\n");
 
+    let (blocker, code) = common::blocker().await;
     let (_, accepted) = submit(
         &api,
         "/api/v1/exec/async",
-        &[("main.py", "import time\ntime.sleep(60)")],
+        &[("main.py", &code)],
         json!({"entrypoint": "main.py"}),
     )
     .await;
     let id = accepted["execution_id"].as_str().expect("id").to_owned();
-    // Kill once it runs (pending ones are killed too, but this is the interesting case).
-    for _ in 0..600 {
-        let (_, result) = api.get(&format!("/api/v1/executions/{id}")).await;
-        if result["status"] == "running" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Killed while it runs (pending ones are killed too, but this is the interesting case):
+    // the program is connected to the blocker, and stays so until the kill.
+    let _held = blocker.accept().await;
+    let (_, result) = api.get(&format!("/api/v1/executions/{id}")).await;
+    assert_eq!(result["status"], "running", "{result}");
     let response = api
         .http
         .delete(api.url(&format!("/api/v1/executions/{id}")))
@@ -386,4 +384,40 @@ async fn executions_belong_to_the_token_that_made_them() {
     assert_eq!(b.delete(&path).await, 404);
     let (status, result) = a.get(&path).await;
     assert_eq!((status, &result["status"]), (200, &json!("completed")));
+}
+
+#[tokio::test]
+async fn a_sync_execution_whose_client_left_still_ends_its_session() {
+    let server = common::Server::start("[pool]\nwarm_workers = 1\n");
+    let api = Api::new(&server.base);
+    let (blocker, code) = common::blocker().await;
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "tar",
+            reqwest::multipart::Part::bytes(tar_of(&[("main.py", &code)])).file_name("files.tar"),
+        )
+        .text("metadata", json!({"entrypoint": "main.py"}).to_string());
+    let request = api.http.post(api.url("/api/v1/exec/sync")).multipart(form);
+    let client = tokio::spawn(async move { request.send().await });
+    let release = blocker.accept().await;
+    // The program runs; its client goes away.
+    client.abort();
+    let _ = client.await;
+    let (_, sessions) = api.get("/v1/sessions").await;
+    assert_eq!(
+        sessions["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{sessions}"
+    );
+    drop(release);
+    let mut ended = false;
+    for _ in 0..500 {
+        let (_, sessions) = api.get("/v1/sessions").await;
+        if sessions["sessions"] == json!([]) {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ended, "the execution's session was left behind");
 }

@@ -243,3 +243,49 @@ async fn an_install_cut_short_by_max_timeout_says_so() {
     );
     assert_eq!(body["timeout_ms"], 100, "{body}");
 }
+
+#[tokio::test]
+async fn a_load_whose_client_left_still_ends_its_session_if_it_fails() {
+    use std::os::unix::fs::PermissionsExt;
+    // A script that blocks at import until the test lets it go, then raises. Not under /tmp,
+    // which each worker has of its own.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("scripts dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let (blocker, code) = common::blocker().await;
+    std::fs::write(
+        dir.path().join("slow.py"),
+        format!("{code}\nraise RuntimeError('cannot load')\n"),
+    )
+    .expect("write the script");
+    let server = common::Server::start(&format!(
+        "[pool]\nwarm_workers = 1\n\n[scripts]\ndir = {:?}\n",
+        dir.path().display().to_string()
+    ));
+    let api = Api::new(&server.base);
+    let request = api
+        .http
+        .post(api.url("/python/load"))
+        .json(&json!({"script_name": "slow", "alias": "slow"}));
+    let client = tokio::spawn(async move { request.send().await });
+    let release = blocker.accept().await;
+    // The import runs; its client goes away, then the import fails.
+    client.abort();
+    let _ = client.await;
+    let (_, sessions) = api.get("/v1/sessions").await;
+    assert_eq!(
+        sessions["sessions"].as_array().map(Vec::len),
+        Some(1),
+        "{sessions}"
+    );
+    drop(release);
+    let mut ended = false;
+    for _ in 0..500 {
+        let (_, sessions) = api.get("/v1/sessions").await;
+        if sessions["sessions"] == json!([]) {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ended, "the load's session was left behind");
+}

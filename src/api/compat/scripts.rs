@@ -214,10 +214,35 @@ async fn load(
             format!("no script {name}.py in {}", scripts.dir.display()),
         ));
     }
+    // A task of its own: a client that goes away must not leave the session behind.
+    let task = tokio::spawn(load_alias(
+        state,
+        key(&caller, &request.alias),
+        name.to_owned(),
+        path,
+    ));
+    task.await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the load's task ended: {e}"),
+        )
+    })?
+}
+
+/// Loads the script at `path` into a new session of the key's owner and keeps it under the
+/// key's alias, replacing (and ending) what was there.
+async fn load_alias(
+    state: AppState,
+    key: AliasKey,
+    script_name: String,
+    path: PathBuf,
+) -> Result<Json<Value>, ApiError> {
     let manager = &state.manager;
-    let session = manager.create_for(caller.owner()).await?.session_id;
+    let (owner, alias) = &key;
+    let session = manager.create_for(owner.as_deref()).await?.session_id;
     // A session whose script is not loaded serves nobody: it ends however the load fails.
-    let described = match import(manager, &session, &path, &request.alias).await {
+    let described = match import(manager, &session, &path, alias).await {
         Ok(Ok(described)) => described,
         Ok(Err(error)) => {
             let _ = manager.delete(&session);
@@ -229,16 +254,13 @@ async fn load(
         }
     };
     let entry = Loaded {
-        alias: request.alias.clone(),
-        script_name: name.to_owned(),
+        alias: alias.clone(),
+        script_name,
         functions: serde_json::from_value(described["functions"].clone()).unwrap_or_default(),
         info: described["info"].clone(),
         session,
     };
-    if let Some(previous) = scripts
-        .loaded
-        .insert(key(&caller, &request.alias), entry.clone())
-    {
+    if let Some(previous) = state.scripts.loaded.insert(key, entry.clone()) {
         let _ = manager.delete(&previous.session);
     }
     Ok(Json(json!({

@@ -72,14 +72,27 @@ async fn exec_sync(
     run_to_the_end(&state, &caller, job).await
 }
 
-/// Runs `job` as a new execution of the caller's and answers with its result.
+/// Runs `job` as a new execution of the caller's and answers with its result. The run is a
+/// task of its own: a client that goes away drops this future, and the run must still end
+/// its session and finish its record.
 async fn run_to_the_end(
     state: &AppState,
     caller: &Caller,
     job: Job,
 ) -> Result<Json<ExecutionResult>, ExecutorError> {
     let record = state.executions.insert(caller.owner());
-    run(&state.manager, caller.owner(), job, &record).await?;
+    let task = {
+        let manager = Arc::clone(&state.manager);
+        let owner = caller.0.clone();
+        let record = Arc::clone(&record);
+        tokio::spawn(async move { run(&manager, owner.as_deref(), job, &record).await })
+    };
+    task.await.map_err(|e| {
+        ExecutorError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the execution's task ended: {e}"),
+        )
+    })??;
     let result = record.lock().result.clone();
     Ok(Json(result))
 }
