@@ -421,3 +421,26 @@ async fn a_sync_execution_whose_client_left_still_ends_its_session() {
     }
     assert!(ended, "the execution's session was left behind");
 }
+
+#[tokio::test]
+async fn a_timeout_above_max_timeout_is_capped_and_the_result_says_so() {
+    let server = common::Server::start(
+        "[pool]\nwarm_workers = 1\n\n[execution]\ndefault_timeout_ms = 1000\nmax_timeout_ms = 1000\n\n[judge]\nrun_timeout_ms = 1000\ncompile_timeout_ms = 1000\n",
+    );
+    let api = Api::new(&server.base);
+    let result = eval(
+        &api,
+        json!({"code": "while True:\n    pass", "config": {"timeout_seconds": 5}}),
+    )
+    .await;
+    assert_eq!(
+        (result["status"].as_str(), result["exit_code"].as_i64()),
+        (Some("failed"), Some(124)),
+        "{result}"
+    );
+    let error = result["error"].as_str().expect("error");
+    assert!(
+        error.contains("after 1 s") && error.contains("execution.max_timeout_ms"),
+        "{error}"
+    );
+}

@@ -25,7 +25,10 @@ pub struct Job {
     pub stdin: Option<String>,
     pub env: HashMap<String, String>,
     pub args: Vec<String>,
+    /// The deadline the program gets: what was asked, at most `execution.max_timeout_ms`.
     pub timeout: Duration,
+    /// What was asked, when more than the server allows.
+    pub capped_from: Option<Duration>,
     pub eval_last_expr: bool,
 }
 
@@ -78,6 +81,18 @@ struct Metadata {
     config: Option<RunConfig>,
 }
 
+impl Job {
+    /// The job with its deadline at most `max` (`execution.max_timeout_ms`, which the core
+    /// would apply anyway), remembering what was asked so that a timeout can say so.
+    pub fn capped_at(mut self, max: Duration) -> Job {
+        if self.timeout > max {
+            self.capped_from = Some(self.timeout);
+            self.timeout = max;
+        }
+        self
+    }
+}
+
 /// The job of an `/api/v1/eval` request.
 pub fn job_from_eval(manager: &SessionManager, request: EvalRequest) -> Result<Job, ExecutorError> {
     check_python_version(manager, request.python_version.as_deref())?;
@@ -113,6 +128,7 @@ pub fn job_from_eval(manager: &SessionManager, request: EvalRequest) -> Result<J
         env: HashMap::new(),
         args: Vec::new(),
         timeout: timeout_of(request.config.as_ref()),
+        capped_from: None,
         eval_last_expr: request.eval_last_expr,
     })
 }
@@ -229,6 +245,7 @@ pub async fn job_from_multipart(mut multipart: Multipart) -> Result<Job, Executo
         env,
         args: metadata.script_args.unwrap_or_default(),
         timeout: timeout_of(metadata.config.as_ref()),
+        capped_from: None,
         eval_last_expr: false,
     })
 }

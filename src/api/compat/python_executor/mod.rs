@@ -59,7 +59,8 @@ async fn eval(
     request: Result<Json<EvalRequest>, Rejected>,
 ) -> Result<Json<ExecutionResult>, ExecutorError> {
     let Json(request) = request?;
-    let job = intake::job_from_eval(&state.manager, request)?;
+    let job =
+        intake::job_from_eval(&state.manager, request)?.capped_at(state.executions.max_timeout());
     run_to_the_end(&state, &caller, job).await
 }
 
@@ -68,7 +69,9 @@ async fn exec_sync(
     caller: Caller,
     multipart: Multipart,
 ) -> Result<Json<ExecutionResult>, ExecutorError> {
-    let job = intake::job_from_multipart(multipart).await?;
+    let job = intake::job_from_multipart(multipart)
+        .await?
+        .capped_at(state.executions.max_timeout());
     run_to_the_end(&state, &caller, job).await
 }
 
@@ -102,7 +105,9 @@ async fn exec_async(
     caller: Caller,
     multipart: Multipart,
 ) -> Result<(StatusCode, Json<Value>), ExecutorError> {
-    let job = intake::job_from_multipart(multipart).await?;
+    let job = intake::job_from_multipart(multipart)
+        .await?
+        .capped_at(state.executions.max_timeout());
     let record = state.executions.insert(caller.owner());
     let id = record.lock().result.execution_id.clone();
     let manager = Arc::clone(&state.manager);

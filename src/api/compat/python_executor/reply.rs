@@ -72,10 +72,14 @@ pub fn fill(result: &mut ExecutionResult, execution: &Execution, job: &Job) {
         (Status::Timeout, _) => {
             result.status = "failed";
             result.exit_code = 124;
-            result.error = Some(format!(
-                "execution timed out after {} s",
-                job.timeout.as_secs()
-            ));
+            let mut error = format!("execution timed out after {}", seconds(job.timeout));
+            if let Some(asked) = job.capped_from {
+                error.push_str(&format!(
+                    " (of the {} asked: this server's execution.max_timeout_ms caps it)",
+                    seconds(asked)
+                ));
+            }
+            result.error = Some(error);
             result.error_type = Some("TimeoutError".into());
         }
         (Status::Error, Some(error)) if error.ename == "WorkerDied" => {
@@ -117,6 +121,11 @@ fn error_line(traceback: &[String]) -> Option<u32> {
             .parse()
             .ok()
     })
+}
+
+/// `5 s`, or `1.5 s` where the milliseconds matter.
+fn seconds(duration: std::time::Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
 }
 
 pub fn now() -> String {

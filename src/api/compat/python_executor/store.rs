@@ -15,6 +15,8 @@ use super::reply::{ExecutionResult, now};
 pub struct Executions {
     records: DashMap<String, Entry>,
     ttl: Duration,
+    /// `execution.max_timeout_ms`: the longest deadline a program gets.
+    max_timeout: Duration,
 }
 
 struct Entry {
@@ -75,15 +77,23 @@ impl Record {
 }
 
 impl Executions {
-    pub fn new(ttl: Duration) -> Executions {
+    pub fn new(ttl: Duration, max_timeout: Duration) -> Executions {
         Executions {
             records: DashMap::new(),
             ttl,
+            max_timeout,
         }
     }
 
     pub fn from_config(config: &crate::Config) -> Executions {
-        Executions::new(Duration::from_secs(config.executor.keep_secs))
+        Executions::new(
+            Duration::from_secs(config.executor.keep_secs),
+            Duration::from_millis(config.execution.max_timeout_ms),
+        )
+    }
+
+    pub fn max_timeout(&self) -> Duration {
+        self.max_timeout
     }
 
     /// A new `pending` execution of `owner`'s. Expired records are pruned on the way.
@@ -128,7 +138,7 @@ mod tests {
 
     #[test]
     fn finished_records_expire_and_owners_see_only_their_own() {
-        let store = Executions::new(Duration::ZERO);
+        let store = Executions::new(Duration::ZERO, Duration::from_secs(1));
         let record = store.insert(Some("token-0"));
         let id = record.lock().result.execution_id.clone();
         assert!(store.get(&id, Some("token-1")).is_none());
@@ -146,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_kill_ends_once() {
-        let store = Executions::new(Duration::from_secs(60));
+        let store = Executions::new(Duration::from_secs(60), Duration::from_secs(1));
         let record = store.insert(None);
         record.lock().start("s1".into());
         assert_eq!(record.lock().kill().as_deref(), Some("s1"));
