@@ -1,4 +1,4 @@
-//! The code judge's `POST /execute` (seed 000), with the seed's own test payloads.
+//! The code judge's `POST /execute`, with the payloads of the judge server's own tests.
 
 mod common;
 
