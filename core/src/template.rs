@@ -262,12 +262,13 @@ impl Template {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         spec.prepare(&mut command);
-        let mut child = reaper::children()
-            .spawn(|| command.spawn(), tokio::process::Child::id)
-            .map_err(|source| WorkerError::Spawn {
-                python: spec.python.display().to_string(),
-                source,
-            })?;
+        let mut child =
+            reaper::children()
+                .spawn(&mut command)
+                .map_err(|source| WorkerError::Spawn {
+                    python: spec.python.display().to_string(),
+                    source,
+                })?;
         let pid = child.id().unwrap_or_default();
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(drain_stderr(pid, stderr, new_stderr_tail()));

@@ -16,7 +16,7 @@ use futures::{SinkExt, StreamExt};
 use nix::sys::signal::Signal;
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -273,12 +273,13 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         spec.prepare(&mut command);
-        let mut child = reaper::children()
-            .spawn(|| command.spawn(), Child::id)
-            .map_err(|source| WorkerError::Spawn {
-                python: spec.python.display().to_string(),
-                source,
-            })?;
+        let mut child =
+            reaper::children()
+                .spawn(&mut command)
+                .map_err(|source| WorkerError::Spawn {
+                    python: spec.python.display().to_string(),
+                    source,
+                })?;
         let pid = child.id().unwrap_or_default();
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
