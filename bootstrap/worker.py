@@ -719,14 +719,6 @@ class Worker:
             elif op == "attach":
                 self.attach(request)
                 self.protocol.send({"op": "done", "id": rid, "status": "ok"})
-            elif op == "reset":
-                self.reset()
-                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
-            elif op == "ping":
-                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
-            elif op == "shutdown":
-                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
-                return
             else:
                 self.protocol.send(
                     {

@@ -394,10 +394,6 @@ impl SessionManager {
         self.sandbox.cgroup_dirs()
     }
 
-    pub fn sessions_dir(&self) -> &Path {
-        &self.sessions_dir
-    }
-
     /// A fresh directory under the server's state directory, removed when dropped, for what
     /// one-shot executions of one request share (a judge's compiled program: made by one
     /// session's user, run by others). Like `/tmp`: anyone may add files, only their owner

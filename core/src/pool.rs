@@ -68,10 +68,6 @@ impl WarmPool {
         pool
     }
 
-    pub fn spec(&self) -> &WorkerSpec {
-        &self.spec
-    }
-
     /// A ready worker: from the pool if one is there, else started now.
     pub async fn acquire(&self) -> Result<Worker, WorkerError> {
         loop {

@@ -9,7 +9,6 @@
 //! (see [`crate::cold`]), and the first reply after the loss says `session_reset: true`.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -208,10 +207,6 @@ impl Session {
 
     pub fn id(&self) -> &str {
         &self.id
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 
     pub fn owner(&self) -> Option<&str> {
