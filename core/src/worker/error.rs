@@ -1,5 +1,6 @@
 //! How a worker can fail.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use super::Interrupt;
@@ -20,8 +21,16 @@ pub enum WorkerError {
     Died { reason: String, stderr: String },
     #[error("the worker did not stop after an interrupt{}", .1.map(|why| format!(" ({why})")).unwrap_or_default())]
     Unresponsive(Interrupt, Option<&'static str>),
+    /// The worker said something the protocol does not allow.
     #[error("worker protocol error: {0}")]
     Protocol(String),
+    /// A system call on the worker's pipes, pidfd or cgroup failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: Cow<'static, str>,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the template is not running")]
     TemplateDown,
     #[error("the code used more than {seconds} s of CPU time and ignored the limit")]
@@ -29,6 +38,12 @@ pub enum WorkerError {
 }
 
 impl WorkerError {
+    /// Makes a [`WorkerError::Io`] saying what was being done, for `map_err`.
+    pub fn io(context: impl Into<Cow<'static, str>>) -> impl FnOnce(std::io::Error) -> WorkerError {
+        let context = context.into();
+        move |source| WorkerError::Io { context, source }
+    }
+
     /// The worker never got to run anything.
     pub fn is_start_failure(&self) -> bool {
         matches!(

@@ -115,7 +115,7 @@ impl Worker {
         let stderr_tail = new_stderr_tail();
         tokio::spawn(drain_stderr(pid, stderr, Arc::clone(&stderr_tail)));
         let process = Process::spawned(child)
-            .map_err(|e| WorkerError::Protocol(format!("cannot watch worker {pid}: {e}")))?;
+            .map_err(WorkerError::io(format!("cannot watch worker {pid}")))?;
         Worker::handshake(
             process,
             Box::new(stdout),
@@ -235,11 +235,9 @@ impl Worker {
         let cwd = dir
             .to_str()
             .ok_or_else(|| WorkerError::Protocol("session directory is not UTF-8".into()))?;
-        sandbox.enter(self.pid).map_err(|e| {
-            WorkerError::Protocol(format!(
-                "cannot move the worker into the session's cgroup: {e}"
-            ))
-        })?;
+        sandbox.enter(self.pid).map_err(WorkerError::io(
+            "cannot move the worker into the session's cgroup",
+        ))?;
         let user = sandbox.credentials().map(|c| protocol::AttachUser {
             uid: c.uid,
             gid: c.gid,
@@ -274,7 +272,7 @@ impl Worker {
         if let Err(e) = self.writer.send(Bytes::from(body)).await {
             // A broken pipe means the worker is gone; say how it went.
             return Err(self
-                .died_or(WorkerError::Protocol(format!("cannot send request: {e}")))
+                .died_or(WorkerError::io("cannot send a request")(e))
                 .await);
         }
         Ok(())
@@ -334,7 +332,7 @@ impl Worker {
         match self.reader.next().await {
             Some(Ok(bytes)) => serde_json::from_slice(&bytes)
                 .map_err(|e| WorkerError::Protocol(format!("malformed frame: {e}"))),
-            Some(Err(e)) => Err(WorkerError::Protocol(format!("cannot read frame: {e}"))),
+            Some(Err(e)) => Err(WorkerError::io("cannot read a frame")(e)),
             None => Err(self
                 .died_or(WorkerError::Protocol("pipe closed".into()))
                 .await),
