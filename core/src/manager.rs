@@ -315,7 +315,9 @@ impl SessionManager {
         let id = format!("once-{:016x}", rand::random::<u64>());
         let (dir, sandbox) = self.session_dir(&id)?;
         let session = Session::new(id, None, dir, sandbox, Arc::clone(&self.workers));
-        session.execute(request, events).await
+        let execution = session.execute(request, events).await;
+        session.end("was a one-shot execution, now over");
+        execution
     }
 
     /// A session's directory and its share of the sandbox (the directory is removed again
@@ -345,7 +347,9 @@ impl SessionManager {
     /// Makes the template start over (after a package install): new workers import afresh.
     /// Idle pooled workers are dropped too.
     pub fn restart_template(&self) {
-        self.workers.pool.drain();
+        self.workers
+            .pool
+            .drain("idle before the template restarted (a package was installed)");
         self.workers.pool.restart_template();
     }
 
@@ -382,7 +386,7 @@ impl SessionManager {
     /// Stops the pool and ends every session and worker.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
-        self.workers.pool.drain();
+        self.workers.pool.drain("the server is shutting down");
         let ids: Vec<String> = self.sessions.iter().map(|s| s.key().clone()).collect();
         for id in ids {
             let _ = self.end(&id, "ended at shutdown");
@@ -417,7 +421,7 @@ impl SessionManager {
             .remove(id)
             .ok_or_else(|| Error::SessionNotFound(id.to_owned()))?;
         self.reserved.lock().release(session.owner());
-        session.close();
+        session.end(why);
         tracing::info!(session = %id, "session {why}");
         Ok(())
     }

@@ -79,6 +79,8 @@ pub struct Worker {
     stderr_tail: StderrTail,
     next_id: u64,
     python_version: String,
+    /// [`Worker::kill`] ended it (and said why); otherwise `Drop` does.
+    killed: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -142,23 +144,34 @@ impl Worker {
             stderr_tail,
             next_id: 1,
             python_version: String::new(),
+            killed: false,
         };
         let pid = worker.pid;
-        match tokio::time::timeout(spec.start_timeout, worker.next_frame()).await {
-            Err(_) => Err(WorkerError::StartTimeout(spec.start_timeout)),
-            Ok(Err(e)) => Err(e),
+        let failed = match tokio::time::timeout(spec.start_timeout, worker.next_frame()).await {
+            Err(_) => WorkerError::StartTimeout(spec.start_timeout),
+            Ok(Err(e)) => e,
             Ok(Ok(Frame::Ready {
                 python, preload_ms, ..
             })) => {
                 tracing::debug!(pid, preload_ms, "worker ready");
                 worker.python_version = python;
-                Ok(worker)
+                return Ok(worker);
             }
-            Ok(Ok(Frame::Fatal { error })) => Err(WorkerError::Preload(error)),
-            Ok(Ok(other)) => Err(WorkerError::Protocol(format!(
-                "expected a ready frame, got {other:?}"
-            ))),
-        }
+            Ok(Ok(Frame::Fatal { error })) => WorkerError::Preload(error),
+            Ok(Ok(other)) => {
+                WorkerError::Protocol(format!("expected a ready frame, got {other:?}"))
+            }
+        };
+        worker.kill(&format!("it did not start: {failed}"));
+        Err(failed)
+    }
+
+    /// Ends the worker and everything in its process group, saying why in the log: the way a
+    /// worker is meant to end. (One dropped without this is killed all the same.)
+    pub fn kill(mut self, reason: &str) {
+        tracing::info!(pid = self.pid, "worker killed: {reason}");
+        self.process.kill_group();
+        self.killed = true;
     }
 
     pub fn pid(&self) -> u32 {
@@ -353,5 +366,18 @@ impl Worker {
     fn stderr_tail(&self) -> String {
         let tail = self.stderr_tail.lock();
         tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Worker {
+    /// The safety net: a worker nobody killed is killed with its process (see
+    /// [`Process`]'s `Drop`), so nothing outlives its handle.
+    fn drop(&mut self) {
+        if !self.killed {
+            tracing::debug!(
+                pid = self.pid,
+                "worker dropped without being killed; killing it"
+            );
+        }
     }
 }
