@@ -106,9 +106,16 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// `{"error": {"code", "message"}}`: the body of an error reply, or of an SSE `error` event.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = self.body();
         (self.status, Json(body)).into_response()
     }
 }
