@@ -23,13 +23,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
-use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::Process;
 use crate::protocol::ErrorInfo;
-use crate::reaper;
 use crate::worker::{Worker, WorkerError, WorkerSpec, drain_stderr, new_stderr_tail};
 
 /// How long a fork request may take before the template is deemed stuck (and restarted).
@@ -253,21 +251,7 @@ impl Template {
             .map_err(WorkerError::io("socket pair"))?;
         let socket = UnixDatagram::from_std(ours).map_err(WorkerError::io("socket pair"))?;
         let spec = &self.spec;
-        let mut command = Command::new(&spec.python);
-        command
-            .arg(&spec.script)
-            .arg(spec.settings(true).to_string())
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        spec.prepare(&mut command);
-        let mut child =
-            reaper::children()
-                .spawn(&mut command)
-                .map_err(|source| WorkerError::Spawn {
-                    python: spec.python.display().to_string(),
-                    source,
-                })?;
+        let mut child = spec.spawn(true, Stdio::from(OwnedFd::from(theirs)), Stdio::null())?;
         let pid = child.id().unwrap_or_default();
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(drain_stderr(pid, stderr, new_stderr_tail()));

@@ -13,7 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::process::Command;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
@@ -23,7 +22,6 @@ use super::stderr_tail::{StderrTail, drain_stderr, new_stderr_tail};
 use super::{WorkerError, WorkerSpec};
 use crate::process::{self, Process};
 use crate::protocol::{self, Done, Frame, MimeBundle, Request, StreamName};
-use crate::reaper;
 use crate::sandbox::SessionSandbox;
 
 /// Output that arrives while a cell runs, for callers that stream it.
@@ -93,21 +91,7 @@ impl Worker {
     /// Starts a worker process directly (`python worker.py`) and waits until its preload is
     /// done.
     pub async fn start(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
-        let mut command = Command::new(&spec.python);
-        command
-            .arg(&spec.script)
-            .arg(spec.settings(false).to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        spec.prepare(&mut command);
-        let mut child =
-            reaper::children()
-                .spawn(&mut command)
-                .map_err(|source| WorkerError::Spawn {
-                    python: spec.python.display().to_string(),
-                    source,
-                })?;
+        let mut child = spec.spawn(false, Stdio::piped(), Stdio::piped())?;
         let pid = child.id().unwrap_or_default();
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())

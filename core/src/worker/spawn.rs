@@ -1,12 +1,15 @@
 //! What a worker is started with, and what every process started for Python gets before exec.
 
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
+use super::WorkerError;
+use crate::reaper;
 use crate::sandbox::{Isolation, SyscallFilter};
 
 /// Everything needed to start a worker; shared by the pool and the cold runner.
@@ -86,10 +89,7 @@ impl WorkerSpec {
 
     /// What every process the server starts for Python gets: the environment, its own process
     /// group, the death signal tied to the server, and the resource limits.
-    ///
-    /// The command must be spawned on a runtime worker thread, never in `spawn_blocking`: the
-    /// death signal is tied to the thread that forks, and blocking-pool threads exit when idle.
-    pub fn prepare(&self, command: &mut Command) {
+    fn prepare(&self, command: &mut Command) {
         let threads = self.blas_threads.to_string();
         command
             .current_dir(&self.cwd)
@@ -121,5 +121,27 @@ impl WorkerSpec {
                 isolation.apply()
             });
         }
+    }
+
+    /// Starts `python worker.py` as a worker or (`template`) the template, through the
+    /// reaper's registry, with the protocol on `stdin`/`stdout` and its stderr piped.
+    ///
+    /// Call it on a runtime worker thread, never in `spawn_blocking`: the death signal is tied
+    /// to the thread that forks, and blocking-pool threads exit when idle.
+    pub fn spawn(&self, template: bool, stdin: Stdio, stdout: Stdio) -> Result<Child, WorkerError> {
+        let mut command = Command::new(&self.python);
+        command
+            .arg(&self.script)
+            .arg(self.settings(template).to_string())
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped());
+        self.prepare(&mut command);
+        reaper::children()
+            .spawn(&mut command)
+            .map_err(|source| WorkerError::Spawn {
+                python: self.python.display().to_string(),
+                source,
+            })
     }
 }
