@@ -368,7 +368,7 @@ mod tests {
         std::fs::write(
             &slow,
             format!(
-                "#!/bin/sh\nsleep {}\nexec {python} \"$@\"\n",
+                "#!/bin/sh\nsleep {}\nexec '{python}' \"$@\"\n",
                 grace.as_secs_f64() * 2.0
             ),
         )
