@@ -30,6 +30,12 @@ import time
 import traceback
 import types
 
+# =================================================================================================
+# Protocol
+# Length-prefixed JSON frames over the worker's private copies of its pipes.
+# =================================================================================================
+
+
 WORKER_FILE = os.path.abspath(__file__)
 HEADER = struct.Struct(">I")
 READ_CHUNK = 1 << 20
@@ -94,6 +100,13 @@ class Protocol:
             while view:
                 written = os.write(self.wfd, view)
                 view = view[written:]
+
+
+# =================================================================================================
+# Capture
+# Where a cell's output goes: fds 1 and 2 are pipes drained by one thread into the current
+# execution's sink; sys.stdout/sys.stderr and fds 0-2 are put back at each cell.
+# =================================================================================================
 
 
 class Sink:
@@ -314,6 +327,13 @@ class Stdio:
                 setattr(sys, f"__{name}__", ours)
 
 
+# =================================================================================================
+# Cells: user code, its limits, its value
+# When user code runs (signals raise only then), the CPU-time limit, and rich display
+# (mime bundles, figures).
+# =================================================================================================
+
+
 class CPUTimeLimitExceeded(BaseException):
     """The cell used more CPU time than its limit (a BaseException, like KeyboardInterrupt, so
     that `except Exception` in user code does not swallow it)."""
@@ -475,6 +495,12 @@ def hook_pyplot():
         pyplot.show = show_figures
 
 
+# =================================================================================================
+# Errors
+# Exceptions made into bounded, interruptible `error` replies.
+# =================================================================================================
+
+
 # A traceback shows at most this many frames from its start and from its end (unbounded
 # recursion has a frame per level: a million of them took 36 s to format), each line at most
 # TRACEBACK_LINE_CHARS, all of it at most TRACEBACK_CHARS.
@@ -614,6 +640,12 @@ def format_exception_bounded(exc, tb):
     return te.format()
 
 
+# =================================================================================================
+# Cells: running one, and the worker's request loop
+# run_cell, a request's stdin, and the Worker that serves `exec` and `attach`.
+# =================================================================================================
+
+
 def run_cell(code, namespace, filename):
     """Runs code like a notebook cell; returns the value of a final expression (or None)."""
     # Registering the source lets tracebacks show the offending lines.
@@ -719,14 +751,6 @@ class Worker:
             elif op == "attach":
                 self.attach(request)
                 self.protocol.send({"op": "done", "id": rid, "status": "ok"})
-            elif op == "reset":
-                self.reset()
-                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
-            elif op == "ping":
-                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
-            elif op == "shutdown":
-                self.protocol.send({"op": "done", "id": rid, "status": "ok"})
-                return
             else:
                 self.protocol.send(
                     {
@@ -860,6 +884,12 @@ class Worker:
         return data
 
 
+# =================================================================================================
+# Start-up: the preload and a plain worker's main
+# The base namespace every session copies, and `python worker.py` started directly.
+# =================================================================================================
+
+
 def build_base_namespace(preload, best_effort=False, log=None):
     """Imports the preload list (`module` or `module as alias`, as in an import statement).
 
@@ -962,6 +992,13 @@ def worker_main(settings):
         return 1
     server_pid = int(settings.get("server_pid") or os.getppid())
     return serve_worker(protocol, base, devnull, started, server_pid, syscall_filter=settings.get("seccomp"))
+
+
+# =================================================================================================
+# Zygote (template)
+# One preloaded process that only forks workers, and the tie of a forked worker to the
+# server.
+# =================================================================================================
 
 
 class Template:
@@ -1134,6 +1171,13 @@ class ParentTie:
         self.tied = True
 
 
+# =================================================================================================
+# Sandbox set-up
+# Done by the worker itself, as root and single-threaded, before any user code: its own
+# /tmp, the seccomp filter, the session's user, the death signal, fresh random seeds.
+# =================================================================================================
+
+
 def private_tmp(settings):
     """Gives this worker (so its session) a /tmp, a /var/tmp and a /dev/shm of its own: fresh
     tmpfs mounts in a mount namespace of its own. Sessions run as different users in one
@@ -1255,6 +1299,11 @@ def reseed():
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()
+
+
+# =================================================================================================
+# Entry point
+# =================================================================================================
 
 
 def main():

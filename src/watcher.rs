@@ -37,7 +37,7 @@ pub fn start(dirs: &[PathBuf]) -> std::io::Result<std::process::ChildStdin> {
             Ok(())
         });
     }
-    let mut child = replpool::reaper::children().spawn(|| command.spawn(), |c| Some(c.id()))?;
+    let mut child = replpool::reaper::children().spawn(&mut command)?;
     child
         .stdin
         .take()

@@ -41,7 +41,14 @@ impl ColdRunner {
     ) -> Result<CellOutcome, WorkerError> {
         let mut worker = Worker::start(&self.spec).await?;
         tracing::info!(pid = worker.pid(), "running cold");
-        worker.attach(dir, sandbox).await?;
-        worker.execute(cell, events, interrupt).await
+        let outcome = match worker.attach(dir, sandbox).await {
+            Ok(()) => worker.execute(cell, events, interrupt).await,
+            Err(e) => Err(e),
+        };
+        worker.kill(match &outcome {
+            Ok(_) => "its cold execution is over",
+            Err(_) => "its cold execution failed",
+        });
+        outcome
     }
 }

@@ -4,6 +4,7 @@
 //! `status: "error"`. These are the service's own refusals and failures.
 
 use crate::files::FileError;
+use crate::sandbox::SandboxError;
 use crate::worker::WorkerError;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +29,23 @@ pub enum Error {
     ShuttingDown,
     #[error(transparent)]
     File(#[from] FileError),
-    #[error("sandbox: {0}")]
-    Sandbox(String),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// The server could not do something with its own files.
+    #[error("internal error: {context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl Error {
+    /// Makes an [`Error::Io`] saying what was being done, for `map_err`.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
 }

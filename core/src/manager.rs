@@ -70,23 +70,24 @@ impl SessionManager {
     /// called inside a tokio runtime.
     pub fn start(config: &Config) -> Result<Arc<SessionManager>, Error> {
         state_dir::remove_abandoned();
-        let state_dir = StateDir::create()
-            .map_err(|e| Error::Internal(format!("cannot create the state directory: {e}")))?;
+        let state_dir =
+            StateDir::create().map_err(Error::io("cannot create the state directory"))?;
         let script = state_dir.path().join("worker.py");
         std::fs::write(&script, WORKER_SCRIPT)
-            .map_err(|e| Error::Internal(format!("cannot write {}: {e}", script.display())))?;
+            .map_err(Error::io(format!("cannot write {}", script.display())))?;
         // Canonical, so that the files API can compare resolved paths against it.
         let sessions_dir = std::fs::canonicalize(state_dir.path())
-            .map_err(|e| Error::Internal(format!("cannot resolve the state directory: {e}")))?
+            .map_err(Error::io("cannot resolve the state directory"))?
             .join("sessions");
-        std::fs::create_dir(&sessions_dir).map_err(|e| {
-            Error::Internal(format!("cannot create {}: {e}", sessions_dir.display()))
-        })?;
+        std::fs::create_dir(&sessions_dir).map_err(Error::io(format!(
+            "cannot create {}",
+            sessions_dir.display()
+        )))?;
         // Workers of other users pass through to their own session directories (mode 0700
         // each), but cannot list who else is there.
         for dir in [state_dir.path(), &sessions_dir] {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
-                .map_err(|e| Error::Internal(format!("cannot open {}: {e}", dir.display())))?;
+                .map_err(Error::io(format!("cannot open {}", dir.display())))?;
         }
         let sandbox = Sandbox::setup(config, &[sessions_dir.clone(), config.scripts.dir.clone()])?;
         // Before any worker starts: their mount namespaces are copies of ours, and must
@@ -314,7 +315,9 @@ impl SessionManager {
         let id = format!("once-{:016x}", rand::random::<u64>());
         let (dir, sandbox) = self.session_dir(&id)?;
         let session = Session::new(id, None, dir, sandbox, Arc::clone(&self.workers));
-        session.execute(request, events).await
+        let execution = session.execute(request, events).await;
+        session.end("was a one-shot execution, now over");
+        execution
     }
 
     /// A session's directory and its share of the sandbox (the directory is removed again
@@ -322,15 +325,13 @@ impl SessionManager {
     /// the server mounts those.
     fn session_dir(&self, id: &str) -> Result<(SessionDir, SessionSandbox), Error> {
         let mut dir = SessionDir::create(&self.sessions_dir, id)
-            .map_err(|e| Error::Internal(format!("cannot create the session directory: {e}")))?;
+            .map_err(Error::io("cannot create the session directory"))?;
         let sandbox = self.session_sandbox(id, dir.path())?;
         if self.quota_mounts
             && let Some(owner) = sandbox.credentials()
         {
             dir.mount_quota(self.workers.limits.files.max_total_bytes, owner)
-                .map_err(|e| {
-                    Error::Internal(format!("cannot mount the session's filesystem: {e}"))
-                })?;
+                .map_err(Error::io("cannot mount the session's filesystem"))?;
         }
         Ok((dir, sandbox))
     }
@@ -340,12 +341,15 @@ impl SessionManager {
         self.sandbox
             .session(dir)
             .inspect_err(|e| tracing::warn!(session = %id, "refused: {e}"))
+            .map_err(Error::from)
     }
 
     /// Makes the template start over (after a package install): new workers import afresh.
     /// Idle pooled workers are dropped too.
     pub fn restart_template(&self) {
-        self.workers.pool.drain();
+        self.workers
+            .pool
+            .drain("idle before the template restarted (a package was installed)");
         self.workers.pool.restart_template();
     }
 
@@ -382,7 +386,7 @@ impl SessionManager {
     /// Stops the pool and ends every session and worker.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
-        self.workers.pool.drain();
+        self.workers.pool.drain("the server is shutting down");
         let ids: Vec<String> = self.sessions.iter().map(|s| s.key().clone()).collect();
         for id in ids {
             let _ = self.end(&id, "ended at shutdown");
@@ -394,10 +398,6 @@ impl SessionManager {
         self.sandbox.cgroup_dirs()
     }
 
-    pub fn sessions_dir(&self) -> &Path {
-        &self.sessions_dir
-    }
-
     /// A fresh directory under the server's state directory, removed when dropped, for what
     /// one-shot executions of one request share (a judge's compiled program: made by one
     /// session's user, run by others). Like `/tmp`: anyone may add files, only their owner
@@ -406,12 +406,12 @@ impl SessionManager {
         let dir = tempfile::Builder::new()
             .prefix("scratch-")
             .tempdir_in(&self.sessions_dir)
-            .map_err(|e| Error::Internal(format!("cannot create a directory: {e}")))?;
+            .map_err(Error::io("cannot create a directory"))?;
         std::fs::set_permissions(
             dir.path(),
             std::os::unix::fs::PermissionsExt::from_mode(0o1733),
         )
-        .map_err(|e| Error::Internal(format!("cannot open a directory: {e}")))?;
+        .map_err(Error::io("cannot open a directory"))?;
         Ok(dir)
     }
 
@@ -421,7 +421,7 @@ impl SessionManager {
             .remove(id)
             .ok_or_else(|| Error::SessionNotFound(id.to_owned()))?;
         self.reserved.lock().release(session.owner());
-        session.close();
+        session.end(why);
         tracing::info!(session = %id, "session {why}");
         Ok(())
     }

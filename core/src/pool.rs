@@ -68,10 +68,6 @@ impl WarmPool {
         pool
     }
 
-    pub fn spec(&self) -> &WorkerSpec {
-        &self.spec
-    }
-
     /// A ready worker: from the pool if one is there, else started now.
     pub async fn acquire(&self) -> Result<Worker, WorkerError> {
         loop {
@@ -84,6 +80,7 @@ impl WarmPool {
                         return Ok(worker);
                     }
                     tracing::warn!(pid = worker.pid(), "idle pooled worker had died; discarded");
+                    worker.kill("it died while idle in the pool");
                 }
                 None => {
                     self.taken.notify_one();
@@ -166,9 +163,12 @@ impl WarmPool {
         }
     }
 
-    /// Ends every idle worker (at shutdown, or when they are stale).
-    pub fn drain(&self) {
-        self.ready.lock().clear();
+    /// Ends every idle worker (at shutdown, or when they are stale), saying why.
+    pub fn drain(&self, why: &str) {
+        let idle = std::mem::take(&mut *self.ready.lock());
+        for worker in idle {
+            worker.kill(why);
+        }
         self.taken.notify_one();
     }
 

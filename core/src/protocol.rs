@@ -48,13 +48,6 @@ pub enum Request<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         user: Option<AttachUser>,
     },
-    /// A fresh copy of the base namespace.
-    Reset {
-        id: u64,
-    },
-    Ping {
-        id: u64,
-    },
 }
 
 /// The user a worker becomes when it is attached (the server runs as root).
@@ -70,10 +63,7 @@ pub struct AttachUser {
 impl Request<'_> {
     pub fn id(&self) -> u64 {
         match self {
-            Request::Exec { id, .. }
-            | Request::Attach { id, .. }
-            | Request::Reset { id }
-            | Request::Ping { id } => *id,
+            Request::Exec { id, .. } | Request::Attach { id, .. } => *id,
         }
     }
 }

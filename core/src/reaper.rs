@@ -6,9 +6,11 @@
 //! worker dies; a sweep then kills and reaps every child of the server that it did not spawn
 //! itself. So nothing user code starts outlives its session by more than a sweep interval.
 //!
-//! The registry of the server's own children is process-wide, like the subreaper flag. Spawns
-//! go through [`ChildRegistry::spawn`], which holds the registry lock across the fork, so a sweep
-//! can never mistake a worker that is being born for an orphan. Workers forked by the template
+//! The registry of the server's own children is process-wide, like the subreaper flag. Every
+//! spawn goes through [`ChildRegistry::spawn`] (or [`ChildRegistry::output`], which uses it),
+//! which holds the registry lock across the fork, so a sweep can never mistake a child that is
+//! being born for an orphan. It is the only way in: the core's `clippy.toml` forbids
+//! `Command::spawn`, `output` and `status` everywhere else, std's and tokio's alike. Workers forked by the template
 //! become the server's children by re-parenting, a moment before the server learns their pid
 //! and [adopts](ChildRegistry::adopt) them; so a sweep ends an unknown child only once it has
 //! been unknown for [`ORPHAN_GRACE`].
@@ -45,19 +47,67 @@ pub fn children() -> &'static ChildRegistry {
     REGISTRY.get_or_init(ChildRegistry::default)
 }
 
+/// A command the registry can start: std's (a process the server waits for at once, or one
+/// that outlives it) or tokio's (workers, the template).
+pub trait Spawnable {
+    type Child;
+    fn start(&mut self) -> std::io::Result<Self::Child>;
+    fn pid(child: &Self::Child) -> Option<u32>;
+}
+
+impl Spawnable for std::process::Command {
+    type Child = std::process::Child;
+
+    #[allow(clippy::disallowed_methods)] // the one place it is allowed
+    fn start(&mut self) -> std::io::Result<Self::Child> {
+        self.spawn()
+    }
+
+    fn pid(child: &Self::Child) -> Option<u32> {
+        Some(child.id())
+    }
+}
+
+impl Spawnable for tokio::process::Command {
+    type Child = tokio::process::Child;
+
+    #[allow(clippy::disallowed_methods)] // the one place it is allowed
+    fn start(&mut self) -> std::io::Result<Self::Child> {
+        self.spawn()
+    }
+
+    fn pid(child: &Self::Child) -> Option<u32> {
+        child.id()
+    }
+}
+
 impl ChildRegistry {
-    /// Spawns with `spawn` and records the child's pid, atomically with respect to sweeps.
-    pub fn spawn<T>(
-        &self,
-        spawn: impl FnOnce() -> std::io::Result<T>,
-        pid_of: impl Fn(&T) -> Option<u32>,
-    ) -> std::io::Result<T> {
+    /// Spawns `command` and records the child's pid, atomically with respect to sweeps. The
+    /// owner of the child calls [`forget`](Self::forget) once it has ended it.
+    pub fn spawn<C: Spawnable>(&self, command: &mut C) -> std::io::Result<C::Child> {
         let mut ours = self.ours.lock();
-        let child = spawn()?;
-        if let Some(pid) = pid_of(&child) {
+        let child = command.start()?;
+        if let Some(pid) = C::pid(&child) {
             ours.insert(pid);
         }
         Ok(child)
+    }
+
+    /// Runs `command` to its end (no stdin; stdout and stderr captured), on the calling
+    /// thread, and forgets it once reaped.
+    pub fn output(
+        &self,
+        command: &mut std::process::Command,
+    ) -> std::io::Result<std::process::Output> {
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let child = self.spawn(command)?;
+        let pid = child.id();
+        let output = child.wait_with_output();
+        self.forget(pid);
+        output
     }
 
     /// Whether orphans of this process's descendants come back to it (and forked workers can

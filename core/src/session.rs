@@ -9,7 +9,6 @@
 //! (see [`crate::cold`]), and the first reply after the loss says `session_reset: true`.
 
 use std::collections::VecDeque;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -210,10 +209,6 @@ impl Session {
         &self.id
     }
 
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
     pub fn owner(&self) -> Option<&str> {
         self.owner.as_deref()
     }
@@ -297,7 +292,12 @@ impl Session {
         let Ok(mut slot) = self.slot.try_lock() else {
             return false;
         };
-        slot.worker = None;
+        let why = format!(
+            "the session's code used {used:.1} s of CPU time in the last minute while no cell \
+             was running, over its budget of {budget} s (limits.background_cpu_seconds_per_minute); \
+             its worker and everything it started were ended"
+        );
+        kill_worker(&mut slot, &why);
         // The worker's own group is gone with it; this ends what left the group too.
         self.sandbox.kill_all();
         {
@@ -305,12 +305,8 @@ impl Session {
             background.window.clear();
             background.last = None;
         }
-        slot.reset_reason = Some(format!(
-            "the session's code used {used:.1} s of CPU time in the last minute while no cell \
-             was running, over its budget of {budget} s (limits.background_cpu_seconds_per_minute); \
-             its worker and everything it started were ended"
-        ));
-        self.lose_worker(&mut slot);
+        slot.reset_reason = Some(why);
+        self.lose_worker(&mut slot, "over its background CPU budget");
         true
     }
 
@@ -331,7 +327,7 @@ impl Session {
             && !worker.is_alive()
         {
             tracing::warn!(pid = worker.pid(), "session worker died while idle");
-            self.lose_worker(&mut slot);
+            self.lose_worker(&mut slot, "it died while idle");
         }
         if slot.worker.is_none() {
             self.take_replacement(&mut slot).await;
@@ -384,7 +380,7 @@ impl Session {
             }
         };
         let Some((mode, outcome)) = ran else {
-            *slot = Slot::default(); // kills the worker mid-cell
+            end_slot(&mut slot, "its session ended during an execution");
             return Err(Error::SessionClosed);
         };
         *self.last_used.lock() = (SystemTime::now(), Instant::now());
@@ -405,7 +401,7 @@ impl Session {
                 // behind the caller's back; the reply says what happened.
                 tracing::warn!("worker lost during execution: {e}");
                 if mode == Mode::Warm {
-                    self.lose_worker(&mut slot);
+                    self.lose_worker(&mut slot, &format!("lost during an execution: {e}"));
                 }
                 let (status, error) = lost_worker_error(&e, timeout);
                 Execution::without_reply(status, error, count, elapsed)
@@ -529,7 +525,7 @@ impl Session {
             slot = self.slot.lock() => slot,
             _ = self.closed.cancelled() => return Err(Error::SessionClosed),
         };
-        slot.worker = None;
+        kill_worker(&mut slot, "its session was reset");
         self.worker_pid.store(0, Ordering::Release);
         self.take_replacement(&mut slot).await;
         // The caller asked for it: no reply needs to announce it.
@@ -546,18 +542,19 @@ impl Session {
         running
     }
 
-    /// Ends the session: a running execution is abandoned and the worker killed.
-    pub fn close(&self) {
+    /// Ends the session, saying why: a running execution is abandoned (it kills the worker
+    /// as it stops), an idle worker is killed here, and no replacement is prepared.
+    pub fn end(&self, why: &str) {
         self.closed.cancel();
         if let Ok(mut slot) = self.slot.try_lock() {
-            *slot = Slot::default();
+            end_slot(&mut slot, &format!("its session {why}"));
         }
         self.worker_pid.store(0, Ordering::Release);
     }
 
-    /// Drops the worker (killing it) and starts preparing another.
-    fn lose_worker(&self, slot: &mut Slot) {
-        slot.worker = None;
+    /// Kills the worker, saying why, and starts preparing another.
+    fn lose_worker(&self, slot: &mut Slot, why: &str) {
+        kill_worker(slot, why);
         slot.unreported_reset = true;
         self.worker_pid.store(0, Ordering::Release);
         self.prepare_replacement(slot);
@@ -613,6 +610,19 @@ impl Session {
         }
         Ok(ticket)
     }
+}
+
+/// Kills the slot's worker, if it has one.
+fn kill_worker(slot: &mut Slot, why: &str) {
+    if let Some(worker) = slot.worker.take() {
+        worker.kill(why);
+    }
+}
+
+/// Empties the slot for good: kills its worker and abandons a replacement being prepared.
+fn end_slot(slot: &mut Slot, why: &str) {
+    kill_worker(slot, why);
+    *slot = Slot::default();
 }
 
 fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) {

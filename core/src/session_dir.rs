@@ -44,15 +44,15 @@ impl SessionDir {
 
 impl Drop for SessionDir {
     fn drop(&mut self) {
-        if self.own_fs
-            && let Err(e) = mounts::unmount(&self.path)
-        {
-            tracing::warn!("cannot unmount {}: {e}", self.path.display());
-        }
-        // What code left there can be up to the quota, so the removal leaves the async
-        // threads when there are any.
+        // What code left there can be up to the quota (freed by the unmount of its own
+        // filesystem, or removed file by file), so both leave the async threads when there
+        // are any.
         let path = std::mem::take(&mut self.path);
+        let own_fs = self.own_fs;
         let remove = move || {
+            if own_fs && let Err(e) = mounts::unmount(&path) {
+                tracing::warn!("cannot unmount {}: {e}", path.display());
+            }
             if let Err(e) = std::fs::remove_dir_all(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {

@@ -23,13 +23,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::io::Interest;
 use tokio::net::UnixDatagram;
-use tokio::process::Command;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::Process;
 use crate::protocol::ErrorInfo;
-use crate::reaper;
 use crate::worker::{Worker, WorkerError, WorkerSpec, drain_stderr, new_stderr_tail};
 
 /// How long a fork request may take before the template is deemed stuck (and restarted).
@@ -141,15 +139,15 @@ impl Template {
         self.status.lock().forks += 1;
         let forked_after = asked.elapsed();
         let process = Process::forked(pid)
-            .map_err(|e| WorkerError::Protocol(format!("cannot watch forked worker {pid}: {e}")))?;
+            .map_err(WorkerError::io(format!("cannot watch forked worker {pid}")))?;
         let stderr_tail = new_stderr_tail();
         let log = tokio::net::unix::pipe::Receiver::from_owned_fd(ours.log)
-            .map_err(|e| WorkerError::Protocol(format!("log pipe: {e}")))?;
+            .map_err(WorkerError::io("log pipe"))?;
         tokio::spawn(drain_stderr(pid, log, Arc::clone(&stderr_tail)));
         let writer = tokio::net::unix::pipe::Sender::from_owned_fd(ours.requests)
-            .map_err(|e| WorkerError::Protocol(format!("request pipe: {e}")))?;
+            .map_err(WorkerError::io("request pipe"))?;
         let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(ours.replies)
-            .map_err(|e| WorkerError::Protocol(format!("reply pipe: {e}")))?;
+            .map_err(WorkerError::io("reply pipe"))?;
         let worker = Worker::handshake(
             process,
             Box::new(reader),
@@ -247,38 +245,24 @@ impl Template {
 
     /// Starts a template process and waits until its preload is done.
     async fn launch(&self) -> Result<(Process, UnixDatagram), WorkerError> {
-        let (ours, theirs) = std::os::unix::net::UnixDatagram::pair()
-            .map_err(|e| WorkerError::Protocol(format!("socket pair: {e}")))?;
+        let (ours, theirs) =
+            std::os::unix::net::UnixDatagram::pair().map_err(WorkerError::io("socket pair"))?;
         ours.set_nonblocking(true)
-            .map_err(|e| WorkerError::Protocol(format!("socket pair: {e}")))?;
-        let socket = UnixDatagram::from_std(ours)
-            .map_err(|e| WorkerError::Protocol(format!("socket pair: {e}")))?;
+            .map_err(WorkerError::io("socket pair"))?;
+        let socket = UnixDatagram::from_std(ours).map_err(WorkerError::io("socket pair"))?;
         let spec = &self.spec;
-        let mut command = Command::new(&spec.python);
-        command
-            .arg(&spec.script)
-            .arg(spec.settings(true).to_string())
-            .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        spec.prepare(&mut command);
-        let mut child = reaper::children()
-            .spawn(|| command.spawn(), tokio::process::Child::id)
-            .map_err(|source| WorkerError::Spawn {
-                python: spec.python.display().to_string(),
-                source,
-            })?;
+        let mut child = spec.spawn(true, Stdio::from(OwnedFd::from(theirs)), Stdio::null())?;
         let pid = child.id().unwrap_or_default();
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(drain_stderr(pid, stderr, new_stderr_tail()));
         }
-        let process = Process::spawned(child)
-            .map_err(|e| WorkerError::Protocol(format!("cannot watch the template: {e}")))?;
+        let process =
+            Process::spawned(child).map_err(WorkerError::io("cannot watch the template"))?;
         let mut buf = vec![0u8; 64 * 1024];
         let received = tokio::time::timeout(spec.start_timeout, socket.recv(&mut buf)).await;
         let n = match received {
             Err(_) => return Err(WorkerError::StartTimeout(spec.start_timeout)),
-            Ok(Err(e)) => return Err(WorkerError::Protocol(format!("template socket: {e}"))),
+            Ok(Err(e)) => return Err(WorkerError::io("template socket")(e)),
             Ok(Ok(n)) => n,
         };
         match serde_json::from_slice::<Reply>(&buf[..n]) {

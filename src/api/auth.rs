@@ -13,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::error::ErrorCode;
 use super::{ApiError, AppState};
 
 /// The configured tokens.
@@ -90,7 +91,7 @@ pub async fn require_token(
             tracing::warn!(path = %request.uri().path(), "refused: missing or unknown token");
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "this server needs `Authorization: Bearer <token>`",
             )
             .into_response()

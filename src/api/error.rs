@@ -1,5 +1,5 @@
 //! Every service error becomes `{"error": {"code", "message"}}` with its status, here and
-//! nowhere else.
+//! nowhere else; every code a client can see is an [`ErrorCode`], written once.
 
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
@@ -10,6 +10,81 @@ use serde_json::json;
 use crate::Error;
 use crate::files::FileError;
 
+/// The codes of the API's errors: the strings clients see and may match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    CodeTooLarge,
+    FileNotFound,
+    FileTooLarge,
+    FilesBusy,
+    Internal,
+    InvalidJson,
+    InvalidPath,
+    InvalidQuery,
+    InvalidRequest,
+    IsADirectory,
+    MethodNotAllowed,
+    NotARegularFile,
+    NotFound,
+    PayloadTooLarge,
+    QueueFull,
+    QuotaExceeded,
+    RequestTimeout,
+    SandboxUnavailable,
+    SessionClosed,
+    SessionNotFound,
+    ShuttingDown,
+    StdinTooLarge,
+    TooManySessions,
+    Unauthorized,
+    UnsupportedMediaType,
+    WorkerUnavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::CodeTooLarge => "code_too_large",
+            ErrorCode::FileNotFound => "file_not_found",
+            ErrorCode::FileTooLarge => "file_too_large",
+            ErrorCode::FilesBusy => "files_busy",
+            ErrorCode::Internal => "internal",
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::IsADirectory => "is_a_directory",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::NotARegularFile => "not_a_regular_file",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::SandboxUnavailable => "sandbox_unavailable",
+            ErrorCode::SessionClosed => "session_closed",
+            ErrorCode::SessionNotFound => "session_not_found",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::StdinTooLarge => "stdin_too_large",
+            ErrorCode::TooManySessions => "too_many_sessions",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::WorkerUnavailable => "worker_unavailable",
+        }
+    }
+}
+
+// The compatibility surfaces still name their own codes as string literals (they are being
+// moved to `api/compat/`); once they use `ErrorCode` too, `ApiError::new` takes only an
+// `ErrorCode` and this conversion goes.
+impl From<ErrorCode> for &'static str {
+    fn from(code: ErrorCode) -> &'static str {
+        code.as_str()
+    }
+}
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -18,49 +93,66 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError {
             status,
-            code,
+            code: code.into(),
             message: message.into(),
         }
     }
 }
 
+impl ApiError {
+    /// `{"error": {"code", "message"}}`: the body of an error reply, or of an SSE `error` event.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = self.body();
         (self.status, Json(body)).into_response()
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        use ErrorCode as C;
         let (status, code) = match &e {
-            Error::SessionNotFound(_) => (StatusCode::NOT_FOUND, "session_not_found"),
-            Error::TooManySessions { .. } => (StatusCode::SERVICE_UNAVAILABLE, "too_many_sessions"),
+            Error::SessionNotFound(_) => (StatusCode::NOT_FOUND, C::SessionNotFound),
+            Error::TooManySessions { .. } => (StatusCode::SERVICE_UNAVAILABLE, C::TooManySessions),
             Error::TooManySessionsForOwner { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "too_many_sessions")
+                (StatusCode::TOO_MANY_REQUESTS, C::TooManySessions)
             }
-            Error::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, "queue_full"),
-            Error::SessionClosed => (StatusCode::CONFLICT, "session_closed"),
-            Error::CodeTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "code_too_large"),
-            Error::StdinTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "stdin_too_large"),
-            Error::WorkerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "worker_unavailable"),
-            Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            Error::Sandbox(_) => (StatusCode::SERVICE_UNAVAILABLE, "sandbox_unavailable"),
+            Error::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, C::QueueFull),
+            Error::SessionClosed => (StatusCode::CONFLICT, C::SessionClosed),
+            Error::CodeTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, C::CodeTooLarge),
+            Error::StdinTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, C::StdinTooLarge),
+            Error::WorkerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, C::WorkerUnavailable),
+            Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, C::ShuttingDown),
+            Error::Internal(_) | Error::Io { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, C::Internal)
+            }
+            Error::Sandbox(sandbox) if sandbox.is_internal() => {
+                (StatusCode::INTERNAL_SERVER_ERROR, C::Internal)
+            }
+            Error::Sandbox(_) => (StatusCode::SERVICE_UNAVAILABLE, C::SandboxUnavailable),
             Error::File(file) => match file {
-                FileError::InvalidPath { .. } => (StatusCode::BAD_REQUEST, "invalid_path"),
-                FileError::IsADirectory(_) => (StatusCode::BAD_REQUEST, "is_a_directory"),
-                FileError::NotARegularFile(_) => (StatusCode::BAD_REQUEST, "not_a_regular_file"),
-                FileError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "files_busy"),
-                FileError::NotFound(_) => (StatusCode::NOT_FOUND, "file_not_found"),
-                FileError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "file_too_large"),
+                FileError::InvalidPath { .. } => (StatusCode::BAD_REQUEST, C::InvalidPath),
+                FileError::IsADirectory(_) => (StatusCode::BAD_REQUEST, C::IsADirectory),
+                FileError::NotARegularFile(_) => (StatusCode::BAD_REQUEST, C::NotARegularFile),
+                FileError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, C::FilesBusy),
+                FileError::NotFound(_) => (StatusCode::NOT_FOUND, C::FileNotFound),
+                FileError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, C::FileTooLarge),
                 FileError::QuotaExceeded { .. } => {
-                    (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded")
+                    (StatusCode::INSUFFICIENT_STORAGE, C::QuotaExceeded)
                 }
-                FileError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+                FileError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, C::Internal),
             },
         };
         ApiError::new(status, code, e.to_string())
@@ -72,7 +164,7 @@ impl From<Error> for ApiError {
 fn body_timeout() -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
-        "request_timeout",
+        ErrorCode::RequestTimeout,
         "the request body did not arrive in time (server.body_read_timeout_ms)",
     )
 }
@@ -96,19 +188,20 @@ impl From<JsonRejection> for ApiError {
             return body_timeout();
         }
         let (status, code) = match &rejection {
-            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            JsonRejection::JsonSyntaxError(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidJson),
             JsonRejection::JsonDataError(_) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request")
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidRequest)
             }
-            JsonRejection::MissingJsonContentType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
+            JsonRejection::MissingJsonContentType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
             JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(_))
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
             {
-                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
             }
-            _ => (rejection.status(), "bad_request"),
+            _ => (rejection.status(), ErrorCode::BadRequest),
         };
         ApiError::new(status, code, rejection.body_text())
     }
@@ -118,7 +211,7 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_query",
+            ErrorCode::InvalidQuery,
             rejection.body_text(),
         )
     }
@@ -130,9 +223,9 @@ impl From<BytesRejection> for ApiError {
             return body_timeout();
         }
         let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
+            ErrorCode::PayloadTooLarge
         } else {
-            "bad_request"
+            ErrorCode::BadRequest
         };
         ApiError::new(rejection.status(), code, rejection.body_text())
     }
@@ -141,7 +234,7 @@ impl From<BytesRejection> for ApiError {
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!("no route for {}", uri.path()),
     )
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::Caller;
+use super::error::ErrorCode;
 use super::json::Json;
 use super::{ApiError, AppState, stream};
 use crate::execution::{ExecRequest, Execution};
@@ -66,7 +67,7 @@ impl TryFrom<ExecuteBody> for ExecRequest {
         if body.timeout_ms == Some(0) {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_request",
+                ErrorCode::InvalidRequest,
                 "timeout_ms must be greater than 0",
             ));
         }
@@ -97,9 +98,9 @@ async fn create_session(
     if !body.iter().all(u8::is_ascii_whitespace) {
         serde_json::from_slice::<CreateSessionBody>(&body).map_err(|e| {
             let code = if e.is_data() {
-                "invalid_request"
+                ErrorCode::InvalidRequest
             } else {
-                "invalid_json"
+                ErrorCode::InvalidJson
             };
             let status = if e.is_data() {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -242,7 +243,7 @@ async fn execute_once(
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not take that method",
     )
 }

@@ -63,7 +63,7 @@ fn final_event(done: Result<Result<Execution, Error>, oneshot::error::RecvError>
 }
 
 fn error_event(error: &ApiError) -> Event {
-    Event::default().event("error").data(
-        serde_json::json!({"error": {"code": error.code, "message": error.message}}).to_string(),
-    )
+    Event::default()
+        .event("error")
+        .data(error.body().to_string())
 }

@@ -125,13 +125,7 @@ impl Isolation {
         if !self.covers.is_empty() {
             // Nothing done here may reach the machine's (or the server's) mount table; what
             // the server mounts later (a session's tmpfs) still comes in: a slave.
-            mount(
-                None::<&CStr>,
-                c"/",
-                None::<&CStr>,
-                MsFlags::MS_REC | MsFlags::MS_SLAVE,
-                None::<&CStr>,
-            )?;
+            super::mounts::make_root_slave()?;
             for cover in &self.covers {
                 cover.apply()?;
             }

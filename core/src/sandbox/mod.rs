@@ -7,6 +7,7 @@
 //! session (the `attach` request) is where it becomes the session's user, for good.
 
 pub mod cgroup;
+mod error;
 pub mod isolation;
 pub mod mounts;
 pub mod seccomp;
@@ -19,8 +20,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::config::{Config, Network};
-use crate::error::Error;
+use crate::reaper;
 pub use cgroup::{CgroupLimits, Cgroups, Counters, SessionCgroup};
+pub use error::SandboxError;
 pub use isolation::Isolation;
 pub use seccomp::SyscallFilter;
 pub use uids::{Credentials, UidLease, UidPool};
@@ -43,17 +45,11 @@ pub struct Sandbox {
 impl Sandbox {
     /// `needed`: directories the workers must be able to reach (the state directory, the
     /// scripts); the Python installation is found by asking the interpreter.
-    pub fn setup(config: &Config, needed: &[PathBuf]) -> Result<Sandbox, Error> {
+    pub fn setup(config: &Config, needed: &[PathBuf]) -> Result<Sandbox, SandboxError> {
         let root = nix::unistd::geteuid().is_root();
         let sandbox = &config.sandbox;
-        let fail = |message: String| Error::Sandbox(message);
         if sandbox.network == Network::None && !root {
-            return Err(fail(
-                "sandbox.network = \"none\" gives workers a network namespace of their own, which \
-                 needs the server to run as root; run it as root, or set sandbox.network = \"host\" \
-                 to let user code reach the network"
-                    .into(),
-            ));
+            return Err(SandboxError::NetworkNeedsRoot);
         }
         let uids = if !root || sandbox.user.is_empty() {
             if !root {
@@ -63,12 +59,11 @@ impl Sandbox {
             }
             None
         } else {
-            let user =
-                uids::lookup_user(&sandbox.user).map_err(|e| fail(format!("sandbox.user: {e}")))?;
+            let user = uids::lookup_user(&sandbox.user).map_err(SandboxError::User)?;
             match config
                 .sandbox
                 .session_uid_range()
-                .map_err(|e| fail(e.to_string()))?
+                .map_err(SandboxError::UidRange)?
             {
                 Some((first, last)) => Some(UidPool::range(first, last, user.gid)),
                 None => Some(UidPool::shared(user)),
@@ -84,12 +79,12 @@ impl Sandbox {
         if probe_user.is_some() {
             reach.extend(python_paths(&config.python.executable)?);
         }
-        let isolation =
-            Isolation::new(sandbox.network == Network::None, &reach, probe_user).map_err(fail)?;
+        let isolation = Isolation::new(sandbox.network == Network::None, &reach, probe_user)
+            .map_err(SandboxError::Isolation)?;
         // For every server, root or not: it takes nothing user code needs, and an embedding
         // program's workers should not make namespaces or use io_uring either.
         let syscall_filter = seccomp::worker_filter()
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(SandboxError::SyscallFilter)?
             .map(Arc::new);
         if syscall_filter.is_none() {
             tracing::warn!(
@@ -161,12 +156,10 @@ impl Sandbox {
     }
 
     /// A session's share: a uid, its directory made its own (mode 0700), a cgroup.
-    pub fn session(&self, dir: &Path) -> Result<SessionSandbox, Error> {
+    pub fn session(&self, dir: &Path) -> Result<SessionSandbox, SandboxError> {
         let lease = match &self.uids {
             None => None,
-            Some(pool) => Some(pool.lease().ok_or_else(|| {
-                Error::Sandbox("every uid of sandbox.session_uids is in use".into())
-            })?),
+            Some(pool) => Some(pool.lease().ok_or(SandboxError::NoFreeUid)?),
         };
         if let Some(lease) = &lease {
             let c = lease.credentials();
@@ -174,17 +167,12 @@ impl Sandbox {
                 .and_then(|()| {
                     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
                 })
-                .map_err(|e| {
-                    Error::Internal(format!("cannot give the session its directory: {e}"))
-                })?;
+                .map_err(SandboxError::SessionDir)?;
         }
-        let cgroup =
-            match &self.cgroups {
-                None => None,
-                Some(cgroups) => Some(cgroups.session().map_err(|e| {
-                    Error::Internal(format!("cannot make the session's cgroup: {e}"))
-                })?),
-            };
+        let cgroup = match &self.cgroups {
+            None => None,
+            Some(cgroups) => Some(cgroups.session().map_err(SandboxError::SessionCgroup)?),
+        };
         Ok(SessionSandbox {
             lease,
             cgroup,
@@ -318,29 +306,32 @@ fn outermost_under_tmp(paths: &[PathBuf]) -> Vec<PathBuf> {
 }
 
 /// The directories of the interpreter's installation and of its `sys.path`, as it reports
-/// them.
-fn python_paths(python: &Path) -> Result<Vec<PathBuf>, Error> {
-    let output = std::process::Command::new(python)
-        .args([
-            "-I",
-            "-c",
-            "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]))",
-        ])
-        .output()
-        .map_err(|e| Error::Sandbox(format!("cannot run {}: {e}", python.display())))?;
+/// them. The interpreter is one of the server's children, known to the orphan sweep.
+fn python_paths(python: &Path) -> Result<Vec<PathBuf>, SandboxError> {
+    let mut command = std::process::Command::new(python);
+    command.args([
+        "-I",
+        "-c",
+        "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]))",
+    ]);
+    let output =
+        reaper::children()
+            .output(&mut command)
+            .map_err(|source| SandboxError::PythonSpawn {
+                python: python.to_owned(),
+                source,
+            })?;
     if !output.status.success() {
-        return Err(Error::Sandbox(format!(
-            "{} failed to report its paths: {}",
-            python.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        return Err(SandboxError::PythonFailed {
+            python: python.to_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
     }
-    let paths: Vec<String> = serde_json::from_slice(&output.stdout).map_err(|e| {
-        Error::Sandbox(format!(
-            "{} reported its paths unreadably: {e}",
-            python.display()
-        ))
-    })?;
+    let paths: Vec<String> =
+        serde_json::from_slice(&output.stdout).map_err(|source| SandboxError::PythonPaths {
+            python: python.to_owned(),
+            source,
+        })?;
     let mut dirs: Vec<PathBuf> = paths
         .into_iter()
         .filter(|p| !p.is_empty())
@@ -361,6 +352,43 @@ fn python_paths(python: &Path) -> Result<Vec<PathBuf>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The interpreter asked for its paths is one of the server's children like any other: an
+    /// orphan sweep that runs meanwhile (the server sweeps from before the sandbox is set up)
+    /// leaves it alone, however long it takes to answer.
+    #[test]
+    fn an_orphan_sweep_leaves_the_interpreter_asked_for_its_paths_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let python = std::env::var("REPLPOOL_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Slower to answer than a sweep's grace for unknown children.
+        let slow = dir.path().join("slow-python");
+        let grace = crate::reaper::ORPHAN_GRACE + crate::reaper::SWEEP_INTERVAL;
+        std::fs::write(
+            &slow,
+            format!(
+                "#!/bin/sh\nsleep {}\nexec '{python}' \"$@\"\n",
+                grace.as_secs_f64() * 2.0
+            ),
+        )
+        .expect("write");
+        std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let answered = AtomicBool::new(false);
+        let paths = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !answered.load(Ordering::Acquire) {
+                    crate::reaper::children().sweep();
+                    std::thread::sleep(crate::reaper::SWEEP_INTERVAL / 5);
+                }
+            });
+            let paths = python_paths(&slow);
+            answered.store(true, Ordering::Release);
+            paths
+        });
+        let paths = paths.expect("the interpreter reports its paths");
+        assert!(paths.iter().any(|p| p.join("json").is_dir()), "{paths:?}");
+    }
 
     #[test]
     fn only_the_outermost_paths_under_tmp_are_kept() {

@@ -29,13 +29,7 @@ static PRIVATE: AtomicBool = AtomicBool::new(false);
 /// Needs root (CAP_SYS_ADMIN); where it fails, sessions' quotas are measured, not enforced.
 pub fn enter_private_namespace() -> std::io::Result<()> {
     unshare(CloneFlags::CLONE_NEWNS)?;
-    mount(
-        None::<&CStr>,
-        c"/",
-        None::<&CStr>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&CStr>,
-    )?;
+    make_root_slave()?;
     PRIVATE.store(true, Ordering::Release);
     Ok(())
 }
@@ -85,4 +79,17 @@ pub fn mount_tmpfs(dir: &Path, size_bytes: u64, uid: u32, gid: u32) -> std::io::
 pub fn unmount(dir: &Path) -> std::io::Result<()> {
     umount2(dir, MntFlags::MNT_DETACH)?;
     Ok(())
+}
+
+/// Makes every mount of the calling process's (new) mount namespace a slave: nothing mounted
+/// here reaches the namespace it was copied from, while mounts made there still come in.
+/// Async-signal-safe (one system call, no allocation): also used between fork and exec.
+pub fn make_root_slave() -> nix::Result<()> {
+    mount(
+        None::<&CStr>,
+        c"/",
+        None::<&CStr>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&CStr>,
+    )
 }

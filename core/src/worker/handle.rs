@@ -1,142 +1,28 @@
-//! One Python worker process, driven over its protocol pipes.
+//! The handle of one Python worker process, driven over its protocol pipes.
 //!
-//! The handle owns the process: it starts it (its own process group, tied to the server's
-//! life with `PR_SET_PDEATHSIG`), waits for the ready handshake, sends requests, reads replies,
-//! enforces deadlines (SIGINT first, then the caller kills), notices death, and kills the
-//! whole process group when dropped, so nothing the worker started outlives it.
+//! The handle owns the process: it starts it (see [`super::spawn`]), waits for the ready
+//! handshake, sends requests, reads replies, enforces deadlines (SIGINT first, then the caller
+//! kills), notices death, and kills the whole process group when it is killed or dropped, so
+//! nothing the worker started outlives it.
 
-use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use nix::sys::signal::Signal;
-use parking_lot::Mutex;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec};
 
+use super::cpu_watch::cpu_ceiling_reached;
+use super::stderr_tail::{StderrTail, drain_stderr, new_stderr_tail};
+use super::{WorkerError, WorkerSpec};
 use crate::process::{self, Process};
-use crate::protocol::{self, Done, ErrorInfo, Frame, MimeBundle, Request, StreamName};
-use crate::reaper;
-use crate::sandbox::{Isolation, SessionSandbox, SyscallFilter};
-
-/// CPU seconds past the cell's limit before the server ends a worker whose code lifted its
-/// soft limit (or ignores CPUTimeLimitExceeded), and how often it looks.
-const CPU_CEILING_GRACE: f64 = 2.0;
-const CPU_CEILING_POLL: Duration = Duration::from_secs(1);
-
-/// How many lines of a worker's own stderr are kept to explain its failure.
-const STDERR_TAIL_LINES: usize = 30;
-
-/// Everything needed to start a worker; shared by the pool and the cold runner.
-#[derive(Debug, Clone)]
-pub struct WorkerSpec {
-    pub python: PathBuf,
-    pub script: PathBuf,
-    /// Working directory of a worker not yet attached to a session.
-    pub cwd: PathBuf,
-    pub preload: Vec<String>,
-    pub blas_threads: u32,
-    pub max_frame_bytes: usize,
-    pub start_timeout: Duration,
-    pub limits: ResourceLimits,
-    /// A cold worker imports what it can of the preload instead of failing on a bad entry.
-    pub cold: bool,
-    /// The namespaces and filesystem view every process started for Python gets.
-    pub isolation: Arc<Isolation>,
-    /// A /tmp and /dev/shm of each worker's own (workers of different users must not share
-    /// them); made by the worker itself, while it is still root and has one thread.
-    pub private_tmp: Option<PrivateTmp>,
-    /// The seccomp filter each worker installs on itself before it runs user code.
-    pub syscall_filter: Option<Arc<SyscallFilter>>,
-}
-
-/// What a worker needs to make its own /tmp: the directories under /tmp it must still reach
-/// (the server's state directory, a venv that lives there), and the size of the tmpfs.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PrivateTmp {
-    pub keep: Vec<PathBuf>,
-    pub size_bytes: u64,
-}
-
-/// Per-process limits, set between fork and exec so that user code inherits them and cannot
-/// raise them past the hard limit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ResourceLimits {
-    /// RLIMIT_AS: beyond it allocations fail (a MemoryError in Python).
-    pub address_space_bytes: Option<u64>,
-    /// RLIMIT_FSIZE: writing past it fails with EFBIG (Python ignores SIGXFSZ).
-    pub file_size_bytes: Option<u64>,
-    /// RLIMIT_NOFILE.
-    pub open_files: Option<u64>,
-}
-
-impl ResourceLimits {
-    fn apply(&self) -> std::io::Result<()> {
-        use nix::sys::resource::{Resource, setrlimit};
-        let limits = [
-            (Resource::RLIMIT_AS, self.address_space_bytes),
-            (Resource::RLIMIT_FSIZE, self.file_size_bytes),
-            (Resource::RLIMIT_NOFILE, self.open_files),
-        ];
-        for (resource, limit) in limits {
-            if let Some(limit) = limit {
-                setrlimit(resource, limit, limit)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("cannot start the Python worker `{python}`: {source}")]
-    Spawn {
-        python: String,
-        source: std::io::Error,
-    },
-    #[error("the worker did not become ready within {0:?}")]
-    StartTimeout(Duration),
-    #[error("the worker's preload failed: {}: {}", .0.ename, .0.evalue)]
-    Preload(ErrorInfo),
-    #[error("the worker died ({reason}){}", stderr_suffix(.stderr))]
-    Died { reason: String, stderr: String },
-    #[error("the worker did not stop after an interrupt{}", .1.map(|why| format!(" ({why})")).unwrap_or_default())]
-    Unresponsive(Interrupt, Option<&'static str>),
-    #[error("worker protocol error: {0}")]
-    Protocol(String),
-    #[error("the template is not running")]
-    TemplateDown,
-    #[error("the code used more than {seconds} s of CPU time and ignored the limit")]
-    CpuCeiling { seconds: u64 },
-}
-
-impl WorkerError {
-    /// The worker never got to run anything.
-    pub fn is_start_failure(&self) -> bool {
-        matches!(
-            self,
-            WorkerError::Spawn { .. }
-                | WorkerError::StartTimeout(_)
-                | WorkerError::Preload(_)
-                | WorkerError::TemplateDown
-        )
-    }
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.is_empty() {
-        String::new()
-    } else {
-        format!("; its stderr ended with: {stderr}")
-    }
-}
+use crate::protocol::{self, Done, Frame, MimeBundle, Request, StreamName};
+use crate::sandbox::SessionSandbox;
 
 /// Output that arrives while a cell runs, for callers that stream it.
 #[derive(Debug, Clone)]
@@ -183,13 +69,6 @@ pub struct CellOutcome {
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
 type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// The last lines of a worker's own stderr, to explain its failure.
-pub type StderrTail = Arc<Mutex<VecDeque<String>>>;
-
-pub fn new_stderr_tail() -> StderrTail {
-    Arc::new(Mutex::new(VecDeque::new()))
-}
-
 pub struct Worker {
     process: Process,
     pid: u32,
@@ -198,6 +77,8 @@ pub struct Worker {
     stderr_tail: StderrTail,
     next_id: u64,
     python_version: String,
+    /// [`Worker::kill`] ended it (and said why); otherwise `Drop` does.
+    killed: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -206,79 +87,11 @@ impl std::fmt::Debug for Worker {
     }
 }
 
-impl WorkerSpec {
-    /// The settings `worker.py` takes as its argument, for a worker or (`template`) the
-    /// template.
-    pub fn settings(&self, template: bool) -> serde_json::Value {
-        serde_json::json!({
-            "template": template,
-            "preload": self.preload,
-            "max_frame_bytes": self.max_frame_bytes,
-            "cold": self.cold,
-            "server_pid": std::process::id(),
-            "private_tmp": self.private_tmp,
-            "seccomp": self.syscall_filter.as_deref(),
-        })
-    }
-
-    /// What every process the server starts for Python gets: the environment, its own process
-    /// group, the death signal tied to the server, and the resource limits.
-    ///
-    /// The command must be spawned on a runtime worker thread, never in `spawn_blocking`: the
-    /// death signal is tied to the thread that forks, and blocking-pool threads exit when idle.
-    pub fn prepare(&self, command: &mut Command) {
-        let threads = self.blas_threads.to_string();
-        command
-            .current_dir(&self.cwd)
-            .env("MPLBACKEND", "Agg")
-            .env("OPENBLAS_NUM_THREADS", &threads)
-            .env("OMP_NUM_THREADS", &threads)
-            .env("MKL_NUM_THREADS", &threads)
-            .env("PYTHONUNBUFFERED", "1")
-            // Marks the worker and everything it starts as this server's (for tests and ops).
-            .env("REPLPOOL_SERVER_PID", std::process::id().to_string())
-            .process_group(0)
-            .kill_on_drop(true);
-        let server_pid = std::process::id();
-        let limits = self.limits;
-        let isolation = Arc::clone(&self.isolation);
-        // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls (prctl, getppid, setrlimit, unshare, mount, ioctl); it does not
-        // allocate.
-        unsafe {
-            command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                // The server may have died before prctl took effect; then nobody would kill us.
-                if nix::unistd::getppid().as_raw() as u32 != server_pid {
-                    return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
-                }
-                // No setuid program can give user code back what it is about to lose.
-                nix::sys::prctl::set_no_new_privs()?;
-                limits.apply()?;
-                isolation.apply()
-            });
-        }
-    }
-}
-
 impl Worker {
     /// Starts a worker process directly (`python worker.py`) and waits until its preload is
     /// done.
     pub async fn start(spec: &WorkerSpec) -> Result<Worker, WorkerError> {
-        let mut command = Command::new(&spec.python);
-        command
-            .arg(&spec.script)
-            .arg(spec.settings(false).to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        spec.prepare(&mut command);
-        let mut child = reaper::children()
-            .spawn(|| command.spawn(), Child::id)
-            .map_err(|source| WorkerError::Spawn {
-                python: spec.python.display().to_string(),
-                source,
-            })?;
+        let mut child = spec.spawn(false, Stdio::piped(), Stdio::piped())?;
         let pid = child.id().unwrap_or_default();
         let (Some(stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
@@ -288,7 +101,7 @@ impl Worker {
         let stderr_tail = new_stderr_tail();
         tokio::spawn(drain_stderr(pid, stderr, Arc::clone(&stderr_tail)));
         let process = Process::spawned(child)
-            .map_err(|e| WorkerError::Protocol(format!("cannot watch worker {pid}: {e}")))?;
+            .map_err(WorkerError::io(format!("cannot watch worker {pid}")))?;
         Worker::handshake(
             process,
             Box::new(stdout),
@@ -315,23 +128,34 @@ impl Worker {
             stderr_tail,
             next_id: 1,
             python_version: String::new(),
+            killed: false,
         };
         let pid = worker.pid;
-        match tokio::time::timeout(spec.start_timeout, worker.next_frame()).await {
-            Err(_) => Err(WorkerError::StartTimeout(spec.start_timeout)),
-            Ok(Err(e)) => Err(e),
+        let failed = match tokio::time::timeout(spec.start_timeout, worker.next_frame()).await {
+            Err(_) => WorkerError::StartTimeout(spec.start_timeout),
+            Ok(Err(e)) => e,
             Ok(Ok(Frame::Ready {
                 python, preload_ms, ..
             })) => {
                 tracing::debug!(pid, preload_ms, "worker ready");
                 worker.python_version = python;
-                Ok(worker)
+                return Ok(worker);
             }
-            Ok(Ok(Frame::Fatal { error })) => Err(WorkerError::Preload(error)),
-            Ok(Ok(other)) => Err(WorkerError::Protocol(format!(
-                "expected a ready frame, got {other:?}"
-            ))),
-        }
+            Ok(Ok(Frame::Fatal { error })) => WorkerError::Preload(error),
+            Ok(Ok(other)) => {
+                WorkerError::Protocol(format!("expected a ready frame, got {other:?}"))
+            }
+        };
+        worker.kill(&format!("it did not start: {failed}"));
+        Err(failed)
+    }
+
+    /// Ends the worker and everything in its process group, saying why in the log: the way a
+    /// worker is meant to end. (One dropped without this is killed all the same.)
+    pub fn kill(mut self, reason: &str) {
+        tracing::info!(pid = self.pid, "worker killed: {reason}");
+        self.process.kill_group();
+        self.killed = true;
     }
 
     pub fn pid(&self) -> u32 {
@@ -408,11 +232,9 @@ impl Worker {
         let cwd = dir
             .to_str()
             .ok_or_else(|| WorkerError::Protocol("session directory is not UTF-8".into()))?;
-        sandbox.enter(self.pid).map_err(|e| {
-            WorkerError::Protocol(format!(
-                "cannot move the worker into the session's cgroup: {e}"
-            ))
-        })?;
+        sandbox.enter(self.pid).map_err(WorkerError::io(
+            "cannot move the worker into the session's cgroup",
+        ))?;
         let user = sandbox.credentials().map(|c| protocol::AttachUser {
             uid: c.uid,
             gid: c.gid,
@@ -420,12 +242,6 @@ impl Worker {
         });
         let id = self.next_request_id();
         self.control(&Request::Attach { id, cwd, user }).await
-    }
-
-    /// Gives the worker a fresh copy of its base namespace.
-    pub async fn reset(&mut self) -> Result<(), WorkerError> {
-        let id = self.next_request_id();
-        self.control(&Request::Reset { id }).await
     }
 
     /// A request that is not a cell: one `done` frame, no output.
@@ -453,7 +269,7 @@ impl Worker {
         if let Err(e) = self.writer.send(Bytes::from(body)).await {
             // A broken pipe means the worker is gone; say how it went.
             return Err(self
-                .died_or(WorkerError::Protocol(format!("cannot send request: {e}")))
+                .died_or(WorkerError::io("cannot send a request")(e))
                 .await);
         }
         Ok(())
@@ -513,7 +329,7 @@ impl Worker {
         match self.reader.next().await {
             Some(Ok(bytes)) => serde_json::from_slice(&bytes)
                 .map_err(|e| WorkerError::Protocol(format!("malformed frame: {e}"))),
-            Some(Err(e)) => Err(WorkerError::Protocol(format!("cannot read frame: {e}"))),
+            Some(Err(e)) => Err(WorkerError::io("cannot read a frame")(e)),
             None => Err(self
                 .died_or(WorkerError::Protocol("pipe closed".into()))
                 .await),
@@ -537,38 +353,15 @@ impl Worker {
     }
 }
 
-/// Resolves (with the limit) once a cell has used clearly more CPU time than its limit;
-/// never without one.
-///
-/// The worker's own soft RLIMIT_CPU gives the clean CPUTimeLimitExceeded, but code may lift a
-/// soft limit (and only a server with CAP_SYS_RESOURCE could lower the hard one and raise it
-/// again after the cell), so the server watches the worker's CPU time as well. It first looks
-/// after a second, and counts from there: a short cell costs nothing, and the ceiling ends up
-/// between the limit plus the grace and that plus the first second's CPU time.
-async fn cpu_ceiling_reached(pid: u32, limit: Option<u64>) -> u64 {
-    let Some(limit) = limit else {
-        return std::future::pending().await;
-    };
-    let mut tick = tokio::time::interval_at(Instant::now() + CPU_CEILING_POLL, CPU_CEILING_POLL);
-    tick.tick().await;
-    let ceiling = process::cpu_seconds(pid).unwrap_or(0.0) + limit as f64 + CPU_CEILING_GRACE;
-    loop {
-        tick.tick().await;
-        if process::cpu_seconds(pid).is_some_and(|used| used >= ceiling) {
-            return limit;
+impl Drop for Worker {
+    /// The safety net: a worker nobody killed is killed with its process (see
+    /// [`Process`]'s `Drop`), so nothing outlives its handle.
+    fn drop(&mut self) {
+        if !self.killed {
+            tracing::debug!(
+                pid = self.pid,
+                "worker dropped without being killed; killing it"
+            );
         }
-    }
-}
-
-/// Logs a worker's own stderr line by line, keeping the last lines in `tail`.
-pub async fn drain_stderr(pid: u32, stderr: impl AsyncRead + Unpin, tail: StderrTail) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(pid, "worker stderr: {line}");
-        let mut tail = tail.lock();
-        if tail.len() == STDERR_TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line);
     }
 }
