@@ -40,6 +40,15 @@ pub enum ErrorCode {
     Unauthorized,
     UnsupportedMediaType,
     WorkerUnavailable,
+    // The script wrapper's and the code judge's own.
+    UnsupportedLanguage,
+    InvalidScriptName,
+    InvalidAlias,
+    ScriptNotFound,
+    AliasNotFound,
+    FunctionNotFound,
+    InstallDisabled,
+    InvalidPackageName,
 }
 
 impl ErrorCode {
@@ -72,16 +81,15 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::WorkerUnavailable => "worker_unavailable",
+            ErrorCode::UnsupportedLanguage => "unsupported_language",
+            ErrorCode::InvalidScriptName => "invalid_script_name",
+            ErrorCode::InvalidAlias => "invalid_alias",
+            ErrorCode::ScriptNotFound => "script_not_found",
+            ErrorCode::AliasNotFound => "alias_not_found",
+            ErrorCode::FunctionNotFound => "function_not_found",
+            ErrorCode::InstallDisabled => "install_disabled",
+            ErrorCode::InvalidPackageName => "invalid_package_name",
         }
-    }
-}
-
-// The compatibility surfaces still name their own codes as string literals (they are being
-// moved to `api/compat/`); once they use `ErrorCode` too, `ApiError::new` takes only an
-// `ErrorCode` and this conversion goes.
-impl From<ErrorCode> for &'static str {
-    fn from(code: ErrorCode) -> &'static str {
-        code.as_str()
     }
 }
 
@@ -93,14 +101,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        code: impl Into<&'static str>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            code: code.into(),
+            code: code.as_str(),
             message: message.into(),
         }
     }

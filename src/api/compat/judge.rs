@@ -17,6 +17,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::python_literal::python_str;
+use crate::api::error::ErrorCode;
 use crate::api::json::Json;
 use crate::api::{ApiError, AppState};
 use crate::execution::{ExecRequest, Execution, Status};
@@ -110,7 +111,7 @@ async fn execute(
         "cpp" => cpp(&manager, &judge, request).await.map(Json),
         other => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "unsupported_language",
+            ErrorCode::UnsupportedLanguage,
             format!("Language '{other}' is not supported. Supported languages: {SUPPORTED}"),
         )),
     }
@@ -195,7 +196,7 @@ async fn cpp(
     let Some(gxx) = &judge.gxx else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "unsupported_language",
+            ErrorCode::UnsupportedLanguage,
             "Language 'cpp' needs g++, which is not installed on this server. Supported languages: 'python'",
         ));
     };

@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use super::python_literal::{python_literal, python_str};
 use crate::api::auth::Caller;
+use crate::api::error::ErrorCode;
 use crate::api::json::Json;
 use crate::api::{ApiError, AppState};
 use crate::execution::{ExecRequest, Execution, Status};
@@ -104,11 +105,11 @@ struct InstallRequest {
     package_name: String,
 }
 
-fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, code, message)
 }
 
-fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
+fn not_found(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, code, message)
 }
 
@@ -194,7 +195,7 @@ async fn load(
     let name = request.script_name.trim_end_matches(".py");
     if !is_plain_name(name) {
         return Err(bad(
-            "invalid_script_name",
+            ErrorCode::InvalidScriptName,
             format!(
                 "script_name {:?} must be a plain name in the scripts directory",
                 request.script_name
@@ -203,14 +204,14 @@ async fn load(
     }
     if !is_plain_name(&request.alias) {
         return Err(bad(
-            "invalid_alias",
+            ErrorCode::InvalidAlias,
             "alias must be letters, digits, `_`, `-` or `.`",
         ));
     }
     let path = scripts.dir.join(format!("{name}.py"));
     if !path.is_file() {
         return Err(not_found(
-            "script_not_found",
+            ErrorCode::ScriptNotFound,
             format!("no script {name}.py in {}", scripts.dir.display()),
         ));
     }
@@ -224,7 +225,7 @@ async fn load(
     task.await.map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             format!("the load's task ended: {e}"),
         )
     })?
@@ -325,13 +326,13 @@ async fn call(
         .map(|e| e.value().clone())
         .ok_or_else(|| {
             not_found(
-                "alias_not_found",
+                ErrorCode::AliasNotFound,
                 format!("no script is loaded as {:?}", request.alias),
             )
         })?;
     if !loaded.functions.contains(&request.function_name) {
         return Err(not_found(
-            "function_not_found",
+            ErrorCode::FunctionNotFound,
             format!(
                 "{:?} has no function {:?} (it has {:?})",
                 request.alias, request.function_name, loaded.functions
@@ -357,7 +358,7 @@ async fn call(
         .await
         .map_err(|e| match e {
             crate::Error::SessionNotFound(_) => not_found(
-                "alias_not_found",
+                ErrorCode::AliasNotFound,
                 format!(
                     "the session of {:?} has ended; load the script again",
                     request.alias
@@ -388,7 +389,7 @@ async fn install_package(
     if !state.scripts.allow_install {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "install_disabled",
+            ErrorCode::InstallDisabled,
             "package installs are disabled (set packages.allow_install = true to allow them)",
         ));
     }
@@ -400,7 +401,7 @@ async fn install_package(
             .all(|c| c.is_ascii_alphanumeric() || "._-=<>!~,[]".contains(c));
     if !valid {
         return Err(bad(
-            "invalid_package_name",
+            ErrorCode::InvalidPackageName,
             format!("{name:?} is not a package requirement"),
         ));
     }
