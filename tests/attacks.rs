@@ -245,6 +245,20 @@ async fn a_directory_closed_to_its_own_user_hides_no_usage() {
     );
     let (status, body) = put(&api, &s, "small", vec![0; 1 << 20]).await;
     assert_eq!(status, 204, "{body}");
+    // Nor can the API delete what the session's own user may not: a clear 403, not a 500.
+    let response = api
+        .http
+        .delete(api.url(&format!("/v1/sessions/{s}/files/locked")))
+        .send()
+        .await
+        .expect("delete sent");
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{body}"
+    );
 }
 
 #[tokio::test]

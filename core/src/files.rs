@@ -34,6 +34,9 @@ use crate::sandbox::Credentials;
 pub const CONCURRENT_OPS: usize = 4;
 /// How long an operation waits for its turn before it is refused as busy.
 const BUSY_WAIT: Duration = Duration::from_secs(10);
+/// Directory visits one recursive delete may make (each directory is visited once more per
+/// subdirectory it holds).
+const MAX_DELETE_VISITS: usize = 1_000_000;
 /// The longest name of one path component (NAME_MAX).
 const NAME_MAX: usize = 255;
 
@@ -53,6 +56,8 @@ pub enum FileError {
     QuotaExceeded { total: u64, max: u64 },
     #[error("the session already has {0} file operations running; try again")]
     Busy(usize),
+    #[error("the session's user may not change `{path}`: {why}")]
+    NotPermitted { path: String, why: &'static str },
     #[error("file i/o failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -287,17 +292,25 @@ impl SessionFiles {
         let root = self.open_root()?;
         let parent = self.open_dir(&root, parents, path)?;
         let stat = stat_at(&parent, name).map_err(|_| FileError::NotFound(path.to_owned()))?;
-        if is_dir(&stat) {
-            remove_tree(&root, &names).map_err(|e| match e {
-                Errno::ENAMETOOLONG => {
-                    invalid(path, "it holds directories nested too deep to name")
-                }
-                other => other.into(),
-            })?;
+        let removed = if is_dir(&stat) {
+            remove_tree(&root, &names)
         } else {
-            nix::unistd::unlinkat(&parent, name.as_os_str(), UnlinkatFlags::NoRemoveDir)?;
-        }
-        Ok(())
+            nix::unistd::unlinkat(&parent, name.as_os_str(), UnlinkatFlags::NoRemoveDir)
+        };
+        // The server deletes as the session's user: what code closed to itself (`chmod 0`)
+        // it cannot delete through the API either, and that is the caller's to hear.
+        removed.map_err(|e| match e {
+            Errno::ENAMETOOLONG => invalid(path, "it holds directories nested too deep to name"),
+            Errno::EACCES | Errno::EPERM => FileError::NotPermitted {
+                path: path.to_owned(),
+                why: "a directory on the way is closed to it (its permissions)",
+            },
+            Errno::EBUSY => FileError::NotPermitted {
+                path: path.to_owned(),
+                why: "it kept changing while it was being deleted",
+            },
+            other => other.into(),
+        })
     }
 
     fn list_now(&self) -> Result<FileListing, FileError> {
@@ -541,7 +554,13 @@ fn read_dir_beneath(root: &OwnedFd, names: &[OsString]) -> nix::Result<Vec<(OsSt
 /// deep tree cannot run the server out of descriptors.
 fn remove_tree(root: &OwnedFd, top: &[OsString]) -> nix::Result<()> {
     let mut stack: Vec<Vec<OsString>> = vec![top.to_vec()];
+    // Code may keep adding to the tree while it is deleted; the work is bounded all the same.
+    let mut visits = 0usize;
     while let Some(dir) = stack.last().cloned() {
+        visits += 1;
+        if visits > MAX_DELETE_VISITS {
+            return Err(Errno::EBUSY);
+        }
         let fd = open_beneath(root, &dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
         let entries = read_dir_beneath(root, &dir)?;
         let mut subdirs = Vec::new();

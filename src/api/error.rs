@@ -28,6 +28,7 @@ pub enum ErrorCode {
     NotARegularFile,
     NotFound,
     PayloadTooLarge,
+    PermissionDenied,
     QueueFull,
     QuotaExceeded,
     RequestTimeout,
@@ -69,6 +70,7 @@ impl ErrorCode {
             ErrorCode::NotARegularFile => "not_a_regular_file",
             ErrorCode::NotFound => "not_found",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::PermissionDenied => "permission_denied",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::RequestTimeout => "request_timeout",
@@ -151,6 +153,7 @@ impl From<Error> for ApiError {
                 FileError::IsADirectory(_) => (StatusCode::BAD_REQUEST, C::IsADirectory),
                 FileError::NotARegularFile(_) => (StatusCode::BAD_REQUEST, C::NotARegularFile),
                 FileError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, C::FilesBusy),
+                FileError::NotPermitted { .. } => (StatusCode::FORBIDDEN, C::PermissionDenied),
                 FileError::NotFound(_) => (StatusCode::NOT_FOUND, C::FileNotFound),
                 FileError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, C::FileTooLarge),
                 FileError::QuotaExceeded { .. } => {
