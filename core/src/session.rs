@@ -69,7 +69,7 @@ pub struct Session {
     last_used: Mutex<(SystemTime, Instant)>,
     execution_count: AtomicU64,
     /// Executions waiting for or holding the worker.
-    pending: AtomicUsize,
+    queue: Queue,
     /// The worker's pid, readable without waiting for the lock (0: none).
     worker_pid: AtomicU32,
     slot: tokio::sync::Mutex<Slot>,
@@ -79,9 +79,6 @@ pub struct Session {
     history: Mutex<VecDeque<HistoryEntry>>,
     /// The Python version of the session's workers, once one was seen (for notebooks).
     python_version: Mutex<Option<String>>,
-    /// Changes whenever an execution enters or leaves the queue: an interval over which it
-    /// did not change, with nothing pending, had no cell running.
-    activity: AtomicU64,
     background: Mutex<BackgroundCpu>,
 }
 
@@ -152,8 +149,41 @@ impl SessionInfo {
     }
 }
 
-/// Decrements the waiting count however the execution ends (including a dropped request).
-struct QueueTicket<'a>(&'a Session);
+/// The executions waiting for or holding a session's worker: a count bounded by the queue
+/// depth (the order itself is the slot mutex's, which tokio hands out first come, first
+/// served), and how often it changed.
+#[derive(Debug, Default)]
+struct Queue {
+    pending: AtomicUsize,
+    /// Changes whenever an execution enters or leaves: an interval over which it did not
+    /// change, with nothing pending, had no cell running (the background CPU sweep's test).
+    activity: AtomicU64,
+}
+
+impl Queue {
+    /// A place in the queue: one execution runs and `depth` wait, so `depth + 1` may hold
+    /// tickets; one more is refused.
+    fn enter(&self, depth: usize) -> Result<QueueTicket<'_>, Error> {
+        let before = self.pending.fetch_add(1, Ordering::AcqRel);
+        self.activity.fetch_add(1, Ordering::AcqRel);
+        let ticket = QueueTicket(self);
+        if before > depth {
+            return Err(Error::QueueFull { depth });
+        }
+        Ok(ticket)
+    }
+
+    fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    fn activity(&self) -> u64 {
+        self.activity.load(Ordering::Acquire)
+    }
+}
+
+/// Leaves the queue however the execution ends (including a dropped request).
+struct QueueTicket<'a>(&'a Queue);
 
 impl Drop for QueueTicket<'_> {
     fn drop(&mut self) {
@@ -182,14 +212,13 @@ impl Session {
             created_at: now.0,
             last_used: Mutex::new(now),
             execution_count: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
+            queue: Queue::default(),
             worker_pid: AtomicU32::new(0),
             slot: tokio::sync::Mutex::new(Slot::default()),
             interrupt: Notify::new(),
             closed: CancellationToken::new(),
             history: Mutex::new(VecDeque::new()),
             python_version: Mutex::new(None),
-            activity: AtomicU64::new(0),
             background: Mutex::default(),
         };
         if let Ok(mut slot) = session.slot.try_lock() {
@@ -214,7 +243,7 @@ impl Session {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.pending.load(Ordering::Acquire) == 0
+        self.queue.pending() == 0
     }
 
     /// When the session was last created or used.
@@ -224,7 +253,7 @@ impl Session {
 
     /// What the session is, without its memory (see [`SessionInfo::with_memory`]).
     pub fn info(&self) -> SessionInfo {
-        let pending = self.pending.load(Ordering::Acquire);
+        let pending = self.queue.pending();
         let pid = match self.worker_pid.load(Ordering::Acquire) {
             0 => None,
             pid => Some(pid),
@@ -247,7 +276,7 @@ impl Session {
     /// Reads a cgroup file or `/proc`: call it off the async threads.
     pub fn sample_background_cpu(&self) -> f64 {
         // Read before the time used, so that an execution starting meanwhile voids the interval.
-        let activity = self.activity.load(Ordering::Acquire);
+        let activity = self.queue.activity();
         let idle = self.is_idle();
         let pid = self.worker_pid.load(Ordering::Acquire);
         let sample = match self.sandbox.cpu_seconds() {
@@ -601,14 +630,7 @@ impl Session {
     }
 
     fn enter_queue(&self, depth: usize) -> Result<QueueTicket<'_>, Error> {
-        // One execution runs and `depth` wait: `depth + 1` may hold tickets.
-        let before = self.pending.fetch_add(1, Ordering::AcqRel);
-        self.activity.fetch_add(1, Ordering::AcqRel);
-        let ticket = QueueTicket(self);
-        if before > depth {
-            return Err(Error::QueueFull { depth });
-        }
-        Ok(ticket)
+        self.queue.enter(depth)
     }
 }
 
@@ -694,4 +716,33 @@ pub fn pss_bytes(pid: u32) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("Pss:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_holds_one_running_and_depth_waiting() {
+        let queue = Queue::default();
+        let running = queue.enter(2).expect("the running one");
+        let first = queue.enter(2).expect("first waiting");
+        let second = queue.enter(2).expect("second waiting");
+        assert!(matches!(queue.enter(2), Err(Error::QueueFull { depth: 2 })));
+        assert_eq!(queue.pending(), 3, "a refused entry leaves no trace");
+        drop(running);
+        let third = queue.enter(2).expect("room again");
+        drop((first, second, third));
+        assert_eq!(queue.pending(), 0);
+    }
+
+    #[test]
+    fn every_entry_and_exit_is_activity() {
+        let queue = Queue::default();
+        let before = queue.activity();
+        drop(queue.enter(0).expect("enter"));
+        assert_ne!(queue.activity(), before);
+        let after = queue.activity();
+        assert_eq!(queue.activity(), after, "nothing happened since");
+    }
 }
