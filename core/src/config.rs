@@ -700,8 +700,18 @@ const SECTIONS: [&str; 13] = [
     "sandbox",
 ];
 
+/// Variables with [`ENV_PREFIX`] that belong to the program rather than to a config field:
+/// the CLI's own, and the one the server sets on its workers (so that a `replpool` started
+/// from inside a session is not refused).
+const OWN_VARIABLES: [&str; 3] = ["CONFIG", "LOG", "SERVER_PID"];
+
 /// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML
 /// value where it parses as one (numbers, booleans, arrays) and as a string otherwise.
+///
+/// Only `REPLPOOL_<known section>_<key>` is an override: other variables that happen to share
+/// the prefix (`REPLPOOL_CHECKOUT`, a test harness's own) are none of the server's business
+/// and are ignored. An unknown key in a known section is a typo, and stops the start naming
+/// the variable.
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -710,26 +720,26 @@ fn apply_env_overrides(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if rest == "CONFIG" || rest == "LOG" {
-            continue; // the CLI's own variables, not config fields
+        if OWN_VARIABLES.contains(&rest) {
+            continue;
         }
         let lower = rest.to_ascii_lowercase();
         let Some((section, key)) = lower.split_once('_') else {
-            return Err(ConfigError::field(
-                name.clone(),
-                "environment override must be REPLPOOL_<SECTION>_<KEY>",
-            ));
+            continue;
         };
         if !SECTIONS.contains(&section) {
-            return Err(ConfigError::field(
-                name.clone(),
-                format!("unknown section `{section}` (expected one of {SECTIONS:?})"),
-            ));
+            continue;
         }
         let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.clone()));
+        if !is_field(section, key, &parsed) {
+            return Err(ConfigError::field(
+                name.clone(),
+                format!("section `{section}` has no field `{key}`"),
+            ));
+        }
         let entry = table
             .entry(section.to_owned())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -739,6 +749,19 @@ fn apply_env_overrides(
         section_table.insert(key.to_owned(), parsed);
     }
     Ok(())
+}
+
+/// Whether `section.key` is a config field: the configuration's own parser decides, so the
+/// answer cannot drift from the structs (a bad *value* is reported later, naming the field).
+fn is_field(section: &str, key: &str, value: &toml::Value) -> bool {
+    let mut fields = toml::Table::new();
+    fields.insert(key.to_owned(), value.clone());
+    let mut probe = toml::Table::new();
+    probe.insert(section.to_owned(), toml::Value::Table(fields));
+    match toml::Value::Table(probe).try_into::<Config>() {
+        Ok(_) => true,
+        Err(e) => !e.message().starts_with("unknown field"),
+    }
 }
 
 #[cfg(test)]
@@ -814,9 +837,35 @@ mod tests {
     }
 
     #[test]
-    fn env_with_unknown_section_is_an_error() {
-        let err = load_str("", &[("REPLPOOL_POLL_SIZE", "1")]).unwrap_err();
-        assert!(err.to_string().contains("REPLPOOL_POLL_SIZE"), "{err}");
+    fn env_without_a_known_section_is_not_an_override() {
+        let config = load_str(
+            "",
+            &[
+                ("REPLPOOL_CHECKOUT", "x"),
+                ("REPLPOOL_POLL_SIZE", "1"),
+                ("REPLPOOL_TEST_PYTHON", "/usr/bin/python3"),
+                ("REPLPOOL_SERVER_PID", "1"),
+                ("REPLPOOL_", "x"),
+            ],
+        )
+        .expect("ignored");
+        assert_eq!(config.pool.warm_workers, 2);
+    }
+
+    #[test]
+    fn env_with_unknown_key_in_a_known_section_names_it() {
+        let err = load_str("", &[("REPLPOOL_POOL_WARM_WRKERS", "1")]).unwrap_err();
+        assert!(
+            err.to_string().contains("REPLPOOL_POOL_WARM_WRKERS"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("warm_wrkers"), "{err}");
+        // A field whose default is absent from the file is a field all the same.
+        let config = load_str("", &[("REPLPOOL_AUTH_TOKENS_FILE", "/nonexistent")]);
+        assert!(
+            config.is_err_and(|e| e.to_string().contains("auth.tokens_file")),
+            "tokens_file is a field"
+        );
     }
 
     #[test]
