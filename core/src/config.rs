@@ -366,9 +366,48 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[limits]` is the one declaration of the resource limits: what each enforcing part needs
+/// is derived from it here, so a new limit is a field above plus the view that carries it.
+/// Every field is in exactly one view ([`LimitsConfig::VIEWS`] and its test say which).
 impl LimitsConfig {
+    /// Where each field is enforced, by the view that carries it.
+    pub const VIEWS: [(&'static str, LimitView); 7] = [
+        ("memory_mb", LimitView::PerProcess),
+        ("file_size_mb", LimitView::PerProcess),
+        ("open_files", LimitView::PerProcess),
+        ("processes", LimitView::PerSession),
+        ("cpus", LimitView::PerSession),
+        ("cpu_seconds", LimitView::PerCell),
+        ("background_cpu_seconds_per_minute", LimitView::Background),
+    ];
+
     fn nonzero(value: u64) -> Option<u64> {
         (value > 0).then_some(value)
+    }
+
+    /// The rlimits every worker process gets between fork and exec (inherited by all it
+    /// starts, not raisable by user code).
+    pub fn per_process(&self) -> ProcessLimits {
+        ProcessLimits {
+            address_space_bytes: self.address_space_bytes(),
+            file_size_bytes: self.file_size_bytes(),
+            open_files: self.open_files(),
+        }
+    }
+
+    /// What holds a session's processes together: its cgroup where there is one (pids,
+    /// memory, cpu), else RLIMIT_NPROC of its uid for `processes`.
+    pub fn per_session(&self) -> SessionLimits {
+        SessionLimits {
+            processes: self.processes(),
+            memory_bytes: self.address_space_bytes(),
+            cpus: self.cpus(),
+        }
+    }
+
+    /// CPU time one cell may use (sent with each execution to the worker).
+    pub fn per_cell_cpu_seconds(&self) -> Option<u64> {
+        self.cpu_seconds()
     }
 
     pub fn address_space_bytes(&self) -> Option<u64> {
@@ -395,10 +434,46 @@ impl LimitsConfig {
         (self.cpus > 0.0).then_some(self.cpus)
     }
 
+    /// The background CPU budget the server's watch holds sessions to.
     pub fn background_cpu_budget(&self) -> Option<f64> {
         (self.background_cpu_seconds_per_minute > 0.0)
             .then_some(self.background_cpu_seconds_per_minute)
     }
+}
+
+/// Which part of the service enforces a `[limits]` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitView {
+    /// [`LimitsConfig::per_process`]: rlimits set on each worker.
+    PerProcess,
+    /// [`LimitsConfig::per_session`]: the session's cgroup (or RLIMIT_NPROC).
+    PerSession,
+    /// [`LimitsConfig::per_cell_cpu_seconds`]: each execution's request to the worker.
+    PerCell,
+    /// [`LimitsConfig::background_cpu_budget`]: the server's background CPU watch.
+    Background,
+}
+
+/// The per-process limits (rlimits) of a worker; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// RLIMIT_AS: beyond it allocations fail (a MemoryError in Python).
+    pub address_space_bytes: Option<u64>,
+    /// RLIMIT_FSIZE: writing past it fails with EFBIG (Python ignores SIGXFSZ).
+    pub file_size_bytes: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub open_files: Option<u64>,
+}
+
+/// The limits of one session's processes together; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SessionLimits {
+    /// Processes and threads (`pids.max`, else RLIMIT_NPROC of the session's uid).
+    pub processes: Option<u64>,
+    /// Memory of all its processes (`memory.max` / `memory.limit_in_bytes`).
+    pub memory_bytes: Option<u64>,
+    /// CPU time per wall-clock second, in cores (`cpu.max` / the CFS quota).
+    pub cpus: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -893,6 +968,59 @@ mod tests {
             &[],
         )
         .expect("installs with the network");
+    }
+
+    #[test]
+    fn every_limit_is_in_exactly_one_view() {
+        let table = toml::Table::try_from(LimitsConfig::default()).expect("serializes");
+        let mut fields: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut viewed: Vec<&str> = LimitsConfig::VIEWS.iter().map(|(f, _)| *f).collect();
+        fields.sort_unstable();
+        viewed.sort_unstable();
+        assert_eq!(
+            fields, viewed,
+            "a [limits] field without a view, or a view without one"
+        );
+        let limits = LimitsConfig {
+            memory_mb: 512,
+            file_size_mb: 2,
+            open_files: 100,
+            cpu_seconds: 7,
+            processes: 32,
+            cpus: 0.5,
+            background_cpu_seconds_per_minute: 3.0,
+        };
+        assert_eq!(
+            limits.per_process(),
+            ProcessLimits {
+                address_space_bytes: Some(512 << 20),
+                file_size_bytes: Some(2 << 20),
+                open_files: Some(100),
+            }
+        );
+        assert_eq!(
+            limits.per_session(),
+            SessionLimits {
+                processes: Some(32),
+                memory_bytes: Some(512 << 20),
+                cpus: Some(0.5),
+            }
+        );
+        assert_eq!(limits.per_cell_cpu_seconds(), Some(7));
+        assert_eq!(limits.background_cpu_budget(), Some(3.0));
+        let none = LimitsConfig {
+            memory_mb: 0,
+            file_size_mb: 0,
+            open_files: 0,
+            cpu_seconds: 0,
+            processes: 0,
+            cpus: 0.0,
+            background_cpu_seconds_per_minute: 0.0,
+        };
+        assert_eq!(none.per_process(), ProcessLimits::default());
+        assert_eq!(none.per_session(), SessionLimits::default());
+        assert_eq!(none.per_cell_cpu_seconds(), None);
+        assert_eq!(none.background_cpu_budget(), None);
     }
 
     #[test]
