@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, Server, shared_server, state_dir_of};
+use common::{Api, Server, root, shared_server, state_dir_of};
 use serde_json::{Value, json};
 
 const CONFIG: &str = "[pool]\nwarm_workers = 2\n\n\
@@ -20,15 +20,6 @@ fn base() -> &'static str {
 
 fn server_pid() -> u32 {
     shared_server(CONFIG).pid
-}
-
-/// Whether the sandbox can be tested here; says so on stderr when it cannot.
-fn root() -> bool {
-    let root = nix::unistd::geteuid().is_root();
-    if !root {
-        eprintln!("skipped: the sandbox's attacks need root (workers change user only then)");
-    }
-    root
 }
 
 fn ename(reply: &Value) -> &str {
