@@ -763,16 +763,13 @@ async fn a_session_over_its_background_cpu_budget_is_reset() {
     let api = Api::new(&server.base);
     let s = api.session().await;
     let pid = start_spinner(&api, &s, 4).await;
-    let path = format!("/v1/sessions/{s}");
-    let mut info = Value::Null;
-    let mut reset = false;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reset && Instant::now() < deadline {
-        info = api.get(&path).await.1;
-        reset = info["pid"].as_u64() != Some(u64::from(pid));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(reset, "the spinning session was never reset: {info}");
+    let (api_ref, path) = (&api, &format!("/v1/sessions/{s}"));
+    let info = common::eventually_some(Duration::from_secs(30), || async move {
+        let info = api_ref.get(path).await.1;
+        (info["pid"].as_u64() != Some(u64::from(pid))).then_some(info)
+    })
+    .await
+    .expect("the spinning session was never reset");
     let killed = common::eventually(Duration::from_secs(10), || common::is_dead(pid)).await;
     assert!(killed, "the spinning worker outlived its reset");
     let background = info["background_cpu_seconds"].as_f64().unwrap_or(0.0);

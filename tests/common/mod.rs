@@ -24,11 +24,15 @@ pub fn python() -> PathBuf {
 
 /// Whether the sandbox can be tested here (the server changes user, makes namespaces and
 /// cgroups only as root); says on stderr that the calling test is skipped when it cannot.
+/// Written to the stderr stream itself, not through `eprintln!`, which the test harness
+/// captures and shows only for a failing test.
 #[track_caller]
 pub fn root() -> bool {
+    use std::io::Write;
     let root = nix::unistd::geteuid().is_root();
     if !root {
-        eprintln!(
+        let _ = writeln!(
+            std::io::stderr(),
             "skipped ({}): needs root, as the sandbox does",
             std::panic::Location::caller()
         );
@@ -399,13 +403,25 @@ pub fn is_dead(pid: u32) -> bool {
 /// Polls `condition` until it holds or `within` passes; returns whether it held. For waiting
 /// on other processes, which give no event to wait for.
 pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    eventually_some(within, || std::future::ready(condition().then_some(())))
+        .await
+        .is_some()
+}
+
+/// Polls `probe` until it gives a value or `within` passes: [`eventually`] for what takes a
+/// request (or another await) to look at. The tests' one polling loop.
+pub async fn eventually_some<T, F, Fut>(within: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + within;
     loop {
-        if condition() {
-            return true;
+        if let Some(value) = probe().await {
+            return Some(value);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -423,34 +439,24 @@ impl Api {
 
     /// Waits until the server's pool holds `ready` idle workers.
     pub async fn wait_for_pool(&self, ready: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let health = eventually_some(Duration::from_secs(60), || async move {
             let (_, health) = self.get("/healthz").await;
-            if health["pool"]["ready"].as_u64() == Some(ready) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the pool never held {ready}: {health}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (health["pool"]["ready"].as_u64() == Some(ready)).then_some(())
+        })
+        .await;
+        assert!(health.is_some(), "the pool never held {ready}");
     }
 
     /// Waits until the session has `pending` executions running or queued.
     pub async fn wait_for_pending(&self, session: &str, pending: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, info) = self.get(&format!("/v1/sessions/{session}")).await;
-            if info["pending"].as_u64() == Some(pending) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "session never reached {pending} pending: {info}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let path = format!("/v1/sessions/{session}");
+        let path = &path;
+        let reached = eventually_some(Duration::from_secs(60), || async move {
+            let (_, info) = self.get(path).await;
+            (info["pending"].as_u64() == Some(pending)).then_some(())
+        })
+        .await;
+        assert!(reached.is_some(), "session never reached {pending} pending");
     }
 }
 
