@@ -10,14 +10,17 @@
 //! target/bench.json).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+
+#[path = "../tests/common/launcher.rs"]
+mod launcher;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -176,8 +179,8 @@ fn main() -> anyhow::Result<()> {
         root: root.clone(),
         preload_code,
         http: reqwest::Client::new(),
-        base: server.base.clone(),
-        server_pid: server.child.id(),
+        base: server.0.base.clone(),
+        server_pid: server.0.child.id(),
         figures: Vec::new(),
     };
     runtime.block_on(bench.run(&counts))?;
@@ -721,11 +724,11 @@ fn step(i: usize, total: usize, what: &str) {
     eprintln!("[{i}/{total}] {what}");
 }
 
-struct Server {
-    child: Child,
-    base: String,
-}
+/// The server under test, stopped (by pid) when dropped.
+struct Server(launcher::Launched);
 
+/// The release binary with the repository's own `config.toml`, started as the tests start
+/// theirs (tests/common/launcher.rs).
 fn start_server(root: &Path) -> anyhow::Result<Server> {
     let binary = root.join("target/release/replpool");
     anyhow::ensure!(
@@ -733,39 +736,16 @@ fn start_server(root: &Path) -> anyhow::Result<Server> {
         "{} is missing: run `cargo build --release` (make bench does)",
         binary.display()
     );
-    let mut child = Command::new(binary)
-        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
-        .arg(root.join("config.toml"))
-        .env("REPLPOOL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let base = loop {
-        match lines.next() {
-            Some(Ok(line)) => {
-                if let Some(url) = line.strip_prefix("listening on ") {
-                    break url.to_owned();
-                }
-            }
-            _ => anyhow::bail!("server exited before listening"),
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok(Server { child, base })
+    Ok(Server(launcher::launch(
+        &binary,
+        &root.join("config.toml"),
+        &[],
+    )?))
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
+        launcher::stop(&mut self.0.child, Duration::from_secs(30));
     }
 }
 

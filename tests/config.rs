@@ -77,3 +77,21 @@ fn a_public_bind_without_tokens_is_refused_with_the_reason() {
     assert!(stderr.contains("server.bind"), "{stderr}");
     assert!(stderr.contains("reachable from other machines"), "{stderr}");
 }
+
+#[tokio::test]
+async fn unrelated_replpool_variables_do_not_stop_the_start() {
+    let server = common::Server::start_with_env(
+        "[pool]\nwarm_workers = 0\ntemplate = false\n",
+        &[("REPLPOOL_CHECKOUT", "x"), ("REPLPOOL_TEST_THING", "y")],
+    );
+    let (status, _) = common::Api::new(&server.base).get("/healthz").await;
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn unknown_key_in_a_known_section_names_the_variable() {
+    let (code, stderr) = serve_with("", &[("REPLPOOL_POOL_WARM_WRKERS", "3")]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("REPLPOOL_POOL_WARM_WRKERS"), "{stderr}");
+    assert!(stderr.contains("warm_wrkers"), "{stderr}");
+}

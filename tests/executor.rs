@@ -205,15 +205,15 @@ async fn refused_archives_and_metadata() {
 }
 
 async fn poll_until_done(api: &Api, id: &str) -> Value {
-    for _ in 0..600 {
-        let (status, result) = api.get(&format!("/api/v1/executions/{id}")).await;
+    let path = &format!("/api/v1/executions/{id}");
+    common::eventually_some(Duration::from_secs(30), || async move {
+        let (status, result) = api.get(path).await;
         assert_eq!(status, 200, "{result}");
-        if !["pending", "running"].contains(&result["status"].as_str().expect("status")) {
-            return result;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("execution {id} never finished");
+        let done = !["pending", "running"].contains(&result["status"].as_str().expect("status"));
+        done.then_some(result)
+    })
+    .await
+    .unwrap_or_else(|| panic!("execution {id} never finished"))
 }
 
 #[tokio::test]
@@ -341,17 +341,12 @@ async fn an_execution_that_cannot_get_a_session_fails_with_the_reason_and_is_pru
     assert!(result["finished_at"].is_string(), "{result}");
 
     // Pruned once `executor.keep_secs` has passed, like any finished execution.
-    let path = format!("/api/v1/executions/{id}");
-    let mut gone = false;
-    for _ in 0..300 {
-        let (status, _) = api.get(&path).await;
-        if status == 404 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(gone, "{id} was never pruned");
+    let (api_ref, path) = (&api, &format!("/api/v1/executions/{id}"));
+    let gone = common::eventually_some(Duration::from_secs(6), || async move {
+        (api_ref.get(path).await.0 == 404).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "{id} was never pruned");
     drop(release);
     busy.await.expect("joined").expect("sent");
 }
@@ -410,16 +405,12 @@ async fn a_sync_execution_whose_client_left_still_ends_its_session() {
         "{sessions}"
     );
     drop(release);
-    let mut ended = false;
-    for _ in 0..500 {
-        let (_, sessions) = api.get("/v1/sessions").await;
-        if sessions["sessions"] == json!([]) {
-            ended = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(ended, "the execution's session was left behind");
+    let api_ref = &api;
+    let ended = common::eventually_some(Duration::from_secs(10), || async move {
+        (api_ref.get("/v1/sessions").await.1["sessions"] == json!([])).then_some(())
+    })
+    .await;
+    assert!(ended.is_some(), "the execution's session was left behind");
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Api, shared_with};
 use futures::StreamExt;
@@ -16,43 +16,56 @@ fn api() -> Api {
     Api::new(shared_with(CONFIG))
 }
 
-/// One Server-Sent Event and when it arrived.
+/// One Server-Sent Event.
 #[derive(Debug)]
 struct Sse {
     event: String,
     data: Value,
-    at: Instant,
+}
+
+/// The SSE events of `response`, each sent as it arrives (a task reads the stream).
+fn events(response: reqwest::Response) -> tokio::sync::mpsc::UnboundedReceiver<Sse> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(chunk) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut event = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if event.is_empty() {
+                    continue; // keep-alive comment
+                }
+                let sse = Sse {
+                    event,
+                    data: serde_json::from_str(&data).expect("event data is JSON"),
+                };
+                if tx.send(sse).is_err() {
+                    return; // the test has what it wanted
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// Reads SSE events until `stop_after` of them arrived, or the stream ended.
 async fn read_events(response: reqwest::Response, stop_after: Option<usize>) -> Vec<Sse> {
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
+    let mut rx = events(response);
     let mut events = Vec::new();
-    while let Some(chunk) = body.next().await {
-        buffer.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let mut event = String::new();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_owned();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
-            }
-            if event.is_empty() {
-                continue; // keep-alive comment
-            }
-            events.push(Sse {
-                event,
-                data: serde_json::from_str(&data).expect("event data is JSON"),
-                at: Instant::now(),
-            });
-            if stop_after == Some(events.len()) {
-                return events;
-            }
+    while let Some(sse) = rx.recv().await {
+        events.push(sse);
+        if stop_after == Some(events.len()) {
+            break;
         }
     }
     events
@@ -78,21 +91,31 @@ async fn stream(api: &Api, session: &str, code: &str) -> reqwest::Response {
 async fn output_streams_while_the_cell_runs() {
     let api = api();
     let s = api.session().await;
-    let code = "import time\nfor i in range(10):\n    print('line', i)\n    time.sleep(0.1)";
-    let started = Instant::now();
-    let events = read_events(stream(&api, &s, code).await, None).await;
+    let (blocker, hold) = common::blocker().await;
+    let code = format!(
+        "for i in range(5):\n    print('line', i)\n{hold}\nfor i in range(5, 10):\n    print('line', i)"
+    );
+    let mut rx = events(stream(&api, &s, &code).await);
+    // The first line arrives while the cell is held: output streams before the cell ends.
+    let first = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("no output while the cell was held: it did not stream")
+        .expect("a first event");
+    assert_eq!(
+        (first.event.as_str(), &first.data["name"]),
+        ("stream", &json!("stdout"))
+    );
+    let held = tokio::time::timeout(Duration::from_secs(30), blocker.accept())
+        .await
+        .expect("the cell is still running, held");
+    drop(held);
+    let mut events = vec![first];
+    while let Some(sse) = rx.recv().await {
+        events.push(sse);
+    }
     let (last, rest) = events.split_last().expect("events");
     assert_eq!(last.event, "result");
     assert!(rest.iter().all(|e| e.event == "stream"), "{events:?}");
-    let first = &rest[0];
-    assert_eq!(first.data["name"], "stdout");
-    // The first line arrived while the cell still had most of its second to run.
-    assert!(
-        last.at.duration_since(first.at) > Duration::from_millis(500),
-        "first at {:?}, result at {:?}",
-        first.at - started,
-        last.at - started
-    );
     let streamed: String = rest
         .iter()
         .map(|e| e.data["text"].as_str().expect("text"))

@@ -278,14 +278,10 @@ async fn a_load_whose_client_left_still_ends_its_session_if_it_fails() {
         "{sessions}"
     );
     drop(release);
-    let mut ended = false;
-    for _ in 0..500 {
-        let (_, sessions) = api.get("/v1/sessions").await;
-        if sessions["sessions"] == json!([]) {
-            ended = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(ended, "the load's session was left behind");
+    let api_ref = &api;
+    let ended = common::eventually_some(std::time::Duration::from_secs(10), || async move {
+        (api_ref.get("/v1/sessions").await.1["sessions"] == json!([])).then_some(())
+    })
+    .await;
+    assert!(ended.is_some(), "the load's session was left behind");
 }

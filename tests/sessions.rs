@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use base64::Engine;
 use common::{Api, ok_reply, shared};
 use serde_json::{Value, json};
@@ -241,21 +243,28 @@ async fn sessions_execute_in_parallel() {
     for _ in 0..8 {
         sessions.push(api.session().await);
     }
+    let (blocker, hold) = common::blocker().await;
     let tasks: Vec<_> = sessions
         .iter()
         .enumerate()
         .map(|(i, s)| {
             let api = Api::new(&api.base);
             let s = s.clone();
-            tokio::spawn(async move {
-                api.run(
-                    &s,
-                    &format!("import time; time.sleep(0.2); sum(range({i} * 1000))"),
-                )
-                .await
-            })
+            let code = format!("{hold}\nsum(range({i} * 1000))");
+            tokio::spawn(async move { api.run(&s, &code).await })
         })
         .collect();
+    // Every cell is held at once: they overlap, or the last accept would never come.
+    let held = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut held = Vec::new();
+        for _ in 0..sessions.len() {
+            held.push(blocker.accept().await);
+        }
+        held
+    })
+    .await
+    .expect("every session's cell running at once");
+    drop(held);
     for (i, task) in tasks.into_iter().enumerate() {
         let expected: u64 = (0..(i as u64 * 1000)).sum();
         assert_eq!(

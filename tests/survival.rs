@@ -112,16 +112,16 @@ async fn interrupt_on_request() {
     api.wait_for_pending(&s, 1).await;
     // The cell is running once it has set y... but `pending` only says it was sent. Interrupt
     // until the execution ends: a SIGINT that lands before user code starts is ignored.
-    let reply = loop {
-        let (status, _) = api
-            .post(&format!("/v1/sessions/{s}/interrupt"), json!({}))
-            .await;
+    let (api_ref, path, task) = (&api, &format!("/v1/sessions/{s}/interrupt"), &running);
+    let ended = common::eventually_some(Duration::from_secs(30), || async move {
+        let (status, _) = api_ref.post(path, json!({})).await;
         assert_eq!(status, 200);
-        if running.is_finished() {
-            break running.await.expect("task");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        task.is_finished().then_some(())
+    })
+    .await
+    .is_some();
+    assert!(ended, "the interrupted cell never ended");
+    let reply = running.await.expect("task");
     assert_eq!(
         without_traceback(reply, "KeyboardInterrupt"),
         ok_reply(

@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::{Api, Server, eventually, fd_count, processes_of, shared, zombies_of};
-use serde_json::Value;
 
 #[tokio::test]
 async fn forked_sessions_do_not_share_random_streams() {
@@ -68,15 +67,9 @@ async fn template_pid(api: &Api) -> Option<u32> {
 async fn sessions_keep_coming_while_the_template_is_dead_and_it_comes_back() {
     let server = Server::start("[pool]\nwarm_workers = 1\n");
     let api = Api::new(&server.base);
-    let mut first = None;
-    for _ in 0..1000 {
-        first = template_pid(&api).await;
-        if first.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let first = first.expect("the template started");
+    let first = common::eventually_some(Duration::from_secs(20), || template_pid(&api))
+        .await
+        .expect("the template started");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -93,16 +86,15 @@ async fn sessions_keep_coming_while_the_template_is_dead_and_it_comes_back() {
         );
         assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
     }
-    let mut restarted: Value = Value::Null;
-    for _ in 0..1500 {
+    let api = &api;
+    let restarted = common::eventually_some(Duration::from_secs(30), || async move {
         let (_, health) = api.get("/healthz").await;
-        restarted = health["pool"]["template"].clone();
-        if restarted["state"] == "running" && restarted["pid"].as_u64() != Some(u64::from(first)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(restarted["state"], "running", "{restarted}");
+        let template = &health["pool"]["template"];
+        (template["state"] == "running" && template["pid"].as_u64() != Some(u64::from(first)))
+            .then(|| template.clone())
+    })
+    .await
+    .expect("the template never came back");
     assert!(
         restarted["restarts"].as_u64().unwrap_or(0) >= 1,
         "{restarted}"

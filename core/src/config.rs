@@ -366,9 +366,48 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[limits]` is the one declaration of the resource limits: what each enforcing part needs
+/// is derived from it here, so a new limit is a field above plus the view that carries it.
+/// Every field is in exactly one view ([`LimitsConfig::VIEWS`] and its test say which).
 impl LimitsConfig {
+    /// Where each field is enforced, by the view that carries it.
+    pub const VIEWS: [(&'static str, LimitView); 7] = [
+        ("memory_mb", LimitView::PerProcess),
+        ("file_size_mb", LimitView::PerProcess),
+        ("open_files", LimitView::PerProcess),
+        ("processes", LimitView::PerSession),
+        ("cpus", LimitView::PerSession),
+        ("cpu_seconds", LimitView::PerCell),
+        ("background_cpu_seconds_per_minute", LimitView::Background),
+    ];
+
     fn nonzero(value: u64) -> Option<u64> {
         (value > 0).then_some(value)
+    }
+
+    /// The rlimits every worker process gets between fork and exec (inherited by all it
+    /// starts, not raisable by user code).
+    pub fn per_process(&self) -> ProcessLimits {
+        ProcessLimits {
+            address_space_bytes: self.address_space_bytes(),
+            file_size_bytes: self.file_size_bytes(),
+            open_files: self.open_files(),
+        }
+    }
+
+    /// What holds a session's processes together: its cgroup where there is one (pids,
+    /// memory, cpu), else RLIMIT_NPROC of its uid for `processes`.
+    pub fn per_session(&self) -> SessionLimits {
+        SessionLimits {
+            processes: self.processes(),
+            memory_bytes: self.address_space_bytes(),
+            cpus: self.cpus(),
+        }
+    }
+
+    /// CPU time one cell may use (sent with each execution to the worker).
+    pub fn per_cell_cpu_seconds(&self) -> Option<u64> {
+        self.cpu_seconds()
     }
 
     pub fn address_space_bytes(&self) -> Option<u64> {
@@ -395,10 +434,46 @@ impl LimitsConfig {
         (self.cpus > 0.0).then_some(self.cpus)
     }
 
+    /// The background CPU budget the server's watch holds sessions to.
     pub fn background_cpu_budget(&self) -> Option<f64> {
         (self.background_cpu_seconds_per_minute > 0.0)
             .then_some(self.background_cpu_seconds_per_minute)
     }
+}
+
+/// Which part of the service enforces a `[limits]` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitView {
+    /// [`LimitsConfig::per_process`]: rlimits set on each worker.
+    PerProcess,
+    /// [`LimitsConfig::per_session`]: the session's cgroup (or RLIMIT_NPROC).
+    PerSession,
+    /// [`LimitsConfig::per_cell_cpu_seconds`]: each execution's request to the worker.
+    PerCell,
+    /// [`LimitsConfig::background_cpu_budget`]: the server's background CPU watch.
+    Background,
+}
+
+/// The per-process limits (rlimits) of a worker; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// RLIMIT_AS: beyond it allocations fail (a MemoryError in Python).
+    pub address_space_bytes: Option<u64>,
+    /// RLIMIT_FSIZE: writing past it fails with EFBIG (Python ignores SIGXFSZ).
+    pub file_size_bytes: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub open_files: Option<u64>,
+}
+
+/// The limits of one session's processes together; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SessionLimits {
+    /// Processes and threads (`pids.max`, else RLIMIT_NPROC of the session's uid).
+    pub processes: Option<u64>,
+    /// Memory of all its processes (`memory.max` / `memory.limit_in_bytes`).
+    pub memory_bytes: Option<u64>,
+    /// CPU time per wall-clock second, in cores (`cpu.max` / the CFS quota).
+    pub cpus: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -700,8 +775,18 @@ const SECTIONS: [&str; 13] = [
     "sandbox",
 ];
 
+/// Variables with [`ENV_PREFIX`] that belong to the program rather than to a config field:
+/// the CLI's own, and the one the server sets on its workers (so that a `replpool` started
+/// from inside a session is not refused).
+const OWN_VARIABLES: [&str; 3] = ["CONFIG", "LOG", "SERVER_PID"];
+
 /// `REPLPOOL_POOL_WARM_WORKERS=4` sets `pool.warm_workers = 4`. The value is read as a TOML
 /// value where it parses as one (numbers, booleans, arrays) and as a string otherwise.
+///
+/// Only `REPLPOOL_<known section>_<key>` is an override: other variables that happen to share
+/// the prefix (`REPLPOOL_CHECKOUT`, a test harness's own) are none of the server's business
+/// and are ignored. An unknown key in a known section is a typo, and stops the start naming
+/// the variable.
 fn apply_env_overrides(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
@@ -710,26 +795,26 @@ fn apply_env_overrides(
         let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
-        if rest == "CONFIG" || rest == "LOG" {
-            continue; // the CLI's own variables, not config fields
+        if OWN_VARIABLES.contains(&rest) {
+            continue;
         }
         let lower = rest.to_ascii_lowercase();
         let Some((section, key)) = lower.split_once('_') else {
-            return Err(ConfigError::field(
-                name.clone(),
-                "environment override must be REPLPOOL_<SECTION>_<KEY>",
-            ));
+            continue;
         };
         if !SECTIONS.contains(&section) {
-            return Err(ConfigError::field(
-                name.clone(),
-                format!("unknown section `{section}` (expected one of {SECTIONS:?})"),
-            ));
+            continue;
         }
         let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.clone()));
+        if !is_field(section, key, &parsed) {
+            return Err(ConfigError::field(
+                name.clone(),
+                format!("section `{section}` has no field `{key}`"),
+            ));
+        }
         let entry = table
             .entry(section.to_owned())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -739,6 +824,19 @@ fn apply_env_overrides(
         section_table.insert(key.to_owned(), parsed);
     }
     Ok(())
+}
+
+/// Whether `section.key` is a config field: the configuration's own parser decides, so the
+/// answer cannot drift from the structs (a bad *value* is reported later, naming the field).
+fn is_field(section: &str, key: &str, value: &toml::Value) -> bool {
+    let mut fields = toml::Table::new();
+    fields.insert(key.to_owned(), value.clone());
+    let mut probe = toml::Table::new();
+    probe.insert(section.to_owned(), toml::Value::Table(fields));
+    match toml::Value::Table(probe).try_into::<Config>() {
+        Ok(_) => true,
+        Err(e) => !e.message().starts_with("unknown field"),
+    }
 }
 
 #[cfg(test)]
@@ -814,9 +912,35 @@ mod tests {
     }
 
     #[test]
-    fn env_with_unknown_section_is_an_error() {
-        let err = load_str("", &[("REPLPOOL_POLL_SIZE", "1")]).unwrap_err();
-        assert!(err.to_string().contains("REPLPOOL_POLL_SIZE"), "{err}");
+    fn env_without_a_known_section_is_not_an_override() {
+        let config = load_str(
+            "",
+            &[
+                ("REPLPOOL_CHECKOUT", "x"),
+                ("REPLPOOL_POLL_SIZE", "1"),
+                ("REPLPOOL_TEST_PYTHON", "/usr/bin/python3"),
+                ("REPLPOOL_SERVER_PID", "1"),
+                ("REPLPOOL_", "x"),
+            ],
+        )
+        .expect("ignored");
+        assert_eq!(config.pool.warm_workers, 2);
+    }
+
+    #[test]
+    fn env_with_unknown_key_in_a_known_section_names_it() {
+        let err = load_str("", &[("REPLPOOL_POOL_WARM_WRKERS", "1")]).unwrap_err();
+        assert!(
+            err.to_string().contains("REPLPOOL_POOL_WARM_WRKERS"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("warm_wrkers"), "{err}");
+        // A field whose default is absent from the file is a field all the same.
+        let config = load_str("", &[("REPLPOOL_AUTH_TOKENS_FILE", "/nonexistent")]);
+        assert!(
+            config.is_err_and(|e| e.to_string().contains("auth.tokens_file")),
+            "tokens_file is a field"
+        );
     }
 
     #[test]
@@ -844,6 +968,59 @@ mod tests {
             &[],
         )
         .expect("installs with the network");
+    }
+
+    #[test]
+    fn every_limit_is_in_exactly_one_view() {
+        let table = toml::Table::try_from(LimitsConfig::default()).expect("serializes");
+        let mut fields: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut viewed: Vec<&str> = LimitsConfig::VIEWS.iter().map(|(f, _)| *f).collect();
+        fields.sort_unstable();
+        viewed.sort_unstable();
+        assert_eq!(
+            fields, viewed,
+            "a [limits] field without a view, or a view without one"
+        );
+        let limits = LimitsConfig {
+            memory_mb: 512,
+            file_size_mb: 2,
+            open_files: 100,
+            cpu_seconds: 7,
+            processes: 32,
+            cpus: 0.5,
+            background_cpu_seconds_per_minute: 3.0,
+        };
+        assert_eq!(
+            limits.per_process(),
+            ProcessLimits {
+                address_space_bytes: Some(512 << 20),
+                file_size_bytes: Some(2 << 20),
+                open_files: Some(100),
+            }
+        );
+        assert_eq!(
+            limits.per_session(),
+            SessionLimits {
+                processes: Some(32),
+                memory_bytes: Some(512 << 20),
+                cpus: Some(0.5),
+            }
+        );
+        assert_eq!(limits.per_cell_cpu_seconds(), Some(7));
+        assert_eq!(limits.background_cpu_budget(), Some(3.0));
+        let none = LimitsConfig {
+            memory_mb: 0,
+            file_size_mb: 0,
+            open_files: 0,
+            cpu_seconds: 0,
+            processes: 0,
+            cpus: 0.0,
+            background_cpu_seconds_per_minute: 0.0,
+        };
+        assert_eq!(none.per_process(), ProcessLimits::default());
+        assert_eq!(none.per_session(), SessionLimits::default());
+        assert_eq!(none.per_cell_cpu_seconds(), None);
+        assert_eq!(none.background_cpu_budget(), None);
     }
 
     #[test]

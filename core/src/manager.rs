@@ -652,3 +652,172 @@ impl Drop for SharedMount {
 fn new_session_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Network;
+
+    #[test]
+    fn reserved_counts_in_all_and_per_owner() {
+        let mut reserved = Reserved::default();
+        reserved.take(Some("a"));
+        reserved.take(Some("a"));
+        reserved.take(Some("b"));
+        reserved.take(None);
+        assert_eq!(
+            (
+                reserved.total,
+                reserved.of(Some("a")),
+                reserved.of(Some("b")),
+                reserved.of(None)
+            ),
+            (4, 2, 1, 0)
+        );
+        reserved.release(Some("a"));
+        reserved.release(Some("b"));
+        reserved.release(None);
+        assert_eq!((reserved.total, reserved.of(Some("a"))), (1, 1));
+        // An owner down to nothing leaves no entry behind (tokens come and go).
+        assert!(!reserved.by_owner.contains_key("b"));
+        reserved.release(Some("a"));
+        // A release too many is not an underflow.
+        reserved.release(Some("a"));
+        reserved.release(Some("nobody"));
+        assert_eq!(reserved.total, 0);
+        assert!(reserved.by_owner.is_empty());
+    }
+
+    #[test]
+    fn a_reservation_is_given_back_unless_kept() {
+        let reserved = parking_lot::Mutex::new(Reserved::default());
+        let take = |owner: &str| {
+            reserved.lock().take(Some(owner));
+            Reservation {
+                reserved: &reserved,
+                owner: Some(owner.to_owned()),
+                kept: false,
+            }
+        };
+        drop(take("a"));
+        assert_eq!(
+            reserved.lock().total,
+            0,
+            "a failed create gives its place back"
+        );
+        take("a").keep();
+        let kept = reserved.lock();
+        assert_eq!((kept.total, kept.of(Some("a"))), (1, 1));
+    }
+
+    /// A manager of real workers, as the caller's user on the host network: what a
+    /// session's place under the limits means needs real sessions, and no root.
+    fn manager(max: usize, per_token: usize) -> Arc<SessionManager> {
+        let mut config = Config::default();
+        config.python.executable = std::env::var_os("REPLPOOL_TEST_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
+            });
+        config.python.preload = Vec::new();
+        config.pool.warm_workers = 1;
+        config.pool.template = false;
+        config.sessions.max = max;
+        config.auth.max_sessions_per_token = per_token;
+        config.sandbox.user = String::new();
+        config.sandbox.session_uids = String::new();
+        config.sandbox.network = Network::Host;
+        config.sandbox.cgroups = false;
+        SessionManager::start(&config).expect("manager")
+    }
+
+    fn alive(manager: &SessionManager, id: &str) -> bool {
+        manager.sessions.contains_key(id)
+    }
+
+    async fn run(manager: &SessionManager, id: &str, code: &str) {
+        let request = ExecRequest {
+            code: code.to_owned(),
+            stdin: None,
+            timeout: None,
+            filename: None,
+        };
+        let execution = manager.execute(id, &request, None).await.expect("runs");
+        assert_eq!(execution.status, crate::execution::Status::Ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_owner_at_its_limit_ends_its_own_least_recently_used_idle_session() {
+        let manager = manager(4, 2);
+        let a1 = manager.create_for(Some("a")).await.expect("a1").session_id;
+        let a2 = manager.create_for(Some("a")).await.expect("a2").session_id;
+        let b1 = manager.create_for(Some("b")).await.expect("b1").session_id;
+        // a1 used after a2 was made: a2 is a's least recently used.
+        run(&manager, &a1, "1").await;
+        let a3 = manager.create_for(Some("a")).await.expect("a3").session_id;
+        assert!(
+            !alive(&manager, &a2),
+            "a's least recently used session ends"
+        );
+        for id in [&a1, &a3, &b1] {
+            assert!(alive(&manager, id), "{id} stays");
+        }
+        let reserved = manager.reserved.lock();
+        assert_eq!((reserved.of(Some("a")), reserved.total), (2, 3));
+        drop(reserved);
+        manager.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_session_limit_one_owner_never_ends_another_owners_session() {
+        let manager = manager(2, 2);
+        let a1 = manager.create_for(Some("a")).await.expect("a1").session_id;
+        let a2 = manager.create_for(Some("a")).await.expect("a2").session_id;
+        let refused = manager.create_for(Some("b")).await;
+        assert!(
+            matches!(refused, Err(Error::TooManySessions { max: 2 })),
+            "{refused:?}"
+        );
+        assert!(alive(&manager, &a1) && alive(&manager, &a2));
+        // The refused create took no place: a's own create at the limit evicts a's LRU.
+        assert_eq!(manager.reserved.lock().total, 2);
+        let a3 = manager.create_for(Some("a")).await.expect("a3").session_id;
+        assert!(!alive(&manager, &a1) && alive(&manager, &a2) && alive(&manager, &a3));
+        assert_eq!(manager.reserved.lock().total, 2);
+        manager.shutdown();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_session_is_never_evicted() {
+        let manager = manager(4, 1);
+        let a1 = manager.create_for(Some("a")).await.expect("a1").session_id;
+        // A cell that runs until the test writes a byte to it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("hold.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
+        let code = format!(
+            "import socket\nwith socket.socket(socket.AF_UNIX) as c:\n    c.connect({:?})\n    c.recv(1)",
+            socket.display().to_string()
+        );
+        let busy = {
+            let manager = Arc::clone(&manager);
+            let a1 = a1.clone();
+            tokio::spawn(async move { run(&manager, &a1, &code).await })
+        };
+        let (mut held, _) = listener.accept().await.expect("the cell connects");
+        let refused = manager.create_for(Some("a")).await;
+        assert!(
+            matches!(refused, Err(Error::TooManySessionsForOwner { max: 1 })),
+            "{refused:?}"
+        );
+        assert!(alive(&manager, &a1));
+        assert_eq!(manager.reserved.lock().total, 1);
+        tokio::io::AsyncWriteExt::write_all(&mut held, b"x")
+            .await
+            .expect("release the cell");
+        busy.await.expect("the cell finished");
+        let a2 = manager.create_for(Some("a")).await.expect("a2").session_id;
+        assert!(!alive(&manager, &a1) && alive(&manager, &a2));
+        manager.shutdown();
+    }
+}

@@ -6,12 +6,10 @@ import atexit
 import json
 import sys
 import weakref
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from . import _native
 from ._session import Session
-
-_LIMITS = ("memory_mb", "file_size_mb", "open_files", "cpu_seconds", "processes")
 
 _open_pools: "weakref.WeakSet[Pool]" = weakref.WeakSet()
 
@@ -21,8 +19,10 @@ class Pool:
 
     Workers are this interpreter (`sys.executable`) unless `python` names another, with
     `preload` imported once per worker (default: numpy as np, pandas as pd, matplotlib.pyplot
-    as plt). `warm_workers` are kept started ahead of need. Limits (`memory_mb`,
-    `file_size_mb`, `open_files`, `cpu_seconds`, `processes`) are the server's `[limits]`.
+    as plt). `warm_workers` are kept started ahead of need. `limits` is the server's
+    `[limits]` section as a dict, fields named as in config.toml (`{"memory_mb": 1024,
+    "cpu_seconds": 10}`); the same fields may be given as keywords. An unknown field raises
+    ReplpoolError naming it: the core's configuration is the one list of limits.
     Workers run as this process's user, on the machine's network (`network="none"` gives them
     a namespace with only loopback, which needs root).
 
@@ -39,15 +39,13 @@ class Pool:
         *,
         network: str = "host",
         default_timeout: float | None = None,
-        **limits: Any,
+        limits: Mapping[str, Any] | None = None,
+        **limit_fields: Any,
     ):
-        unknown = set(limits) - set(_LIMITS)
-        if unknown:
-            raise TypeError(f"unknown limits {sorted(unknown)}; known: {list(_LIMITS)}")
         settings: dict[str, Any] = {
             "python": {"executable": python or sys.executable},
             "pool": {"warm_workers": warm_workers},
-            "limits": limits,
+            "limits": {**(limits or {}), **limit_fields},
             # The caller's own code, as the caller: no user change, no cgroups of ours.
             "sandbox": {"user": "", "session_uids": "", "network": network, "cgroups": False},
         }

@@ -7,15 +7,12 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
+pub mod launcher;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{self, Signal};
-use nix::unistd::Pid;
 use serde_json::Value;
 
 /// The interpreter the tests' workers use: the project's venv unless overridden.
@@ -25,27 +22,61 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"))
 }
 
-/// A config file for a test server: the given TOML after a `[python]` section pointing at
-/// the test interpreter.
+/// Whether the sandbox can be tested here (the server changes user, makes namespaces and
+/// cgroups only as root); says on stderr that the calling test is skipped when it cannot.
+/// Written to the stderr stream itself, not through `eprintln!`, which the test harness
+/// captures and shows only for a failing test.
+#[track_caller]
+pub fn root() -> bool {
+    use std::io::Write;
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped ({}): needs root, as the sandbox does",
+            std::panic::Location::caller()
+        );
+    }
+    root
+}
+
+/// A config file for a test server: a `[python]` section pointing at the test interpreter,
+/// then `extra`. The server is on the host network unless `extra` says otherwise: only
+/// root may make the namespace of `sandbox.network = "none"`, and tests that are not about
+/// the sandbox run as anyone.
 pub fn write_config(dir: &std::path::Path, extra: &str) -> PathBuf {
     let path = dir.join("config.toml");
-    let text = format!(
-        "[python]\nexecutable = {:?}\n\n{extra}",
-        python().display().to_string()
-    );
+    let mut table: toml::Table = extra.parse().expect("test config is TOML");
+    let sandbox = table
+        .entry("sandbox")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(sandbox) = sandbox {
+        sandbox
+            .entry("network")
+            .or_insert_with(|| toml::Value::String("host".into()));
+    }
+    let python_section = table
+        .entry("python")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(section) = python_section {
+        section
+            .entry("executable")
+            .or_insert_with(|| toml::Value::String(python().display().to_string()));
+    }
+    let text = toml::to_string(&table).expect("test config serializes");
     std::fs::write(&path, text).expect("write test config");
     path
 }
 
 pub struct Server {
-    child: Child,
+    child: std::process::Child,
     pub base: String,
     _dir: tempfile::TempDir,
 }
 
 impl Server {
-    /// Starts a server with `extra` config TOML (sections other than `[python]`), and waits
-    /// until it listens.
+    /// Starts a server with `extra` config TOML (see [`write_config`]), and waits until it
+    /// listens.
     pub fn start(extra: &str) -> Server {
         Server::start_with_env(extra, &[])
     }
@@ -53,43 +84,15 @@ impl Server {
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write_config(dir.path(), extra);
-        let mut command = Command::new(env!("CARGO_BIN_EXE_replpool"));
-        command
-            .args(["serve", "--bind", "127.0.0.1:0", "--config"])
-            .arg(&config)
-            .env("REPLPOOL_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: prctl is async-signal-safe. If the test process dies, so does its server
-        // (and the server's workers die with the server).
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("start replpool");
-        let stdout = child.stdout.take().expect("stdout piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    if let Some(url) = line.strip_prefix("listening on ") {
-                        break url.to_owned();
-                    }
-                }
-                other => {
-                    let _ = child.kill();
-                    panic!("server exited before listening: {other:?}");
-                }
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let launched = launcher::launch(
+            std::path::Path::new(env!("CARGO_BIN_EXE_replpool")),
+            &config,
+            env,
+        )
+        .expect("start replpool");
         Server {
-            child,
-            base,
+            child: launched.child,
+            base: launched.base,
             _dir: dir,
         }
     }
@@ -104,34 +107,13 @@ impl Server {
 
     /// Waits for the server to exit by itself.
     pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        launcher::wait_exit(&mut self.child, within)
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let pid = Pid::from_raw(self.child.id() as i32);
-        let _ = signal::kill(pid, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut exited = false;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                exited = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        launcher::stop(&mut self.child, Duration::from_secs(10));
         // A server killed by the test (kill -9) could not remove its own state directory.
         if let Some(dir) = state_dir_of(self.child.id()) {
             let _ = std::fs::remove_dir_all(dir);
@@ -421,13 +403,25 @@ pub fn is_dead(pid: u32) -> bool {
 /// Polls `condition` until it holds or `within` passes; returns whether it held. For waiting
 /// on other processes, which give no event to wait for.
 pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    eventually_some(within, || std::future::ready(condition().then_some(())))
+        .await
+        .is_some()
+}
+
+/// Polls `probe` until it gives a value or `within` passes: [`eventually`] for what takes a
+/// request (or another await) to look at. The tests' one polling loop.
+pub async fn eventually_some<T, F, Fut>(within: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + within;
     loop {
-        if condition() {
-            return true;
+        if let Some(value) = probe().await {
+            return Some(value);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -445,34 +439,24 @@ impl Api {
 
     /// Waits until the server's pool holds `ready` idle workers.
     pub async fn wait_for_pool(&self, ready: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        let health = eventually_some(Duration::from_secs(60), || async move {
             let (_, health) = self.get("/healthz").await;
-            if health["pool"]["ready"].as_u64() == Some(ready) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the pool never held {ready}: {health}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (health["pool"]["ready"].as_u64() == Some(ready)).then_some(())
+        })
+        .await;
+        assert!(health.is_some(), "the pool never held {ready}");
     }
 
     /// Waits until the session has `pending` executions running or queued.
     pub async fn wait_for_pending(&self, session: &str, pending: u64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, info) = self.get(&format!("/v1/sessions/{session}")).await;
-            if info["pending"].as_u64() == Some(pending) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "session never reached {pending} pending: {info}"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let path = format!("/v1/sessions/{session}");
+        let path = &path;
+        let reached = eventually_some(Duration::from_secs(60), || async move {
+            let (_, info) = self.get(path).await;
+            (info["pending"].as_u64() == Some(pending)).then_some(())
+        })
+        .await;
+        assert!(reached.is_some(), "session never reached {pending} pending");
     }
 }
 
