@@ -21,7 +21,7 @@ use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
 use crate::session_dir::SessionDir;
 use crate::state_dir::{self, StateDir};
 use crate::template::Template;
-use crate::worker::{EventSender, PrivateTmp, ResourceLimits, WorkerSpec};
+use crate::worker::{EventSender, PrivateTmp, WorkerSpec};
 
 /// The file the worker runs, compiled into the binary so the server cannot run against a
 /// mismatched copy. It is written into the state directory at start.
@@ -115,11 +115,7 @@ impl SessionManager {
             blas_threads: config.python.blas_threads,
             max_frame_bytes: ex.max_frame_bytes,
             start_timeout: Duration::from_millis(config.pool.start_timeout_ms),
-            limits: ResourceLimits {
-                address_space_bytes: config.limits.address_space_bytes(),
-                file_size_bytes: config.limits.file_size_bytes(),
-                open_files: config.limits.open_files(),
-            },
+            limits: config.limits.per_process(),
             cold: false,
             isolation: sandbox.isolation(),
             private_tmp: sandbox.changes_user().then(|| PrivateTmp {
@@ -143,7 +139,7 @@ impl SessionManager {
                 max_timeout: Duration::from_millis(ex.max_timeout_ms),
                 interrupt_grace: Duration::from_millis(ex.interrupt_grace_ms),
                 max_output_bytes: ex.max_output_bytes,
-                cpu_seconds: config.limits.cpu_seconds(),
+                cpu_seconds: config.limits.per_cell_cpu_seconds(),
                 queue_depth: config.sessions.queue_depth,
                 acquire_timeout: Duration::from_millis(config.pool.acquire_timeout_ms),
                 history_max: config.sessions.history_max,

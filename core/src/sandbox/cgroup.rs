@@ -15,13 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::config::SessionLimits;
+
 /// What a session's cgroup limits.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CgroupLimits {
-    pub processes: Option<u64>,
-    pub memory_bytes: Option<u64>,
-    /// CPU time per wall-clock second, in cores (`cpu.max` / the CFS quota).
-    pub cpus: Option<f64>,
+    /// What each session's cgroup holds its processes to (`[limits]`' per-session view).
+    pub session: SessionLimits,
     /// Most sessions at once: what the server's own CPU weight is made of.
     pub sessions: usize,
 }
@@ -216,10 +216,10 @@ impl Cgroups {
         group.pids = self.pids.as_ref().map(|c| dir_of(c).0);
         group.memory = self.memory.as_ref().map(dir_of);
         group.usage = self.usage.as_ref().map(dir_of);
-        if let (Some(dir), Some(max)) = (&group.pids, self.limits.processes) {
+        if let (Some(dir), Some(max)) = (&group.pids, self.limits.session.processes) {
             write(&dir.join("pids.max"), &max.to_string())?;
         }
-        if let (Some((dir, v2)), Some(bytes)) = (&group.memory, self.limits.memory_bytes) {
+        if let (Some((dir, v2)), Some(bytes)) = (&group.memory, self.limits.session.memory_bytes) {
             let file = if *v2 {
                 "memory.max"
             } else {
@@ -234,6 +234,7 @@ impl Cgroups {
         if let Some((dir, v2)) = self.cpu.as_ref().map(dir_of) {
             let quota = self
                 .limits
+                .session
                 .cpus
                 .map(|cores| ((cores * CPU_PERIOD_US as f64).round() as u64).max(1000));
             if v2 {

@@ -95,9 +95,7 @@ impl Sandbox {
         let processes = config.limits.processes();
         let cgroups = if sandbox.cgroups && root {
             Cgroups::setup(CgroupLimits {
-                processes,
-                memory_bytes: config.limits.address_space_bytes(),
-                cpus: config.limits.cpus(),
+                session: config.limits.per_session(),
                 sessions: config.sessions.max,
             })
         } else {

@@ -12,5 +12,5 @@ mod stderr_tail;
 
 pub use error::WorkerError;
 pub use handle::{Cell, CellOutcome, Event, EventSender, Interrupt, Worker};
-pub use spawn::{PrivateTmp, ResourceLimits, WorkerSpec};
+pub use spawn::{PrivateTmp, WorkerSpec};
 pub use stderr_tail::{StderrTail, drain_stderr, new_stderr_tail};

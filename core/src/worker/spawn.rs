@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
 use super::WorkerError;
+use crate::config::ProcessLimits;
 use crate::reaper;
 use crate::sandbox::{Isolation, SyscallFilter};
 
@@ -23,7 +24,7 @@ pub struct WorkerSpec {
     pub blas_threads: u32,
     pub max_frame_bytes: usize,
     pub start_timeout: Duration,
-    pub limits: ResourceLimits,
+    pub limits: ProcessLimits,
     /// A cold worker imports what it can of the preload instead of failing on a bad entry.
     pub cold: bool,
     /// The namespaces and filesystem view every process started for Python gets.
@@ -43,33 +44,21 @@ pub struct PrivateTmp {
     pub size_bytes: u64,
 }
 
-/// Per-process limits, set between fork and exec so that user code inherits them and cannot
-/// raise them past the hard limit.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ResourceLimits {
-    /// RLIMIT_AS: beyond it allocations fail (a MemoryError in Python).
-    pub address_space_bytes: Option<u64>,
-    /// RLIMIT_FSIZE: writing past it fails with EFBIG (Python ignores SIGXFSZ).
-    pub file_size_bytes: Option<u64>,
-    /// RLIMIT_NOFILE.
-    pub open_files: Option<u64>,
-}
-
-impl ResourceLimits {
-    fn apply(&self) -> std::io::Result<()> {
-        use nix::sys::resource::{Resource, setrlimit};
-        let limits = [
-            (Resource::RLIMIT_AS, self.address_space_bytes),
-            (Resource::RLIMIT_FSIZE, self.file_size_bytes),
-            (Resource::RLIMIT_NOFILE, self.open_files),
-        ];
-        for (resource, limit) in limits {
-            if let Some(limit) = limit {
-                setrlimit(resource, limit, limit)?;
-            }
+/// Sets the per-process limits (`[limits]`' per-process view) between fork and exec, soft and
+/// hard alike, so that user code inherits them and cannot raise them.
+fn apply_rlimits(limits: &ProcessLimits) -> std::io::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    let limits = [
+        (Resource::RLIMIT_AS, limits.address_space_bytes),
+        (Resource::RLIMIT_FSIZE, limits.file_size_bytes),
+        (Resource::RLIMIT_NOFILE, limits.open_files),
+    ];
+    for (resource, limit) in limits {
+        if let Some(limit) = limit {
+            setrlimit(resource, limit, limit)?;
         }
-        Ok(())
     }
+    Ok(())
 }
 
 impl WorkerSpec {
@@ -117,7 +106,7 @@ impl WorkerSpec {
                 }
                 // No setuid program can give user code back what it is about to lose.
                 nix::sys::prctl::set_no_new_privs()?;
-                limits.apply()?;
+                apply_rlimits(&limits)?;
                 isolation.apply()
             });
         }
