@@ -15,6 +15,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
@@ -159,8 +160,8 @@ impl SessionFiles {
     /// Bytes taken by the session's files.
     pub async fn usage(&self) -> Result<u64, FileError> {
         if self.own_fs {
-            // One statvfs of a tmpfs: no I/O, nothing user code can hide.
-            return self.fs_usage().map_err(FileError::from);
+            // One statvfs of a tmpfs: no I/O, no thread needed.
+            return Ok(self.fs_usage()?);
         }
         self.blocking(|files| files.usage_now()).await
     }
@@ -216,7 +217,13 @@ impl SessionFiles {
             return Err(invalid(path, "names the session directory itself"));
         };
         let root = self.open_root()?;
-        let parent = make_parents(&root, parents, path)?;
+        let parent = make_parents(&root, parents, path).map_err(|e| match e {
+            FileError::Io(io) if is_out_of_space(&io) => FileError::QuotaExceeded {
+                total: self.usage_beneath(&root).unwrap_or(0) + size,
+                max: self.limits.max_total_bytes,
+            },
+            other => other,
+        })?;
         let replaced = match stat_at(&parent, name) {
             Ok(stat) if is_dir(&stat) => return Err(FileError::IsADirectory(path.to_owned())),
             Ok(stat) => stat.st_blocks as u64 * 512,
@@ -317,39 +324,24 @@ impl SessionFiles {
         let root = self.open_root()?;
         let max = self.limits.max_list_entries;
         let mut files = Vec::new();
-        let mut truncated = false;
-        let mut pending: Vec<Vec<OsString>> = vec![Vec::new()];
-        'walk: while let Some(dir) = pending.pop() {
-            let entries = match read_dir_beneath(&root, &dir) {
-                Ok(entries) => entries,
-                // Code may close a directory to its own user (chmod 0), or swap it for a link
-                // while we walk: what cannot be opened is not listed, and nothing fails.
-                Err(Errno::ENAMETOOLONG) => {
-                    truncated = true;
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            for (name, stat) in entries {
-                let mut path = dir.clone();
-                path.push(name);
-                if is_dir(&stat) {
-                    pending.push(path);
-                } else if is_regular(&stat) {
-                    if files.len() == max {
-                        truncated = true;
-                        break 'walk;
-                    }
-                    files.push(FileInfo {
-                        path: join(&path),
-                        size: stat.st_size.max(0) as u64,
-                        modified: modified(&stat),
-                    });
-                }
+        let mut full = false;
+        let too_deep = walk_files(&root, |names, stat| {
+            if files.len() == max {
+                full = true;
+                return ControlFlow::Break(());
             }
-        }
+            files.push(FileInfo {
+                path: join(names),
+                size: stat.st_size.max(0) as u64,
+                modified: modified(stat),
+            });
+            ControlFlow::Continue(())
+        });
         files.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(FileListing { files, truncated })
+        Ok(FileListing {
+            files,
+            truncated: full || too_deep,
+        })
     }
 
     /// Bytes of regular files (or the filesystem's usage, when it is the session's own).
@@ -358,21 +350,10 @@ impl SessionFiles {
             return Ok(self.fs_usage()?);
         }
         let mut total = 0u64;
-        let mut pending: Vec<Vec<OsString>> = vec![Vec::new()];
-        while let Some(dir) = pending.pop() {
-            let Ok(entries) = read_dir_beneath(root, &dir) else {
-                continue;
-            };
-            for (name, stat) in entries {
-                if is_dir(&stat) {
-                    let mut path = dir.clone();
-                    path.push(name);
-                    pending.push(path);
-                } else if is_regular(&stat) {
-                    total += stat.st_size.max(0) as u64;
-                }
-            }
-        }
+        walk_files(root, |_, stat| {
+            total += stat.st_size.max(0) as u64;
+            ControlFlow::Continue(())
+        });
         Ok(total)
     }
 
@@ -388,9 +369,6 @@ impl SessionFiles {
         names: &[OsString],
         path: &str,
     ) -> Result<OwnedFd, FileError> {
-        if names.is_empty() {
-            return Ok(root.try_clone()?);
-        }
         open_beneath(root, names, OFlag::O_PATH | OFlag::O_DIRECTORY)
             .map_err(|e| self.refusal(e, path, names))
     }
@@ -458,11 +436,15 @@ fn lexical(path: &str) -> Result<Vec<OsString>, FileError> {
 /// Set once `openat2` turned out to be missing (kernels before 5.6, some seccomp profiles).
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
-/// Opens `names` beneath `root` without following any symlink or leaving the directory's
-/// filesystem: `openat2` where the kernel has it, else one `O_NOFOLLOW` name at a time (each
-/// name is a plain name, never `..`, so no step can climb out).
+/// Opens `names` beneath `root` (no names: the root itself) without following any symlink or
+/// leaving the directory's filesystem: `openat2` where the kernel has it, else one
+/// `O_NOFOLLOW` name at a time (each name is a plain name, never `..`, so no step can climb
+/// out).
 fn open_beneath(root: &OwnedFd, names: &[OsString], flags: OFlag) -> nix::Result<OwnedFd> {
     let flags = flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    if names.is_empty() {
+        return nix::fcntl::openat(root, ".", flags, Mode::empty());
+    }
     if !NO_OPENAT2.load(Ordering::Relaxed) {
         let path: PathBuf = names.iter().collect();
         let how = OpenHow::new().flags(flags).resolve(
@@ -477,7 +459,7 @@ fn open_beneath(root: &OwnedFd, names: &[OsString], flags: OFlag) -> nix::Result
         }
     }
     let Some((last, parents)) = names.split_last() else {
-        return root.try_clone().map_err(|_| Errno::EMFILE);
+        return Err(Errno::ENOENT); // handled above
     };
     let mut dir = root.try_clone().map_err(|_| Errno::EMFILE)?;
     for name in parents {
@@ -498,9 +480,6 @@ fn make_parents(root: &OwnedFd, names: &[OsString], path: &str) -> Result<OwnedF
     for name in names {
         match nix::sys::stat::mkdirat(&dir, name.as_os_str(), Mode::from_bits_truncate(0o755)) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) if is_out_of_space(&e.into()) => {
-                return Err(FileError::QuotaExceeded { total: 0, max: 0 });
-            }
             Err(e) => return Err(e.into()),
         }
         dir = nix::fcntl::openat(
@@ -519,19 +498,13 @@ fn make_parents(root: &OwnedFd, names: &[OsString], path: &str) -> Result<OwnedF
     Ok(dir)
 }
 
-/// The entries of a directory beneath the root (each with its own `lstat`), `.` and `..`
-/// left out.
-fn read_dir_beneath(root: &OwnedFd, names: &[OsString]) -> nix::Result<Vec<(OsString, FileStat)>> {
-    let fd = if names.is_empty() {
-        nix::fcntl::openat(
-            root,
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?
-    } else {
-        open_beneath(root, names, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?
-    };
+/// Entries of a directory beneath the root.
+type Entries = Vec<(OsString, FileStat)>;
+
+/// A directory beneath the root, opened, and its entries (each with its own `lstat`), `.` and
+/// `..` left out; the directory stays open for the caller to act in.
+fn read_dir_beneath(root: &OwnedFd, names: &[OsString]) -> nix::Result<(nix::dir::Dir, Entries)> {
+    let fd = open_beneath(root, names, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
     let mut dir = nix::dir::Dir::from_fd(fd)?;
     let names: Vec<OsString> = dir
         .iter()
@@ -546,7 +519,39 @@ fn read_dir_beneath(root: &OwnedFd, names: &[OsString]) -> nix::Result<Vec<(OsSt
             entries.push((name, stat));
         }
     }
-    Ok(entries)
+    Ok((dir, entries))
+}
+
+/// Calls `visit` with each regular file beneath the root (its names from the root, its
+/// `lstat`), depth first, until it breaks. A directory that cannot be opened — code closed it
+/// to its own user (`chmod 0`), or swapped it for a link meanwhile — is passed over, and
+/// nothing fails; returns whether one was nested too deep to name.
+fn walk_files(
+    root: &OwnedFd,
+    mut visit: impl FnMut(&[OsString], &FileStat) -> ControlFlow<()>,
+) -> bool {
+    let mut too_deep = false;
+    let mut pending: Vec<Vec<OsString>> = vec![Vec::new()];
+    while let Some(dir) = pending.pop() {
+        let entries = match read_dir_beneath(root, &dir) {
+            Ok((_, entries)) => entries,
+            Err(Errno::ENAMETOOLONG) => {
+                too_deep = true;
+                continue;
+            }
+            Err(_) => continue,
+        };
+        for (name, stat) in entries {
+            let mut path = dir.clone();
+            path.push(name);
+            if is_dir(&stat) {
+                pending.push(path);
+            } else if is_regular(&stat) && visit(&path, &stat).is_break() {
+                return too_deep;
+            }
+        }
+    }
+    too_deep
 }
 
 /// Removes a directory beneath the root with everything in it, deepest first. Pending
@@ -561,8 +566,7 @@ fn remove_tree(root: &OwnedFd, top: &[OsString]) -> nix::Result<()> {
         if visits > MAX_DELETE_VISITS {
             return Err(Errno::EBUSY);
         }
-        let fd = open_beneath(root, &dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
-        let entries = read_dir_beneath(root, &dir)?;
+        let (fd, entries) = read_dir_beneath(root, &dir)?;
         let mut subdirs = Vec::new();
         for (name, stat) in entries {
             if is_dir(&stat) {
@@ -581,11 +585,7 @@ fn remove_tree(root: &OwnedFd, top: &[OsString]) -> nix::Result<()> {
             let Some((name, parents)) = dir.split_last() else {
                 return Ok(());
             };
-            let parent = if parents.is_empty() {
-                root.try_clone().map_err(|_| Errno::EMFILE)?
-            } else {
-                open_beneath(root, parents, OFlag::O_PATH | OFlag::O_DIRECTORY)?
-            };
+            let parent = open_beneath(root, parents, OFlag::O_PATH | OFlag::O_DIRECTORY)?;
             match nix::unistd::unlinkat(&parent, name.as_os_str(), UnlinkatFlags::RemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => return Err(e),

@@ -42,11 +42,10 @@ pub struct SessionManager {
     sessions_dir: PathBuf,
     sandbox: Sandbox,
     shutdown: CancellationToken,
-    /// Session directories get a tmpfs of their own, sized to the quota.
-    quota_mounts: bool,
-    /// Unmounts the shared sessions directory, after the sessions went and before the state
+    /// The sessions directory as a shared mount, when session directories get a tmpfs of
+    /// their own sized to the quota; unmounted after the sessions went and before the state
     /// directory goes (fields drop in order).
-    _shared_sessions: Option<SharedMount>,
+    shared_sessions: Option<SharedMount>,
     /// Keeps the state directory (worker script, session directories) until the manager goes.
     _state_dir: StateDir,
 }
@@ -163,8 +162,7 @@ impl SessionManager {
             sessions_dir,
             sandbox,
             shutdown,
-            quota_mounts: shared_sessions.is_some(),
-            _shared_sessions: shared_sessions,
+            shared_sessions,
             _state_dir: state_dir,
         });
         tokio::spawn(watch_background_cpu(
@@ -323,7 +321,7 @@ impl SessionManager {
         let mut dir = SessionDir::create(&self.sessions_dir, id)
             .map_err(Error::io("cannot create the session directory"))?;
         let sandbox = self.session_sandbox(id, dir.path())?;
-        if self.quota_mounts
+        if self.shared_sessions.is_some()
             && let Some(owner) = sandbox.credentials()
         {
             dir.mount_quota(self.workers.limits.files.max_total_bytes, owner)

@@ -468,41 +468,36 @@ impl Session {
                 self.sandbox.memory_mb()
             );
         }
-        let files = self.files();
-        let max = files.max_total_bytes();
-        // Where the directory is a filesystem of the quota's size, the kernel refused the
-        // write that would have passed it, and the cell saw ENOSPC; say why.
-        let refused_write = self.dir.own_fs()
-            && execution
-                .error
-                .as_ref()
-                .is_some_and(|e| e.ename == "OSError" && e.evalue.starts_with("[Errno 28]"));
-        match files.usage().await {
-            Ok(used) if used > max || refused_write => {
+        let max = self.workers.limits.files.max_total_bytes;
+        if self.dir.own_fs() {
+            // The directory is a filesystem of the quota's size: the kernel refused the write
+            // that would have passed it, and the cell saw ENOSPC. Say why; there is nothing
+            // to measure, so executions pay nothing for the quota.
+            if let Some(error) = execution.error.as_mut()
+                && error.ename == "OSError"
+                && error.evalue.starts_with("[Errno 28]")
+            {
+                tracing::warn!(max, "limit reached: disk quota");
+                error.ename = "DiskQuotaExceeded".into();
+                error.evalue = format!(
+                    "the session's files reached its quota of {max} bytes, so a write failed (No space left on device); delete some to make room"
+                );
+            }
+            return;
+        }
+        // Elsewhere the quota is measured, after the fact.
+        match self.files().usage().await {
+            Ok(used) if used > max => {
                 tracing::warn!(used, max, "limit reached: disk quota");
-                let evalue = if refused_write {
-                    format!(
-                        "the session's files reached its quota of {max} bytes, so a write failed (No space left on device); delete some to make room"
-                    )
-                } else {
-                    format!(
-                        "the session's files take {used} bytes, over its quota of {max}; delete some to get under it"
-                    )
-                };
-                match execution.error.as_mut() {
-                    Some(error) if refused_write => {
-                        error.ename = "DiskQuotaExceeded".into();
-                        error.evalue = evalue;
-                    }
-                    Some(_) => {}
-                    None => {
-                        execution.status = Status::Error;
-                        execution.error = Some(ErrorInfo {
-                            ename: "DiskQuotaExceeded".into(),
-                            evalue,
-                            traceback: Vec::new(),
-                        });
-                    }
+                if execution.error.is_none() {
+                    execution.status = Status::Error;
+                    execution.error = Some(ErrorInfo {
+                        ename: "DiskQuotaExceeded".into(),
+                        evalue: format!(
+                            "the session's files take {used} bytes, over its quota of {max}; delete some to get under it"
+                        ),
+                        traceback: Vec::new(),
+                    });
                 }
             }
             Ok(_) => {}
