@@ -255,6 +255,32 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Sends `request` (one that makes a session and runs a cell held by `blocker`), goes
+    /// away while the cell is held, then lets it go: returns whether the session the request
+    /// made ended all the same. Checks on the way that exactly that session was alive.
+    pub async fn leave_mid_cell(
+        &self,
+        request: reqwest::RequestBuilder,
+        blocker: &Blocker,
+    ) -> bool {
+        let client = tokio::spawn(async move { request.send().await });
+        let release = blocker.accept().await;
+        client.abort();
+        let _ = client.await;
+        let (_, sessions) = self.get("/v1/sessions").await;
+        assert_eq!(
+            sessions["sessions"].as_array().map(Vec::len),
+            Some(1),
+            "{sessions}"
+        );
+        drop(release);
+        eventually_some(Duration::from_secs(10), || async move {
+            (self.get("/v1/sessions").await.1["sessions"] == serde_json::json!([])).then_some(())
+        })
+        .await
+        .is_some()
+    }
+
     /// Creates a session and returns its id.
     pub async fn session(&self) -> String {
         let (status, body) = self.post("/v1/sessions", serde_json::json!({})).await;
