@@ -768,7 +768,7 @@ class Worker:
         user, for good. A worker that cannot become the user must not run anything."""
         cwd = request["cwd"]
         try:
-            confine_to_session(self.isolation, cwd)
+            confine_to_session(self.isolation, cwd, request.get("shared"))
         except BaseException:
             traceback.print_exc()
             os._exit(1)
@@ -991,6 +991,7 @@ def worker_main(settings):
     log = open(os.dup(2), "w", buffering=1, closefd=True)
     # Still one thread: before any import starts one.
     enter_namespaces(settings.get("isolation"))
+    own_pid_namespace(settings.get("isolation"))
     if settings.get("private_tmp"):
         private_tmp(settings["private_tmp"])
     common_setup(log)
@@ -1087,10 +1088,7 @@ class Template:
             code = 0
             try:
                 os.close(r)
-                if (self.settings.get("isolation") or {}).get("pid_namespace"):
-                    # The worker is the first process of a pid namespace of its own: sessions
-                    # that share one uid cannot signal (or see) each other's processes.
-                    Kernel().unshare(Kernel.CLONE_NEWPID, "CLONE_NEWPID")
+                namespaces_per_worker(self.settings.get("isolation"))
                 pid = os.fork()
                 if pid == 0:
                     os.close(w)
@@ -1217,6 +1215,7 @@ class Kernel:
     (standard library only: ctypes). Each raises OSError naming what failed."""
 
     CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+    CLONE_NEWIPC = 0x08000000
     MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
     MS_REMOUNT, MS_BIND, MS_REC, MS_SLAVE = 0x20, 0x1000, 0x4000, 0x80000
     MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 0x400, 0x800, 0x200000
@@ -1307,7 +1306,9 @@ def enter_namespaces(isolation):
     if isolation.get("network_none"):
         flags |= Kernel.CLONE_NEWNET
     if isolation.get("mount_namespace"):
-        flags |= Kernel.CLONE_NEWNS
+        # SysV and POSIX message queues too: they would otherwise be the machine's, shared by
+        # every session and outliving them.
+        flags |= Kernel.CLONE_NEWNS | Kernel.CLONE_NEWIPC
     if not flags:
         return
     uid, gid = os.getuid(), os.getgid()
@@ -1322,6 +1323,62 @@ def enter_namespaces(isolation):
         kernel.mount(None, "/", None, Kernel.MS_REC | Kernel.MS_SLAVE)
         if isolation.get("view"):
             enter_view(kernel, isolation["view"])
+
+
+def namespaces_per_worker(isolation):
+    """In the template's intermediate process, before it forks a worker: what each worker must
+    have of its own rather than share with the template's other workers. A network namespace
+    (loopback is per namespace: a service one session runs on 127.0.0.1, or an abstract unix
+    socket, would otherwise be every session's), an IPC namespace (SysV shared memory and
+    message queues), and where sessions share a uid, a pid namespace whose first process the
+    worker is (so they cannot signal or see each other's processes). Needs one thread and
+    CAP_SYS_ADMIN: the intermediate has both."""
+    if not isolation:
+        return
+    flags = 0
+    if isolation.get("network_none"):
+        flags |= Kernel.CLONE_NEWNET
+    if isolation.get("mount_namespace"):
+        flags |= Kernel.CLONE_NEWIPC
+    if isolation.get("pid_namespace"):
+        flags |= Kernel.CLONE_NEWPID
+    if not flags:
+        return
+    Kernel().unshare(flags, "per-worker namespaces")
+    if isolation.get("network_none"):
+        loopback_up()
+
+
+def own_pid_namespace(isolation):
+    """A direct or cold worker (started by the server, not forked from the template) gets a pid
+    namespace too, where sessions share a uid: it unshares one and forks, the child becomes the
+    worker, the first process there, and this process stays as its relay — the pid the server
+    knows: it passes the interrupt and termination signals on, and exits as the worker does.
+    The worker dies with it (its death signal), and everything in the namespace with the
+    worker. Returns in the worker; never in the relay."""
+    if not (isolation and isolation.get("pid_namespace")):
+        return
+    Kernel().unshare(Kernel.CLONE_NEWPID, "CLONE_NEWPID")
+    child = os.fork()
+    if child == 0:
+        set_parent_death_signal()
+        return
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGXCPU):
+        signal.signal(signum, lambda s, _frame: os.kill(child, s))
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            os._exit(1)
+    if os.WIFSIGNALED(status):
+        # Die as the worker died, so that the server reads the same cause (an OOM kill).
+        signum = os.WTERMSIG(status)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def map_own_ids(uid, gid):
@@ -1438,32 +1495,45 @@ def private_tmp(settings):
         kernel.mount("tmpfs", "/dev/shm", "tmpfs", ms_nosuid | ms_nodev, options)
 
 
-def confine_to_session(isolation, cwd):
+def confine_to_session(isolation, cwd, shared=None):
     """At attach, before the session's user (or the loss of privileges) and any user code: the
-    session's directory is the only one left in view of the sessions directory (covered by an
-    empty read-only tmpfs with this one bound back), a worker in a pid namespace of its own
-    gets a /proc that shows only its own processes, and a worker in a user namespace gives up
-    its capabilities there."""
+    session's directory is the only one left in view of the sessions directory, and the
+    scratch area shows only the directory `shared` (a one-shot's, shared with the rest of its
+    request) or nothing (each covered by an empty read-only tmpfs with that one bound back); a
+    worker in a pid namespace of its own gets a /proc that shows only its own processes; a
+    worker in a user namespace gives up its capabilities there."""
     if not isolation:
         return
     kernel = Kernel()
-    view = isolation.get("view")
-    sessions = view and view.get("sessions")
-    if sessions and os.path.dirname(os.path.normpath(cwd)) == sessions:
-        own = os.open(cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            options = "mode=0711,size=64k,nr_inodes=64"
-            kernel.mount("tmpfs", sessions, "tmpfs", Kernel.MS_NOSUID | Kernel.MS_NODEV, options)
-            os.mkdir(cwd, 0o700)
-            kernel.mount(f"/proc/self/fd/{own}", cwd, None, Kernel.MS_BIND | Kernel.MS_REC)
-            kernel.mount(None, sessions, None, Kernel.MS_REMOUNT | Kernel.MS_RDONLY | Kernel.MS_NOSUID | Kernel.MS_NODEV, options)
-        finally:
-            os.close(own)
+    view = isolation.get("view") or {}
+    for area, keep in ((view.get("sessions"), cwd), (view.get("scratch"), shared)):
+        if area:
+            cover_all_but(kernel, area, keep)
     if isolation.get("pid_namespace") and os.getpid() == 1:
         flags = Kernel.MS_NOSUID | Kernel.MS_NODEV | Kernel.MS_NOEXEC
         kernel.mount("proc", "/proc", "proc", flags)
     if isolation.get("user_namespace"):
         kernel.drop_capabilities()
+
+
+def cover_all_but(kernel, area, keep):
+    """Covers the directory `area` with an empty read-only tmpfs, binding back `keep` (one of
+    its children, or None) at its path."""
+    keep = os.path.normpath(keep) if keep else None
+    if keep and os.path.dirname(keep) != area:
+        keep = None
+    held = os.open(keep, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if keep else None
+    try:
+        options = "mode=0711,size=64k,nr_inodes=64"
+        kernel.mount("tmpfs", area, "tmpfs", Kernel.MS_NOSUID | Kernel.MS_NODEV, options)
+        if keep:
+            os.mkdir(keep, 0o700)
+            kernel.mount(f"/proc/self/fd/{held}", keep, None, Kernel.MS_BIND | Kernel.MS_REC)
+        flags = Kernel.MS_REMOUNT | Kernel.MS_RDONLY | Kernel.MS_NOSUID | Kernel.MS_NODEV
+        kernel.mount(None, area, None, flags, options)
+    finally:
+        if held is not None:
+            os.close(held)
 
 
 def probe(isolation):

@@ -780,6 +780,14 @@ impl Config {
                 "pip needs the network, and sandbox.network = \"none\" keeps workers off it; set sandbox.network = \"host\" too",
             ));
         }
+        // Never a writable environment in the view: any session could plant a `.pth` that the
+        // next template runs, privileged, before the sandbox is complete.
+        if self.packages.allow_install && self.sandbox.filesystem == FilesystemMode::View {
+            return Err(ConfigError::field(
+                "packages.allow_install",
+                "pip writes into the workers' environment, which the filesystem view shows read-only; set sandbox.filesystem = \"host\" too",
+            ));
+        }
         if self.python.executable.as_os_str().is_empty() {
             return Err(ConfigError::field("python.executable", "must not be empty"));
         }
@@ -1017,7 +1025,7 @@ mod tests {
         let err = load_str("[packages]\nallow_install = true\n", &[]).unwrap_err();
         assert!(err.to_string().contains("sandbox.network"), "{err}");
         load_str(
-            "[packages]\nallow_install = true\n[sandbox]\nnetwork = \"host\"\n",
+            "[packages]\nallow_install = true\n[sandbox]\nnetwork = \"host\"\nfilesystem = \"host\"\n",
             &[],
         )
         .expect("installs with the network");

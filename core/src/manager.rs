@@ -101,7 +101,6 @@ impl SessionManager {
                 script: &script,
                 sessions: &sessions_dir,
                 scratch: &scratch_dir,
-                template,
             },
         )?;
         // Before any worker starts: their mount namespaces are copies of ours, and must
@@ -312,17 +311,23 @@ impl SessionManager {
     }
 
     /// Runs code in a fresh worker that is thrown away afterwards: no state is kept.
+    /// `shared`: a directory from [`SessionManager::scratch_dir`] the execution may use
+    /// (with the other one-shots of its request).
     pub async fn execute_once(
         &self,
         request: &ExecRequest,
         events: Option<&EventSender>,
+        shared: Option<&Path>,
     ) -> Result<Execution, Error> {
         if self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         self.check_request(request)?;
         let id = format!("once-{:016x}", rand::random::<u64>());
-        let (dir, sandbox) = self.session_dir(&id)?;
+        let (dir, mut sandbox) = self.session_dir(&id)?;
+        if let Some(shared) = shared {
+            sandbox.share(shared);
+        }
         let session = Session::new(id, None, dir, sandbox, Arc::clone(&self.workers));
         let execution = session.execute(request, events).await;
         session.end("was a one-shot execution, now over");

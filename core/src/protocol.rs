@@ -47,6 +47,10 @@ pub enum Request<'a> {
         cwd: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         user: Option<AttachUser>,
+        /// A directory of the scratch area the session shares with the other one-shot
+        /// executions of its request (the rest of the area is covered).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shared: Option<&'a str>,
     },
 }
 

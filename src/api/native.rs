@@ -237,7 +237,9 @@ async fn execute_once(
     Json(body): Json<ExecuteBody>,
 ) -> Result<Json<Execution>, ApiError> {
     let request = ExecRequest::try_from(body)?;
-    Ok(Json(state.manager.execute_once(&request, None).await?))
+    Ok(Json(
+        state.manager.execute_once(&request, None, None).await?,
+    ))
 }
 
 async fn method_not_allowed() -> ApiError {

@@ -25,7 +25,9 @@ use super::probe::Probe;
 use super::view::View;
 use crate::config::Requirement;
 
-/// What each worker sets up for itself (`settings["isolation"]` in `worker.py`).
+/// What each worker sets up for itself (`settings["isolation"]` in `worker.py`). Forked
+/// workers have a network, IPC (and pid) namespace each: the template's intermediate process
+/// makes them before it forks the worker; a direct or cold worker makes its own.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Isolation {
     /// The server is not root: namespaces are made inside a user namespace of the worker's own.
@@ -70,8 +72,6 @@ pub struct Wanted {
     pub per_session_uids: bool,
     pub network_none: bool,
     pub view: Option<View>,
-    /// Workers are forked from the template (only those can get a pid namespace each).
-    pub template: bool,
 }
 
 /// The decision: what workers set up, and the levels that gives.
@@ -86,7 +86,7 @@ pub fn decide(wanted: Wanted, probe: &Probe, cgroups: &'static str) -> (Isolatio
     let separate_uids = wanted.root && wanted.per_session_uids;
     // Root with separate uids has no need of it (uids keep signals and /proc apart), and a
     // pid namespace changes what code sees of its own pids.
-    let pid_namespace = !separate_uids && wanted.template && view.is_some() && probe.pid.is_ok();
+    let pid_namespace = !separate_uids && view.is_some() && probe.pid.is_ok();
     let levels = Levels {
         users: if separate_uids {
             "per-session"
@@ -198,7 +198,6 @@ mod tests {
             per_session_uids: root,
             network_none: true,
             view: None,
-            template: true,
         }
     }
 

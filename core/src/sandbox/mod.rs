@@ -54,8 +54,6 @@ pub struct SandboxDirs<'a> {
     pub sessions: &'a Path,
     /// One-shot executions of one request share a directory here (the judge's program).
     pub scratch: &'a Path,
-    /// Workers are forked from the template.
-    pub template: bool,
 }
 
 impl Sandbox {
@@ -97,17 +95,14 @@ impl Sandbox {
                 let mut read_only = vec![config.scripts.dir.clone()];
                 read_only.extend(sandbox.expose.iter().cloned());
                 let users = view_users(root, &sandbox.user);
-                let mut writable = vec![dirs.sessions.to_owned(), dirs.scratch.to_owned()];
-                // `/python/installPackage` pip-installs into the workers' environment.
-                if config.packages.allow_install {
-                    writable.extend(python.first().cloned());
-                }
+                let writable = [dirs.sessions.to_owned(), dirs.scratch.to_owned()];
                 Some(
                     view::View::plan(&view::ViewPlan {
                         python: &python,
                         state: dirs.state,
                         writable: &writable,
                         sessions: dirs.sessions,
+                        scratch: dirs.scratch,
                         read_only: &read_only,
                         users: &users,
                         cwd: dirs.state,
@@ -136,7 +131,6 @@ impl Sandbox {
                 per_session_uids,
                 network_none,
                 view,
-                template: dirs.template,
             },
             &probe,
             cgroups.as_ref().map_or("none", Cgroups::version),
@@ -256,6 +250,7 @@ impl Sandbox {
         Ok(SessionSandbox {
             lease,
             cgroup,
+            shared: None,
             nproc: self.nproc,
             memory_mb: self.memory_mb,
             processes: self.processes,
@@ -268,6 +263,8 @@ impl Sandbox {
 pub struct SessionSandbox {
     lease: Option<UidLease>,
     cgroup: Option<SessionCgroup>,
+    /// The scratch directory a one-shot shares with the rest of its request.
+    shared: Option<PathBuf>,
     nproc: Option<u64>,
     memory_mb: u64,
     processes: Option<u64>,
@@ -281,11 +278,22 @@ impl SessionSandbox {
         SessionSandbox {
             lease: None,
             cgroup: None,
+            shared: None,
             nproc: None,
             memory_mb: 0,
             processes: None,
             seen: Mutex::default(),
         }
+    }
+
+    /// Lets the session's workers see `dir`, a directory of the scratch area (which is
+    /// otherwise covered for them).
+    pub fn share(&mut self, dir: &Path) {
+        self.shared = Some(dir.to_owned());
+    }
+
+    pub fn shared_dir(&self) -> Option<&Path> {
+        self.shared.as_deref()
     }
 
     /// Who the session's code runs as (`None`: the server's user).

@@ -29,6 +29,9 @@ pub struct View {
     files: Vec<(String, String)>,
     /// The sessions directory: at attach, a worker covers it, keeping only its own session.
     sessions: String,
+    /// The scratch area: covered at attach too, keeping only the directory a one-shot shares
+    /// with the rest of its request, if any.
+    scratch: String,
     /// Where the worker starts.
     cwd: String,
 }
@@ -82,6 +85,8 @@ pub struct ViewPlan<'a> {
     pub writable: &'a [PathBuf],
     /// The sessions directory (also in `writable`).
     pub sessions: &'a Path,
+    /// The scratch area (also in `writable`).
+    pub scratch: &'a Path,
     /// More read-only paths: the scripts directory, `sandbox.expose`.
     pub read_only: &'a [PathBuf],
     /// Users the view's `/etc/passwd` names besides root and nobody: `(name, uid, gid)`.
@@ -139,7 +144,19 @@ impl View {
         for path in plan.writable {
             binds.extend(canonical(path).map(|p| (p, true)));
         }
-        let binds = without_redundant(binds)
+        let binds = without_redundant(binds);
+        // The interpreter may be reached through a link (a venv that is a symlink, a prefix
+        // under a linked directory): the link is recreated in the view, pointing at the
+        // canonical path bound there, unless something bound already holds it.
+        for path in plan.python {
+            if let Some((link, target)) = first_link(path)
+                && !binds.iter().any(|(b, _)| link.starts_with(b))
+                && !symlinks.iter().any(|(l, _)| link.starts_with(l))
+            {
+                symlinks.push((text(&link)?, text(&target)?));
+            }
+        }
+        let binds = binds
             .into_iter()
             .map(|(path, writable)| {
                 Ok(Bind {
@@ -152,8 +169,10 @@ impl View {
             .into_iter()
             .map(|(p, m)| (p.to_owned(), m))
             .collect();
-        let sessions = canonical(plan.sessions)
-            .ok_or_else(|| format!("{} does not exist", plan.sessions.display()))?;
+        let exists =
+            |p: &Path| canonical(p).ok_or_else(|| format!("{} does not exist", p.display()));
+        let sessions = exists(plan.sessions)?;
+        let scratch = exists(plan.scratch)?;
         Ok(View {
             binds,
             symlinks,
@@ -163,6 +182,7 @@ impl View {
                 ("/etc/group".into(), group(plan.users)),
             ],
             sessions: text(&sessions)?,
+            scratch: text(&scratch)?,
             cwd: text(plan.cwd)?,
         })
     }
@@ -192,6 +212,20 @@ impl View {
         paths.extend(self.symlinks.iter().map(|(p, t)| format!("{p} -> {t}")));
         paths.join(", ")
     }
+}
+
+/// The first symbolic link on the way to `path`, with its canonical target.
+fn first_link(path: &Path) -> Option<(PathBuf, PathBuf)> {
+    let mut partial = PathBuf::from("/");
+    for component in path.components().skip(1) {
+        partial.push(component);
+        let meta = std::fs::symlink_metadata(&partial).ok()?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::canonicalize(&partial).ok()?;
+            return Some((partial, target));
+        }
+    }
+    None
 }
 
 fn text(path: &Path) -> Result<String, String> {

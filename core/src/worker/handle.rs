@@ -240,8 +240,20 @@ impl Worker {
             gid: c.gid,
             nproc: sandbox.nproc(),
         });
+        let shared = match sandbox.shared_dir() {
+            Some(dir) => Some(dir.to_str().ok_or_else(|| {
+                WorkerError::Protocol("the shared directory is not UTF-8".into())
+            })?),
+            None => None,
+        };
         let id = self.next_request_id();
-        self.control(&Request::Attach { id, cwd, user }).await
+        self.control(&Request::Attach {
+            id,
+            cwd,
+            user,
+            shared,
+        })
+        .await
     }
 
     /// A request that is not a cell: one `done` frame, no output.

@@ -158,11 +158,13 @@ async fn python(
     judge: &JudgeSettings,
     request: JudgeRequest,
 ) -> Result<JudgeResponse, ApiError> {
-    let cases = run_cases(manager, judge, &request.stdin_stdout, |case| ExecRequest {
-        code: request.code.clone(),
-        stdin: Some(case.stdin.clone()),
-        timeout: Some(judge.run_timeout),
-        filename: None,
+    let cases = run_cases(manager, judge, &request.stdin_stdout, None, |case| {
+        ExecRequest {
+            code: request.code.clone(),
+            stdin: Some(case.stdin.clone()),
+            timeout: Some(judge.run_timeout),
+            filename: None,
+        }
     })
     .await?;
     // A syntax error stops the program before it runs: the same in every case. It is the
@@ -221,6 +223,7 @@ async fn cpp(
                 filename: None,
             },
             None,
+            Some(dir.path()),
         )
         .await?;
     let compile_output = Output {
@@ -245,28 +248,36 @@ async fn cpp(
         "import subprocess, sys\np = subprocess.run([{binary}], input=sys.stdin.read(), capture_output=True, text=True)\nsys.stdout.write(p.stdout)\nsys.stderr.write(p.stderr)",
         binary = python_str(&binary.to_string_lossy()),
     );
-    let cases = run_cases(manager, judge, &request.stdin_stdout, |case| ExecRequest {
-        code: run.clone(),
-        stdin: Some(case.stdin.clone()),
-        timeout: Some(judge.run_timeout),
-        filename: None,
-    })
+    let cases = run_cases(
+        manager,
+        judge,
+        &request.stdin_stdout,
+        Some(dir.path()),
+        |case| ExecRequest {
+            code: run.clone(),
+            stdin: Some(case.stdin.clone()),
+            timeout: Some(judge.run_timeout),
+            filename: None,
+        },
+    )
     .await?;
     Ok(verdict(compile_output, &cases, &request.stdin_stdout))
 }
 
 /// One one-shot execution per case, up to `parallel` at once, in the cases' order.
+/// `shared`: the request's scratch directory, when its cases need one (a compiled program).
 async fn run_cases(
     manager: &Arc<SessionManager>,
     judge: &JudgeSettings,
     cases: &[Case],
+    shared: Option<&std::path::Path>,
     request: impl Fn(&Case) -> ExecRequest,
 ) -> Result<Vec<Execution>, ApiError> {
     let requests: Vec<ExecRequest> = cases.iter().map(request).collect();
     let results: Vec<Result<Execution, Error>> = futures::stream::iter(requests)
         .map(|r| {
             let manager = Arc::clone(manager);
-            async move { manager.execute_once(&r, None).await }
+            async move { manager.execute_once(&r, None, shared).await }
         })
         .buffered(judge.parallel.max(1))
         .collect()

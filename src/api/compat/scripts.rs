@@ -419,6 +419,7 @@ async fn install_package(
                 ..ExecRequest::default()
             },
             None,
+            None,
         )
         .await?;
     let timeout_ms = timeout.as_millis() as u64;
