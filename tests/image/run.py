@@ -1,0 +1,285 @@
+"""`make test-image`: the image under each environment of docs/deploy.md's isolation table.
+
+For each environment: run the container (--network host, the server bound to a free port of
+127.0.0.1: all traffic stays on loopback), wait for /healthz, run a session (state kept, a
+DataFrame's HTML, a PNG plot), compare /healthz's `isolation` with the table's row, check from
+user code what the row promises, and remove the container whatever happened.
+
+Standard library only (run by the system's python3). Exit status 0 when every environment
+passed. `--env b` runs one environment; `--keep-going` runs all even after a failure.
+"""
+
+import argparse
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+TOKEN = "image-test-token-0123456789abcdef"
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+SECCOMP = os.path.join(REPO, "deploy", "docker", "seccomp.json")
+
+# What user namespaces need of the container runtime (docs/deploy.md): the shipped seccomp
+# profile (Docker's default plus unshare/clone of namespaces, mount, pivot_root, setns), no
+# AppArmor profile where AppArmor exists (its docker-default denies mount), and /proc without
+# masked paths, without which the kernel refuses a fresh /proc in a pid namespace.
+USERNS_SETTINGS = [
+    "--security-opt", f"seccomp={SECCOMP}",
+    "--security-opt", "apparmor=unconfined",
+    "--security-opt", "systempaths=unconfined",
+]
+
+ENVIRONMENTS = {
+    "a": {
+        "title": "default container (non-root, Docker's default seccomp)",
+        "args": [],
+        "isolation": {
+            "users": "shared", "network": "host", "filesystem": "shared",
+            "processes": "shared", "cgroups": "none", "via": "none",
+        },
+        "confined": False,
+    },
+    "b": {
+        "title": "non-root container, user namespaces allowed (deploy/docker/seccomp.json)",
+        "args": USERNS_SETTINGS,
+        "isolation": {
+            "network": "none", "filesystem": "private", "processes": "private",
+            "via": "user-namespace",
+        },
+        "confined": True,
+    },
+    "c": {
+        "title": "root with CAP_SYS_ADMIN",
+        "args": ["--user", "0", "--cap-add", "SYS_ADMIN", *USERNS_SETTINGS],
+        "isolation": {
+            "users": "per-session", "network": "none", "filesystem": "private", "via": "root",
+        },
+        "confined": True,
+    },
+}
+
+
+class Failure(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def docker(*args: str, check: bool = True) -> str:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise Failure(f"docker {' '.join(args[:3])} ...: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+class Api:
+    def __init__(self, port: int):
+        self.base = f"http://127.0.0.1:{port}"
+
+    def call(self, method: str, path: str, body=None, timeout: float = 60):
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base + path, data=data, method=method)
+        request.add_header("Authorization", f"Bearer {TOKEN}")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as reply:
+                return reply.status, json.loads(reply.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    def run(self, session: str, code: str) -> dict:
+        status, reply = self.call("POST", f"/v1/sessions/{session}/execute", {"code": code})
+        if status != 200 or reply.get("status") != "ok":
+            raise Failure(f"{code!r} → {status} {json.dumps(reply)[:2000]}")
+        return reply
+
+
+def wait_healthy(api: Api, name: str, deadline_s: float = 180) -> dict:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            status, health = api.call("GET", "/healthz", timeout=2)
+            if status == 200:
+                return health
+        except OSError:
+            pass
+        if docker("inspect", "-f", "{{.State.Running}}", name, check=False) != "true":
+            raise Failure("the container stopped before /healthz answered")
+        time.sleep(0.2)
+    raise Failure(f"/healthz did not answer within {deadline_s} s")
+
+
+# Run in a session of environments b and c: what user code can reach. One JSON line.
+PROBE = r"""
+import json, os, socket
+seen = {}
+try:
+    socket.create_connection(("127.0.0.1", PORT), timeout=3).close()
+    seen["server_port"] = "connected"
+except OSError as e:
+    seen["server_port"] = f"refused: {e}"
+seen["exists"] = {p: os.path.exists(p) for p in PATHS}
+mine = os.getpid()
+others = []
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                others.append(f.read().split(b"\0")[0].decode(errors="replace"))
+        except OSError:
+            pass
+seen["replpool_visible"] = any(c.endswith("replpool") for c in others)
+seen["token_in_environ"] = any(TOKEN in v for v in os.environ.values())
+try:
+    with open("/proc/1/environ", "rb") as f:
+        seen["token_in_pid1_environ"] = TOKEN.encode() in f.read()
+except OSError as e:
+    seen["token_in_pid1_environ"] = f"unreadable: {e.strerror}"
+print(json.dumps(seen))
+"""
+
+# Outside the worker's view (docs/architecture.md): the host's secrets and homes, the server's
+# config (it may hold tokens) and its own files beside the venv. The venv itself is in view.
+ABSENT = ["/etc/shadow", "/home", "/root", "/etc/replpool", "/opt/replpool/requirements.txt"]
+PRESENT = ["/opt/replpool/venv/bin/python"]
+
+
+def check_session(api: Api, port: int, confined: bool) -> dict:
+    status, created = api.call("POST", "/v1/sessions", {})
+    if status != 201:
+        raise Failure(f"create a session → {status} {created}")
+    session = created["session_id"]
+    api.run(session, "x = 41")
+    value = api.run(session, "x + 1")["result"]["text/plain"]
+    if value != "42":
+        raise Failure(f"x + 1 gave {value!r}: state not kept")
+    frame = api.run(session, "pd.DataFrame({'a': [1, 2]})")["result"]
+    if "<table" not in frame.get("text/html", ""):
+        raise Failure(f"a DataFrame has no HTML table: {frame}")
+    display = api.run(session, "plt.plot([1, 2, 3])\nplt.show()")["display"]
+    pngs = [d["image/png"] for d in display if "image/png" in d]
+    if not pngs or not base64.b64decode(pngs[0]).startswith(b"\x89PNG"):
+        raise Failure(f"a plot gave no PNG: {json.dumps(display)[:500]}")
+
+    code = (
+        PROBE.replace("PORT", str(port))
+        .replace("PATHS", repr(ABSENT + PRESENT))
+        .replace("TOKEN", repr(TOKEN))
+    )
+    seen = json.loads(api.run(session, code)["stdout"])
+    print(f"    user code sees: {json.dumps(seen)}")
+    # Tokens given as REPLPOOL_AUTH_TOKENS are the server's, in every environment.
+    problems = ["the server's token is in user code's environment"] if seen["token_in_environ"] else []
+    if confined:
+        if seen["server_port"] == "connected":
+            problems.append("user code connected to the server's port (network not none)")
+        problems += [f"{p} exists for user code" for p in ABSENT if seen["exists"][p]]
+        problems += [f"{p} missing for user code" for p in PRESENT if not seen["exists"][p]]
+        if seen["replpool_visible"]:
+            problems.append("user code sees the server's process in /proc")
+        if seen["token_in_pid1_environ"] is True:
+            problems.append("user code reads the server's token in /proc/1/environ")
+    if problems:
+        raise Failure("; ".join(problems))
+    status, _ = api.call("DELETE", f"/v1/sessions/{session}")
+    if status != 204:
+        raise Failure(f"delete the session → {status}")
+    return seen
+
+
+def check_isolation(health: dict, expected: dict) -> None:
+    isolation = health.get("isolation")
+    print(f"    /healthz isolation: {json.dumps(isolation)}")
+    if not isinstance(isolation, dict):
+        raise Failure(f"/healthz has no isolation object: {json.dumps(health)}")
+    wrong = {k: (isolation.get(k), v) for k, v in expected.items() if isolation.get(k) != v}
+    if wrong:
+        raise Failure(
+            "isolation differs from docs/deploy.md's row: "
+            + ", ".join(f"{k} is {got!r}, expected {want!r}" for k, (got, want) in wrong.items())
+        )
+
+
+def run_environment(image: str, key: str, extra: list[str]) -> None:
+    env = ENVIRONMENTS[key]
+    port = free_port()
+    name = f"replpool-test-{key}-{os.getpid()}"
+    print(f"==> environment {key}: {env['title']} (port {port})")
+    started = time.monotonic()
+    try:
+        docker(
+            "run", "--detach", "--name", name, "--network", "host",
+            "-e", f"REPLPOOL_SERVER_BIND=127.0.0.1:{port}",
+            "-e", f'REPLPOOL_AUTH_TOKENS=["{TOKEN}"]',
+            *env["args"], *extra, image,
+        )
+        api = Api(port)
+        health = wait_healthy(api, name)
+        print(f"    /healthz ok {time.monotonic() - started:.1f} s after docker run")
+        check_session(api, port, env["confined"])
+        # The isolation last: everything else is reported even before the core reports it.
+        check_isolation(health, env["isolation"])
+        print(f"    environment {key}: ok")
+    except Failure as e:
+        logs = subprocess.run(["docker", "logs", "--tail", "30", name], capture_output=True, text=True)
+        print(f"    environment {key} FAILED: {e}")
+        print("    the container's log (last 30 lines):")
+        for line in (logs.stdout + logs.stderr).splitlines():
+            print(f"      {line}")
+        raise
+    finally:
+        docker("rm", "--force", name, check=False)
+
+
+def check_refuses_public_without_tokens(image: str) -> None:
+    """The image binds 0.0.0.0: without tokens it must refuse, before listening anywhere."""
+    print("==> the image refuses to serve on 0.0.0.0 without auth.tokens")
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", image], capture_output=True, text=True,
+        timeout=120,
+    )
+    if done.returncode == 0 or "auth.tokens" not in done.stderr:
+        raise Failure(f"expected a refusal naming auth.tokens; exit {done.returncode}: {done.stderr}")
+    print(f"    refused: {done.stderr.strip().splitlines()[-1]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--image", default="replpool:dev")
+    parser.add_argument("--env", action="append", choices=sorted(ENVIRONMENTS))
+    parser.add_argument("--keep-going", action="store_true")
+    parser.add_argument(
+        "--docker-arg", action="append", default=[], metavar="ARG",
+        help="one more `docker run` argument for every environment (e.g. --runtime=runsc)",
+    )
+    args = parser.parse_args()
+    failed = []
+    steps = [("refusal", lambda: check_refuses_public_without_tokens(args.image))]
+    steps += [(k, lambda k=k: run_environment(args.image, k, args.docker_arg)) for k in args.env or sorted(ENVIRONMENTS)]
+    for key, step in steps:
+        try:
+            step()
+        except Failure:
+            failed.append(key)
+            if not args.keep_going:
+                break
+    if failed:
+        print(f"==> test-image FAILED: {', '.join(failed)}")
+        return 1
+    print("==> test-image passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
