@@ -47,7 +47,12 @@ ENVIRONMENTS = {
     },
     "b": {
         "title": "non-root container, user namespaces allowed (deploy/docker/seccomp.json)",
-        "args": USERNS_SETTINGS,
+        # What a hardened Pod has too: no capabilities, no privilege escalation (a user
+        # namespace needs neither), a read-only root with a writable /tmp.
+        "args": [
+            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--read-only", "--tmpfs", "/tmp:rw,exec,nosuid,size=1g", *USERNS_SETTINGS,
+        ],
         "isolation": {
             "network": "none", "filesystem": "private", "processes": "private",
             "via": "user-namespace",
@@ -118,6 +123,18 @@ def wait_healthy(api: Api, name: str, deadline_s: float = 180) -> dict:
             raise Failure("the container stopped before /healthz answered")
         time.sleep(0.2)
     raise Failure(f"/healthz did not answer within {deadline_s} s")
+
+
+def report_warm(api: Api, started: float, deadline_s: float = 120) -> None:
+    """How long until the first warm worker is ready: a number for docs/deploy.md, not a check."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        status, health = api.call("GET", "/healthz", timeout=5)
+        if status == 200 and health.get("pool", {}).get("ready", 0) > 0:
+            print(f"    first warm worker ready {time.monotonic() - started:.1f} s after docker run")
+            return
+        time.sleep(0.1)
+    print(f"    no warm worker ready {deadline_s} s after docker run")
 
 
 # Run in a session of environments b and c: what user code can reach. One JSON line.
@@ -227,6 +244,7 @@ def run_environment(image: str, key: str, extra: list[str]) -> None:
         api = Api(port)
         health = wait_healthy(api, name)
         print(f"    /healthz ok {time.monotonic() - started:.1f} s after docker run")
+        report_warm(api, started)
         check_session(api, port, env["confined"])
         # The isolation last: everything else is reported even before the core reports it.
         check_isolation(health, env["isolation"])
