@@ -125,13 +125,18 @@ def wait_healthy(api: Api, name: str, deadline_s: float = 180) -> dict:
     raise Failure(f"/healthz did not answer within {deadline_s} s")
 
 
-def report_warm(api: Api, started: float, deadline_s: float = 120) -> None:
-    """How long until the first warm worker is ready: a number for docs/deploy.md, not a check."""
+def report_warm(api: Api, started: float, deadline_s: float = 60) -> None:
+    """How long until the first warm worker is ready: a number for docs/deploy.md, not a check
+    (a pool that cannot start workers shows in the session's checks)."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         status, health = api.call("GET", "/healthz", timeout=5)
-        if status == 200 and health.get("pool", {}).get("ready", 0) > 0:
+        pool = health.get("pool", {}) if status == 200 else {}
+        if pool.get("ready", 0) > 0:
             print(f"    first warm worker ready {time.monotonic() - started:.1f} s after docker run")
+            return
+        if pool.get("last_error"):
+            print(f"    no warm worker: {pool['last_error']}")
             return
         time.sleep(0.1)
     print(f"    no warm worker ready {deadline_s} s after docker run")
