@@ -153,5 +153,38 @@ class ImportSpecTest(unittest.TestCase):
         self.assertEqual(base["__name__"], "__main__")
 
 
+class ProbeTest(unittest.TestCase):
+    """The probe the server runs at start: every mechanism answered, nothing left behind."""
+
+    def probe(self, **isolation):
+        import json
+        import subprocess
+
+        settings = json.dumps({"probe": dict({"user_namespace": os.geteuid() != 0}, **isolation)})
+        out = subprocess.run(
+            [sys.executable, "-I", worker.WORKER_FILE, settings], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return json.loads(out.stdout.splitlines()[-1])
+
+    def test_every_mechanism_is_answered(self):
+        answers = self.probe()
+        self.assertEqual(set(answers), {"user_namespace", "network", "mount", "pid"})
+        for name, answer in answers.items():
+            self.assertTrue(answer is None or isinstance(answer, str), (name, answer))
+
+    def test_a_view_that_lacks_a_needed_path_is_refused(self):
+        view = {"binds": [], "symlinks": [], "dirs": [["/tmp", 0o1777]], "files": [], "sessions": "/nonexistent", "cwd": "/"}
+        answers = self.probe(view=view, must_see=[os.path.dirname(worker.WORKER_FILE)])
+        if answers["mount"] is not None:
+            self.skipTest(f"no mount namespace here: {answers['mount']}")
+        self.assertIn("is not visible in the view", answers["view"])
+
+
+class ParentPidTest(unittest.TestCase):
+    def test_outside_a_pid_namespace_it_is_getppid(self):
+        self.assertEqual(worker.parent_pid(), os.getppid())
+
+
 if __name__ == "__main__":
     unittest.main()

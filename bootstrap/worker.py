@@ -706,7 +706,7 @@ class StdinFile:
 
 class Worker:
     def __init__(
-        self, protocol, base, capture, stdio, devnull, server_pid, parent_tie=None, syscall_filter=None
+        self, protocol, base, capture, stdio, devnull, server_pid, parent_tie=None, syscall_filter=None, isolation=None
     ):
         self.protocol = protocol
         self.pid = os.getpid()
@@ -720,6 +720,8 @@ class Worker:
         # The server's seccomp filter: installed once the worker's own privileged set-up is
         # done (attach), and in any case before the first user code.
         self.syscall_filter = syscall_filter
+        # What the server set up around workers (namespaces, the view), finished at attach.
+        self.isolation = isolation
         self.namespace = None
         self.reset()
 
@@ -765,6 +767,11 @@ class Worker:
         """Binds the worker to a session: its directory, and (when the server is root) its
         user, for good. A worker that cannot become the user must not run anything."""
         cwd = request["cwd"]
+        try:
+            confine_to_session(self.isolation, cwd)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
         os.chdir(cwd)
         user = request.get("user")
         if user is not None:
@@ -948,14 +955,14 @@ def common_setup(log):
     signal.signal(signal.SIGXCPU, UserCode.on_sigxcpu)
 
 
-def serve_worker(protocol, base, devnull, started, server_pid, parent_tie=None, syscall_filter=None):
+def serve_worker(protocol, base, devnull, started, server_pid, parent_tie=None, syscall_filter=None, isolation=None):
     """Sets up output capture and serves requests until the server closes the pipe."""
     global _FFLUSH
     _FFLUSH = _libc_fflush()
     stdio = Stdio()
     capture = Capture(stdio)
     stdio.install()
-    worker = Worker(protocol, base, capture, stdio, devnull, server_pid, parent_tie, syscall_filter)
+    worker = Worker(protocol, base, capture, stdio, devnull, server_pid, parent_tie, syscall_filter, isolation)
     worker.warm_up()
     protocol.send(
         {
@@ -982,8 +989,10 @@ def worker_main(settings):
     # The worker's own diagnostics (the server logs them), kept apart from user output: a
     # private copy of the stderr the server gave us. A crash in C code dumps tracebacks here.
     log = open(os.dup(2), "w", buffering=1, closefd=True)
+    # Still one thread: before any import starts one.
+    enter_namespaces(settings.get("isolation"))
     if settings.get("private_tmp"):
-        private_tmp(settings["private_tmp"])  # still one thread: before any import starts one
+        private_tmp(settings["private_tmp"])
     common_setup(log)
     try:
         base = build_base_namespace(settings.get("preload", []), bool(settings.get("cold")), log)
@@ -991,7 +1000,9 @@ def worker_main(settings):
         protocol.send({"op": "fatal", "error": error_info(exc)})
         return 1
     server_pid = int(settings.get("server_pid") or os.getppid())
-    return serve_worker(protocol, base, devnull, started, server_pid, syscall_filter=settings.get("seccomp"))
+    return serve_worker(
+        protocol, base, devnull, started, server_pid, syscall_filter=settings.get("seccomp"), isolation=settings.get("isolation")
+    )
 
 
 # =================================================================================================
@@ -1025,6 +1036,10 @@ class Template:
 
     def run(self):
         started = time.monotonic()
+        # Still one thread: before any import starts one.
+        enter_namespaces(self.settings.get("isolation"))
+        if self.settings.get("private_tmp"):
+            private_tmp(self.settings["private_tmp"])
         common_setup(self.log)
         try:
             self.base = build_base_namespace(self.settings.get("preload", []))
@@ -1072,6 +1087,10 @@ class Template:
             code = 0
             try:
                 os.close(r)
+                if (self.settings.get("isolation") or {}).get("pid_namespace"):
+                    # The worker is the first process of a pid namespace of its own: sessions
+                    # that share one uid cannot signal (or see) each other's processes.
+                    Kernel().unshare(Kernel.CLONE_NEWPID, "CLONE_NEWPID")
                 pid = os.fork()
                 if pid == 0:
                     os.close(w)
@@ -1133,6 +1152,7 @@ class Template:
                 self.server_pid,
                 ParentTie(self.server_pid),
                 self.settings.get("seccomp"),
+                self.settings.get("isolation"),
             )
         except BaseException:
             try:
@@ -1161,14 +1181,28 @@ class ParentTie:
         if self.tied:
             return
         deadline = time.monotonic() + 10.0
-        while os.getppid() != self.server_pid:
-            if os.getppid() == 1 or time.monotonic() > deadline:
+        while parent_pid() != self.server_pid:
+            if parent_pid() == 1 or time.monotonic() > deadline:
                 os._exit(1)  # the server is gone (or is not a subreaper)
             time.sleep(0.0002)
         set_parent_death_signal()
-        if os.getppid() != self.server_pid:
+        if parent_pid() != self.server_pid:
             os._exit(1)
         self.tied = True
+
+
+def parent_pid():
+    """The parent's pid as the server knows it. A worker that is the first process of a pid
+    namespace of its own sees its parent as 0; the machine's /proc (still mounted until the
+    attach) tells the real one."""
+    ppid = os.getppid()
+    if ppid != 0:
+        return ppid
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    return 0
 
 
 # =================================================================================================
@@ -1178,33 +1212,213 @@ class ParentTie:
 # =================================================================================================
 
 
-def private_tmp(settings):
-    """Gives this worker (so its session) a /tmp, a /var/tmp and a /dev/shm of its own: fresh
-    tmpfs mounts in a mount namespace of its own. Sessions run as different users in one
-    sticky /tmp would see each other's files and trip over each other's names
-    (`/tmp/plot.png`); here they cannot, and nothing they leave there outlives the worker.
-    What the worker needs under /tmp or /var/tmp (the server's state directory with the
-    session directories, a venv that lives there) is bound back in at its path. Needs one
-    thread (unshare(CLONE_NEWNS) refuses a threaded caller) and root: it runs before the worker
-    starts threads or changes user.
-    """
-    import ctypes
+class Kernel:
+    """The system calls the sandbox set-up needs that Python has no binding for, through libc
+    (standard library only: ctypes). Each raises OSError naming what failed."""
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+    CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+    MS_REMOUNT, MS_BIND, MS_REC, MS_SLAVE = 0x20, 0x1000, 0x4000, 0x80000
+    MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 0x400, 0x800, 0x200000
+    MNT_DETACH = 2
+    # Neither pivot_root nor capset has a libc wrapper.
+    SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126}, "aarch64": {"pivot_root": 41, "capset": 91}}
 
-    def check(result, what):
+    def __init__(self):
+        import ctypes
+        import platform
+
+        self.ctypes = ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+        self.libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+        self.libc.syscall.restype = ctypes.c_long
+        self.numbers = self.SYSCALLS.get(platform.machine(), {})
+
+    def check(self, result, what):
         if result != 0:
-            errno = ctypes.get_errno()
+            errno = self.ctypes.get_errno()
             raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
-    ms_nosuid, ms_nodev, ms_bind, ms_rec, ms_slave = 0x2, 0x4, 0x1000, 0x4000, 0x80000
+    def unshare(self, flags, what):
+        self.check(self.libc.unshare(flags), f"unshare({what})")
+
+    def mount(self, source, target, fstype, flags, data=None):
+        enc = lambda s: s.encode() if isinstance(s, str) else s  # noqa: E731
+        result = self.libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data))
+        self.check(result, f"mount {source or ''} on {target}")
+
+    def bind(self, fd, target, writable):
+        """Binds what `fd` (O_PATH) refers to at `target`, read-only unless `writable`. A
+        read-only remount must keep the flags the kernel locked on the source (nosuid, nodev,
+        noexec, atime: in a user namespace a remount that drops them is refused)."""
+        self.mount(f"/proc/self/fd/{fd}", target, None, self.MS_BIND | self.MS_REC)
+        if not writable:
+            self.mount(None, target, None, self.MS_REMOUNT | self.MS_BIND | self.MS_RDONLY | self.locked_flags(fd))
+
+    def locked_flags(self, fd):
+        flag = os.fstatvfs(fd).f_flag
+        pairs = [
+            (os.ST_NOSUID, self.MS_NOSUID),
+            (os.ST_NODEV, self.MS_NODEV),
+            (os.ST_NOEXEC, self.MS_NOEXEC),
+            (os.ST_NOATIME, self.MS_NOATIME),
+            (os.ST_NODIRATIME, self.MS_NODIRATIME),
+            (os.ST_RELATIME, self.MS_RELATIME),
+        ]
+        return sum(ms for st, ms in pairs if flag & st)
+
+    def syscall(self, name, *args):
+        number = self.numbers.get(name)
+        if number is None:
+            raise OSError(f"{name}: no system call number known for this architecture")
+        c = self.ctypes
+        self.check(0 if self.libc.syscall(c.c_long(number), *args) == 0 else -1, name)
+
+    def pivot_root(self):
+        """Makes the current directory (a mount point) the root, and lets the old one go."""
+        self.syscall("pivot_root", b".", b".")
+        self.check(self.libc.umount2(b".", self.MNT_DETACH), "unmounting the old root")
+        os.chdir("/")
+
+    def drop_capabilities(self):
+        """Empties the effective, permitted and inheritable sets (capset, version 3). A worker
+        in a user namespace holds every capability in it, from its creation; its uid is not 0
+        there, so nothing it executes afterwards gets any back (and NO_NEW_PRIVS is set)."""
+        c = self.ctypes
+        header = (c.c_uint32 * 2)(0x20080522, 0)
+        data = (c.c_uint32 * 6)()
+        self.syscall("capset", c.byref(header), c.byref(data))
+
+
+def enter_namespaces(isolation):
+    """First thing in the template and in a direct or cold worker, while it has one thread
+    (unshare refuses a threaded caller) and before any import: the namespaces the server's
+    probe found possible (`sandbox/isolation.rs`), and the filesystem view. A server that is not
+    root gets them through a user namespace of its own, as bubblewrap does: the worker is its
+    own uid there too (one mapped uid), with every capability *in* the namespace, which it
+    gives up when it is attached."""
+    if not isolation:
+        return
+    kernel = Kernel()
+    flags = 0
+    if isolation.get("user_namespace"):
+        flags |= Kernel.CLONE_NEWUSER
+    if isolation.get("network_none"):
+        flags |= Kernel.CLONE_NEWNET
+    if isolation.get("mount_namespace"):
+        flags |= Kernel.CLONE_NEWNS
+    if not flags:
+        return
+    uid, gid = os.getuid(), os.getgid()
+    kernel.unshare(flags, "namespaces")
+    if isolation.get("user_namespace"):
+        map_own_ids(uid, gid)
+    if isolation.get("network_none"):
+        loopback_up()
+    if isolation.get("mount_namespace"):
+        # Nothing mounted here may reach the namespace it came from; what the server mounts
+        # later (a session directory's own tmpfs) still comes in: a slave.
+        kernel.mount(None, "/", None, Kernel.MS_REC | Kernel.MS_SLAVE)
+        if isolation.get("view"):
+            enter_view(kernel, isolation["view"])
+
+
+def map_own_ids(uid, gid):
+    """In a new user namespace: the caller's uid and gid map to themselves (the only mapping
+    an unprivileged process may write), and setgroups is off, as the kernel requires first."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1\n"), ("gid_map", f"{gid} {gid} 1\n")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def loopback_up():
+    """A new network namespace has `lo`, down: up (SIOCSIFFLAGS), so that code can still talk
+    to itself over 127.0.0.1."""
+    import fcntl
+
+    siocgifflags, siocsifflags, iff_up, iff_running = 0x8913, 0x8914, 0x1, 0x40
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, siocgifflags, request))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up | iff_running))
+
+
+def enter_view(kernel, view):
+    """Replaces the root with a minimal one (docs/architecture.md, "Filesystem view"): a
+    tmpfs holding only what the server listed — the system's /usr and libraries, the Python
+    installation, a small /etc, a few /dev nodes, /proc, the state directory — each bound
+    read-only at its own path except the session and scratch directories. Everything else of
+    the machine is absent. The sources are opened before anything is covered, then bound by
+    descriptor; the tmpfs is staged on /tmp (this namespace's own) and pivoted into."""
+    import stat
+
+    held = []
+    try:
+        for bind in view["binds"]:
+            try:
+                fd = os.open(bind["path"], os.O_PATH | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            held.append((bind, fd, stat.S_ISDIR(os.fstat(fd).st_mode)))
+        proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        held.append(({"path": "/proc", "writable": True}, proc, True))
+        root = "/tmp"
+        kernel.mount("tmpfs", root, "tmpfs", Kernel.MS_NOSUID | Kernel.MS_NODEV, "mode=0755,size=16m,nr_inodes=16384")
+        for path, mode in view["dirs"]:
+            os.makedirs(root + path, exist_ok=True)
+            os.chmod(root + path, mode)
+        for path, target in view["symlinks"]:
+            os.makedirs(os.path.dirname(root + path), exist_ok=True)
+            os.symlink(target, root + path)
+        for path, text in view["files"]:
+            os.makedirs(os.path.dirname(root + path), exist_ok=True)
+            with open(root + path, "w") as f:
+                f.write(text)
+            os.chmod(root + path, 0o644)
+        for bind, fd, is_dir in held:
+            target = root + bind["path"]
+            if is_dir:
+                os.makedirs(target, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if not os.path.lexists(target):
+                    os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            kernel.bind(fd, target, bind.get("writable", False))
+    finally:
+        for _, fd, _ in held:
+            os.close(fd)
+    os.chdir(root)
+    kernel.pivot_root()
+    # Read-only from here: in a user namespace the root's files belong to the workers' own
+    # uid, and every worker shares this one tmpfs.
+    kernel.mount(None, "/", None, Kernel.MS_REMOUNT | Kernel.MS_RDONLY | Kernel.MS_NOSUID | Kernel.MS_NODEV)
+    cwd = view.get("cwd") or "/"
+    os.chdir(cwd if os.path.isdir(cwd) else "/")
+    # The home directory is outside the view, or read-only in it: matplotlib's and
+    # fontconfig's caches go to /tmp (each process's own) rather than nowhere, with a warning
+    # each start. An attached worker's home is its session directory.
+    os.environ["HOME"] = "/tmp"
+
+
+def private_tmp(settings):
+    """Gives this worker (so its session) a /tmp, a /var/tmp and a /dev/shm of its own: fresh
+    tmpfs mounts in a mount namespace of its own. Sessions in one sticky /tmp would see each
+    other's files and trip over each other's names (`/tmp/plot.png`); here they cannot, and
+    nothing they leave there outlives the worker. What the worker needs under /tmp or /var/tmp
+    (the server's state directory with the session directories, a venv that lives there) is
+    bound back in at its path. Needs one thread (unshare(CLONE_NEWNS) refuses a threaded
+    caller) and CAP_SYS_ADMIN (root, or in the template's user namespace): it runs before the
+    worker starts threads or gives up its privileges.
+    """
+    kernel = Kernel()
+    ms_nosuid, ms_nodev = Kernel.MS_NOSUID, Kernel.MS_NODEV
     size = int(settings.get("size_bytes", 1 << 30))
-    options = f"mode=1777,size={size}".encode()
-    check(libc.unshare(0x00020000), "unshare(CLONE_NEWNS)")  # CLONE_NEWNS
+    options = f"mode=1777,size={size}"
+    kernel.unshare(Kernel.CLONE_NEWNS, "CLONE_NEWNS")
     # Nothing mounted here may reach the namespace it came from; what the server mounts
     # later (the session directory's own tmpfs) still comes in: a slave.
-    check(libc.mount(None, b"/", None, ms_rec | ms_slave, None), "making / a slave")
+    kernel.mount(None, "/", None, Kernel.MS_REC | Kernel.MS_SLAVE)
     tmps = ["/tmp"]
     if os.path.realpath("/var/tmp") == "/var/tmp" and os.path.isdir("/var/tmp"):  # not a link to /tmp
         tmps.append("/var/tmp")
@@ -1215,14 +1429,114 @@ def private_tmp(settings):
         if any(path.startswith(tmp + "/") for tmp in tmps) and os.path.isdir(path):
             held.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY)))
     for tmp in tmps:
-        check(libc.mount(b"tmpfs", tmp.encode(), b"tmpfs", ms_nosuid | ms_nodev, options), f"mounting {tmp}")
+        kernel.mount("tmpfs", tmp, "tmpfs", ms_nosuid | ms_nodev, options)
     for path, fd in held:
         os.makedirs(path, exist_ok=True)
-        source = f"/proc/self/fd/{fd}".encode()
-        check(libc.mount(source, path.encode(), None, ms_bind | ms_rec, None), f"binding {path}")
+        kernel.mount(f"/proc/self/fd/{fd}", path, None, Kernel.MS_BIND | Kernel.MS_REC)
         os.close(fd)
     if os.path.isdir("/dev/shm"):
-        check(libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", ms_nosuid | ms_nodev, options), "mounting /dev/shm")
+        kernel.mount("tmpfs", "/dev/shm", "tmpfs", ms_nosuid | ms_nodev, options)
+
+
+def confine_to_session(isolation, cwd):
+    """At attach, before the session's user (or the loss of privileges) and any user code: the
+    session's directory is the only one left in view of the sessions directory (covered by an
+    empty read-only tmpfs with this one bound back), a worker in a pid namespace of its own
+    gets a /proc that shows only its own processes, and a worker in a user namespace gives up
+    its capabilities there."""
+    if not isolation:
+        return
+    kernel = Kernel()
+    view = isolation.get("view")
+    sessions = view and view.get("sessions")
+    if sessions and os.path.dirname(os.path.normpath(cwd)) == sessions:
+        own = os.open(cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            options = "mode=0711,size=64k,nr_inodes=64"
+            kernel.mount("tmpfs", sessions, "tmpfs", Kernel.MS_NOSUID | Kernel.MS_NODEV, options)
+            os.mkdir(cwd, 0o700)
+            kernel.mount(f"/proc/self/fd/{own}", cwd, None, Kernel.MS_BIND | Kernel.MS_REC)
+            kernel.mount(None, sessions, None, Kernel.MS_REMOUNT | Kernel.MS_RDONLY | Kernel.MS_NOSUID | Kernel.MS_NODEV, options)
+        finally:
+            os.close(own)
+    if isolation.get("pid_namespace") and os.getpid() == 1:
+        flags = Kernel.MS_NOSUID | Kernel.MS_NODEV | Kernel.MS_NOEXEC
+        kernel.mount("proc", "/proc", "proc", flags)
+    if isolation.get("user_namespace"):
+        kernel.drop_capabilities()
+
+
+def probe(isolation):
+    """What the server asks before it decides the isolation levels: each mechanism tried in a
+    child of its own (which ends with all it made: nothing is left half made), strongest set-up
+    first. Prints one JSON object: mechanism -> null (works) or the error."""
+    results = {}
+
+    def attempt(name, steps):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            code = 0
+            try:
+                steps()
+            except BaseException as exc:  # noqa: BLE001 - reported to the server
+                os.write(w, f"{exc}".encode()[:2000] or type(exc).__name__.encode())
+                code = 1
+            os._exit(code)
+        os.close(w)
+        chunks = []
+        while True:
+            chunk = os.read(r, 4096)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        ok = os.waitstatus_to_exitcode(status) == 0
+        results[name] = None if ok else (b"".join(chunks).decode(errors="replace") or f"exit status {status}")
+
+    userns = bool(isolation.get("user_namespace"))
+
+    def only(**mechanisms):
+        return dict({"user_namespace": userns}, **mechanisms)
+
+    if userns:
+        attempt("user_namespace", lambda: enter_namespaces(only()))
+    else:
+        results["user_namespace"] = "not tried: the server is root"
+    attempt("network", lambda: enter_namespaces(only(network_none=True)))
+    attempt("mount", lambda: (enter_namespaces(only(mount_namespace=True)), private_tmp({"size_bytes": 1 << 20})))
+    view = isolation.get("view")
+    if view:
+
+        def whole_view():
+            enter_namespaces(only(mount_namespace=True, view=view))
+            private_tmp({"size_bytes": 1 << 20, "keep": isolation.get("keep") or []})
+            for path in isolation.get("must_see") or []:
+                if not os.path.exists(path):
+                    raise OSError(f"{path} is not visible in the view")
+
+        attempt("view", whole_view)
+
+    def pid_namespace():
+        enter_namespaces(only(mount_namespace=True, view=view))
+        Kernel().unshare(Kernel.CLONE_NEWPID, "CLONE_NEWPID")
+        child = os.fork()
+        if child == 0:
+            try:
+                Kernel().mount("proc", "/proc", "proc", Kernel.MS_NOSUID | Kernel.MS_NODEV | Kernel.MS_NOEXEC)
+                os._exit(0 if os.listdir("/proc/self") else 1)
+            except BaseException as exc:  # noqa: BLE001
+                sys.stderr.write(f"{exc}\n")
+                os._exit(1)
+        _, status = os.waitpid(child, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise OSError("a pid namespace can be made, but no /proc of its own can be mounted in it")
+
+    attempt("pid", pid_namespace)
+    print(json.dumps(results), flush=True)
+    return 0
 
 
 def install_syscall_filter(spec):
@@ -1308,6 +1622,8 @@ def reseed():
 
 def main():
     settings = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
+    if settings.get("probe"):
+        return probe(settings["probe"])
     if settings.get("template"):
         return Template(settings).run()
     return worker_main(settings)

@@ -94,8 +94,9 @@ async fn a_session_cannot_read_another_sessions_files() {
         .expect("path")
         .trim_matches('\'')
         .to_owned();
+    // Its directory is not even in view (and would be closed to a's uid if it were).
     let reply = api.run(&a, &format!("open({path:?}).read()")).await;
-    assert_eq!(ename(&reply), "PermissionError", "{reply}");
+    assert_eq!(ename(&reply), "FileNotFoundError", "{reply}");
     // Nor list who else is there.
     let sessions_dir = std::path::Path::new(&path)
         .parent()
@@ -649,7 +650,12 @@ fn spinner(threads: usize) -> String {
 
 /// CPU time (user + system, all threads) of a process, seconds, from `/proc/<pid>/stat`.
 fn cpu_seconds_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat of the worker");
+    cpu_seconds_if_alive(pid).expect("stat of the worker")
+}
+
+/// [`cpu_seconds_of`], or `None` once the process is gone.
+fn cpu_seconds_if_alive(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')').expect("stat format");
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 =
@@ -657,7 +663,7 @@ fn cpu_seconds_of(pid: u32) -> f64 {
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .expect("sysconf")
         .expect("CLK_TCK") as f64;
-    ticks / hz
+    Some(ticks / hz)
 }
 
 async fn pid_of_session(api: &Api, session: &str) -> u32 {
@@ -675,8 +681,9 @@ async fn start_spinner(api: &Api, session: &str, threads: usize) -> u32 {
     assert_eq!(reply["status"], "ok", "{reply}");
     let pid = pid_of_session(api, session).await;
     let start = cpu_seconds_of(pid);
+    // A worker gone already was reset for its background CPU: it spun.
     let spinning = common::eventually(Duration::from_secs(10), || {
-        cpu_seconds_of(pid) - start > 0.3
+        cpu_seconds_if_alive(pid).is_none_or(|cpu| cpu - start > 0.3)
     })
     .await;
     assert!(spinning, "the spinner's threads never ran");
@@ -882,4 +889,62 @@ async fn an_ended_sessions_cgroups_are_removed_without_another_session() {
     })
     .await;
     assert!(removed, "left behind: {:?}", session_cgroups(&dirs));
+}
+
+#[tokio::test]
+async fn a_workers_filesystem_is_a_minimal_view() {
+    if !root() {
+        return;
+    }
+    let api = Api::new(base());
+    let s = api.session().await;
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let hidden = [
+        format!("{checkout}/src"),
+        format!("{checkout}/Cargo.toml"),
+        "/etc/shadow".into(),
+        "/root/.bashrc".into(),
+        "/home".into(),
+        "/var/log".into(),
+        "/sys".into(),
+    ];
+    let code = format!("import os\n[p for p in {hidden:?} if os.path.lexists(p)]");
+    assert_eq!(value_of(&api, &s, &code).await, "[]");
+    // The server's state directory is there (the session's own directory is in it), read-only.
+    let read_only = value_of(
+        &api,
+        &s,
+        "state = os.path.dirname(os.path.dirname(os.getcwd()))\n\
+         [bool(os.statvfs(p).f_flag & os.ST_RDONLY) for p in (state, os.path.join(state, 'worker.py'), '/', '/usr', os.getcwd())]",
+    )
+    .await;
+    assert_eq!(read_only, "[True, True, True, True, False]");
+    let (status, health) = Api::new(base()).get("/healthz").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        health["isolation"],
+        json!({
+            "users": "per-session",
+            "network": "none",
+            "filesystem": "private",
+            "processes": "per-user",
+            "cgroups": health["isolation"]["cgroups"].clone(),
+            "via": "root"
+        }),
+        "{health}"
+    );
+    assert_ne!(health["isolation"]["cgroups"], "none", "{health}");
+}
+
+#[tokio::test]
+async fn every_requirement_is_met_as_root() {
+    if !root() {
+        return;
+    }
+    let server = Server::start(
+        "[pool]\nwarm_workers = 1\n\n[sandbox]\nnetwork = \"none\"\nrequire = [\"users\", \"network\", \"filesystem\", \"processes\", \"cgroups\"]\n",
+    );
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    assert_eq!(value_of(&api, &s, "1 + 1").await, "2");
 }

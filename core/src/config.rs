@@ -69,6 +69,51 @@ pub struct SandboxConfig {
     pub network: Network,
     /// Per-session cgroups (pids, memory) where the machine offers them.
     pub cgroups: bool,
+    /// `view`: where a mount namespace can be made, workers see a minimal root of their own
+    /// (the Python installation, system libraries, a small /etc, their session directory).
+    /// `host`: the machine's filesystem.
+    pub filesystem: FilesystemMode,
+    /// More paths workers see (read-only) in their view: data directories, sockets.
+    pub expose: Vec<PathBuf>,
+    /// Isolation the server must have: it refuses to start, saying what is missing and how to
+    /// grant it, rather than run with less. Empty: the strongest the machine allows, reported
+    /// by /healthz and at start.
+    pub require: Vec<Requirement>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilesystemMode {
+    View,
+    Host,
+}
+
+/// One mechanism of `sandbox.require` (see `sandbox/isolation.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// A uid per session.
+    Users,
+    /// No network but loopback.
+    Network,
+    /// A private filesystem view.
+    Filesystem,
+    /// No signals (or /proc) across sessions.
+    Processes,
+    /// Per-session cgroups.
+    Cgroups,
+}
+
+impl Requirement {
+    pub fn name(self) -> &'static str {
+        match self {
+            Requirement::Users => "users",
+            Requirement::Network => "network",
+            Requirement::Filesystem => "filesystem",
+            Requirement::Processes => "processes",
+            Requirement::Cgroups => "cgroups",
+        }
+    }
 }
 
 impl Default for SandboxConfig {
@@ -78,6 +123,9 @@ impl Default for SandboxConfig {
             session_uids: "200000-299999".into(),
             network: Network::None,
             cgroups: true,
+            filesystem: FilesystemMode::View,
+            expose: Vec::new(),
+            require: Vec::new(),
         }
     }
 }
@@ -573,6 +621,11 @@ impl Config {
         }
         if self.scripts.dir.is_relative() {
             self.scripts.dir = base_dir.join(&self.scripts.dir);
+        }
+        for path in &mut self.sandbox.expose {
+            if path.is_relative() {
+                *path = base_dir.join(&*path);
+            }
         }
         if let Some(file) = &self.auth.tokens_file
             && file.is_relative()

@@ -16,7 +16,7 @@ use crate::files::{FileLimits, FileListing};
 use crate::notebook;
 use crate::pool::{PoolStatus, WarmPool};
 use crate::reaper;
-use crate::sandbox::{Sandbox, SessionSandbox, mounts};
+use crate::sandbox::{Levels, Sandbox, SandboxDirs, SessionSandbox, mounts};
 use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
 use crate::session_dir::SessionDir;
 use crate::state_dir::{self, StateDir};
@@ -40,6 +40,7 @@ pub struct SessionManager {
     max_frame_bytes: usize,
     workers: Arc<Workers>,
     sessions_dir: PathBuf,
+    scratch_dir: PathBuf,
     sandbox: Sandbox,
     shutdown: CancellationToken,
     /// The sessions directory as a shared mount, when session directories get a tmpfs of
@@ -62,6 +63,8 @@ pub struct Health {
     pub reason: Option<String>,
     pub sessions: usize,
     pub pool: PoolStatus,
+    /// What keeps sessions apart here (see `sandbox/isolation.rs`).
+    pub isolation: Levels,
 }
 
 impl SessionManager {
@@ -78,17 +81,29 @@ impl SessionManager {
         let sessions_dir = std::fs::canonicalize(state_dir.path())
             .map_err(Error::io("cannot resolve the state directory"))?
             .join("sessions");
-        std::fs::create_dir(&sessions_dir).map_err(Error::io(format!(
-            "cannot create {}",
-            sessions_dir.display()
-        )))?;
+        // One-shot executions of one request share a directory here (see `scratch_dir`).
+        let scratch_dir = sessions_dir.with_file_name("scratch");
+        for dir in [&sessions_dir, &scratch_dir] {
+            std::fs::create_dir(dir)
+                .map_err(Error::io(format!("cannot create {}", dir.display())))?;
+        }
         // Workers of other users pass through to their own session directories (mode 0700
         // each), but cannot list who else is there.
-        for dir in [state_dir.path(), &sessions_dir] {
+        for dir in [state_dir.path(), &sessions_dir, &scratch_dir] {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
                 .map_err(Error::io(format!("cannot open {}", dir.display())))?;
         }
-        let sandbox = Sandbox::setup(config, &[sessions_dir.clone(), config.scripts.dir.clone()])?;
+        let template = config.pool.template && reaper::children().is_subreaper();
+        let sandbox = Sandbox::setup(
+            config,
+            &SandboxDirs {
+                state: state_dir.path(),
+                script: &script,
+                sessions: &sessions_dir,
+                scratch: &scratch_dir,
+                template,
+            },
+        )?;
         // Before any worker starts: their mount namespaces are copies of ours, and must
         // follow the sessions directory for the tmpfs mounted there later.
         let shared_sessions = (mounts::in_private_namespace() && sandbox.changes_user())
@@ -117,7 +132,7 @@ impl SessionManager {
             limits: config.limits.per_process(),
             cold: false,
             isolation: sandbox.isolation(),
-            private_tmp: sandbox.changes_user().then(|| PrivateTmp {
+            private_tmp: sandbox.private_tmp().then(|| PrivateTmp {
                 keep: sandbox.tmp_keeps(),
                 size_bytes: config.files.max_total_bytes,
             }),
@@ -127,8 +142,7 @@ impl SessionManager {
         let cold = ColdRunner::new(&spec);
         // Forked workers become the server's children by re-parenting, which needs the server
         // to be a child subreaper; without that, workers are started directly.
-        let template = (config.pool.template && reaper::children().is_subreaper())
-            .then(|| Template::start(spec.clone(), shutdown.clone()));
+        let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
         let pool = WarmPool::start(spec, template, config.pool.warm_workers, shutdown.clone());
         let workers = Arc::new(Workers {
             pool,
@@ -160,6 +174,7 @@ impl SessionManager {
             max_frame_bytes: ex.max_frame_bytes,
             workers,
             sessions_dir,
+            scratch_dir,
             sandbox,
             shutdown,
             shared_sessions,
@@ -374,6 +389,7 @@ impl SessionManager {
             reason,
             sessions: self.sessions.len(),
             pool,
+            isolation: self.sandbox.levels().clone(),
         }
     }
 
@@ -399,7 +415,7 @@ impl SessionManager {
     pub fn scratch_dir(&self) -> Result<tempfile::TempDir, Error> {
         let dir = tempfile::Builder::new()
             .prefix("scratch-")
-            .tempdir_in(&self.sessions_dir)
+            .tempdir_in(&self.scratch_dir)
             .map_err(Error::io("cannot create a directory"))?;
         std::fs::set_permissions(
             dir.path(),
@@ -722,6 +738,8 @@ mod tests {
         config.sandbox.session_uids = String::new();
         config.sandbox.network = Network::Host;
         config.sandbox.cgroups = false;
+        // The tests hold cells on sockets in their own temp directories.
+        config.sandbox.filesystem = crate::config::FilesystemMode::Host;
         SessionManager::start(&config).expect("manager")
     }
 

@@ -24,7 +24,7 @@ class Pool:
     "cpu_seconds": 10}`); the same fields may be given as keywords. An unknown field raises
     ReplpoolError naming it: the core's configuration is the one list of limits.
     Workers run as this process's user, on the machine's network (`network="none"` gives them
-    a namespace with only loopback, which needs root).
+    a namespace with only loopback: as root, or through a user namespace).
 
     The pool runs its sessions on a background thread; calls release the GIL while they wait.
     `close()` (or leaving a `with` block) ends every session and worker; so does the pool being
@@ -46,8 +46,9 @@ class Pool:
             "python": {"executable": python or sys.executable},
             "pool": {"warm_workers": warm_workers},
             "limits": {**(limits or {}), **limit_fields},
-            # The caller's own code, as the caller: no user change, no cgroups of ours.
-            "sandbox": {"user": "", "session_uids": "", "network": network, "cgroups": False},
+            # The caller's own code, as the caller: no user change, no cgroups of ours, and the
+            # caller's files in view.
+            "sandbox": {"user": "", "session_uids": "", "network": network, "cgroups": False, "filesystem": "host"},
         }
         if preload is not None:
             settings["python"]["preload"] = list(preload)

@@ -24,7 +24,25 @@ pub struct Launched {
 
 /// Starts `binary serve` with `config` on a free loopback port and waits until it listens.
 pub fn launch(binary: &Path, config: &Path, env: &[(&str, &str)]) -> std::io::Result<Launched> {
-    let mut command = Command::new(binary);
+    launch_through(&[], binary, config, env)
+}
+
+/// [`launch`], through `wrapper` (a command that ends by executing its arguments in its own
+/// place, so that the child's pid is the server's).
+pub fn launch_through(
+    wrapper: &[std::ffi::OsString],
+    binary: &Path,
+    config: &Path,
+    env: &[(&str, &str)],
+) -> std::io::Result<Launched> {
+    let mut command = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut command = Command::new(first);
+            command.args(rest).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
     command
         .args(["serve", "--bind", "127.0.0.1:0", "--config"])
         .arg(config)

@@ -54,6 +54,12 @@ pub fn write_config(dir: &std::path::Path, extra: &str) -> PathBuf {
         sandbox
             .entry("network")
             .or_insert_with(|| toml::Value::String("host".into()));
+        // The blockers' sockets must be in the workers' filesystem view.
+        sandbox.entry("expose").or_insert_with(|| {
+            toml::Value::Array(vec![toml::Value::String(
+                blocker_parent().display().to_string(),
+            )])
+        });
     }
     let python_section = table
         .entry("python")
@@ -79,6 +85,23 @@ impl Server {
     /// listens.
     pub fn start(extra: &str) -> Server {
         Server::start_with_env(extra, &[])
+    }
+
+    /// A server that runs as an unprivileged user: as `nobody` (with what it needs made
+    /// reachable: `tests/unprivileged/launch.py`) when the tests run as root, else as the
+    /// tests' own user.
+    pub fn start_unprivileged(extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = write_config(dir.path(), extra);
+        let wrapper = unprivileged_wrapper(dir.path(), &config);
+        let binary = std::path::Path::new(env!("CARGO_BIN_EXE_replpool"));
+        let launched = launcher::launch_through(&wrapper, binary, &config, &[])
+            .expect("start replpool unprivileged");
+        Server {
+            child: launched.child,
+            base: launched.base,
+            _dir: dir,
+        }
     }
 
     pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Server {
@@ -121,6 +144,73 @@ impl Drop for Server {
     }
 }
 
+/// What runs a command as an unprivileged user: empty when the tests are not root; as root,
+/// `tests/unprivileged/launch.py` in a mount namespace of its own, as `nobody`, with the
+/// server binary, `dir` (holding `config`), the blockers' directory and the test interpreter
+/// made reachable. The command follows the returned arguments.
+pub fn unprivileged_wrapper(
+    dir: &std::path::Path,
+    config: &std::path::Path,
+) -> Vec<std::ffi::OsString> {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Vec::new();
+    }
+    for (path, mode) in [(dir, 0o755), (config, 0o644)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let launch = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/unprivileged/launch.py");
+    let mut wrapper: Vec<std::ffi::OsString> = vec![
+        "unshare".into(),
+        "--mount".into(),
+        "--".into(),
+        python().into(),
+        launch.into(),
+        "nobody".into(),
+        env!("CARGO_BIN_EXE_replpool").into(),
+        dir.into(),
+        blocker_parent().into(),
+    ];
+    wrapper.extend(python_installation().into_iter().map(Into::into));
+    wrapper.push("--".into());
+    wrapper
+}
+
+/// The test interpreter's installation: its prefixes and the real executable.
+fn python_installation() -> Vec<PathBuf> {
+    let output = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import os, sys; print(sys.prefix); print(sys.base_prefix); print(os.path.realpath(sys.executable))",
+        ])
+        .output()
+        .expect("ask the test interpreter where it lives");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Whether this machine lets an unprivileged user make user namespaces (what a server that
+/// is not root needs for its isolation); says on stderr that the calling test is skipped when
+/// it does not.
+#[track_caller]
+pub fn user_namespaces() -> bool {
+    use std::io::Write;
+    let allowed = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .map_or(true, |n| n.trim() != "0")
+        && std::fs::read_to_string("/proc/sys/kernel/unprivileged_userns_clone")
+            .map_or(true, |n| n.trim() != "0");
+    if !allowed {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped ({}): this machine allows no unprivileged user namespaces",
+            std::panic::Location::caller()
+        );
+    }
+    allowed
+}
+
 /// The state directory of the server `pid`: the one whose `server.lock` holds that pid.
 pub fn state_dir_of(pid: u32) -> Option<PathBuf> {
     let entries = std::fs::read_dir(std::env::temp_dir()).ok()?;
@@ -156,10 +246,24 @@ pub struct Shared {
 /// [`shared_with`], with the server's pid.
 pub fn shared_server(config: &'static str) -> &'static Shared {
     static SHARED: OnceLock<Shared> = OnceLock::new();
-    SHARED.get_or_init(|| {
+    start_shared(&SHARED, config, Server::start)
+}
+
+/// The shared unprivileged server of a test binary: see [`Server::start_unprivileged`].
+pub fn shared_unprivileged(config: &'static str) -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    start_shared(&SHARED, config, Server::start_unprivileged)
+}
+
+fn start_shared(
+    cell: &'static OnceLock<Shared>,
+    config: &'static str,
+    start: fn(&str) -> Server,
+) -> &'static Shared {
+    cell.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let server = Server::start(config);
+            let server = start(config);
             tx.send(Shared {
                 base: server.base.clone(),
                 pid: server.pid(),
@@ -500,21 +604,29 @@ impl Blocker {
     }
 }
 
-/// Python that blocks until the test writes a byte to the returned blocker's connection: a
-/// way to hold a session busy for exactly as long as a test needs, without sleeping. A Unix
-/// socket in a directory everyone may enter, so that it reaches a worker in its own network
-/// namespace running as another user. Not under /tmp or /var/tmp, which a worker has of its
-/// own: under /run/replpool-tests when root (where workers change user), else the temp dir.
-pub async fn blocker() -> (Blocker, String) {
+/// Where blockers' sockets live (made if missing): a directory everyone may enter, exposed
+/// in every test server's filesystem view (see [`write_config`]). Not under /tmp or /var/tmp,
+/// which a worker has of its own: under /run/replpool-tests when root (where workers change
+/// user), else in the temp dir (bound back into a worker's own /tmp).
+pub fn blocker_parent() -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let parent = if nix::unistd::geteuid().is_root() {
-        let shared = PathBuf::from("/run/replpool-tests");
-        std::fs::create_dir_all(&shared).expect("create /run/replpool-tests");
-        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        shared
+        PathBuf::from("/run/replpool-tests")
     } else {
-        std::env::temp_dir()
+        std::env::temp_dir().join(format!("replpool-tests-{}", nix::unistd::getuid()))
     };
+    std::fs::create_dir_all(&parent).expect("create the blockers' directory");
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    parent
+}
+
+/// Python that blocks until the test writes a byte to the returned blocker's connection: a
+/// way to hold a session busy for exactly as long as a test needs, without sleeping. A Unix
+/// socket in a directory everyone may enter ([`blocker_parent`]), so that it reaches a worker
+/// in its own network namespace and filesystem view, running as another user.
+pub async fn blocker() -> (Blocker, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = blocker_parent();
     let dir = tempfile::Builder::new()
         .tempdir_in(&parent)
         .expect("tempdir for the blocker");

@@ -177,6 +177,23 @@ impl Cgroups {
         )
     }
 
+    /// Which cgroup versions the session cgroups use: `v2`, `v1` or `v1+v2`.
+    pub fn version(&self) -> &'static str {
+        let controllers = [&self.pids, &self.memory, &self.cpu, &self.usage];
+        let v1 = controllers
+            .iter()
+            .any(|c| matches!(c, Some(Controller { v2: false, .. })));
+        let v2 = self.v2.is_some()
+            || controllers
+                .iter()
+                .any(|c| matches!(c, Some(Controller { v2: true, .. })));
+        match (v1, v2) {
+            (true, true) => "v1+v2",
+            (true, false) => "v1",
+            _ => "v2",
+        }
+    }
+
     /// The server's own directory in each hierarchy used: everything of its sessions is below.
     pub fn dirs(&self) -> Vec<PathBuf> {
         let mut dirs: Vec<PathBuf> = Vec::new();

@@ -7,12 +7,12 @@ use crate::sandbox::seccomp::FilterError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
-    #[error(
-        "sandbox: sandbox.network = \"none\" gives workers a network namespace of their own, which \
-         needs the server to run as root; run it as root, or set sandbox.network = \"host\" \
-         to let user code reach the network"
-    )]
-    NetworkNeedsRoot,
+    /// `sandbox.require` asks for what the machine does not allow: the message names the
+    /// missing capability and how to grant it.
+    #[error("sandbox: {0}")]
+    Unmet(String),
+    #[error("sandbox: the isolation probe failed (exit {status}): {output}")]
+    Probe { status: String, output: String },
     #[error("sandbox: sandbox.user: {0}")]
     User(String),
     #[error("sandbox: {0}")]

@@ -1,273 +1,243 @@
-//! What a worker process sees of the machine, set up between fork and exec of every process
-//! the server starts for Python (the template, direct and cold workers; forked workers inherit
-//! the template's).
+//! How far workers are kept apart from the machine and from each other, decided once at start
+//! from what the machine allows (the probe) and what the config asks for.
 //!
-//! - `sandbox.network = "none"`: a network namespace of its own, with only loopback, up. The
-//!   template makes one, and every worker forked from it shares it (one namespace, not one per
-//!   worker: making and tearing down a namespace costs milliseconds of kernel work).
-//! - When workers run as another user: a mount namespace in which the directories they need
-//!   (the Python installation, the venv, the server's state directory) can be reached even
-//!   where an ancestor is closed to that user, as with a pyenv under a 0700 `/root`. Such an
-//!   ancestor is covered with an empty tmpfs holding only the needed children, bind-mounted
-//!   from the real ones; whatever else it held stays out of sight.
+//! Four mechanisms, each at the strongest level the environment offers:
+//! - **users**: a uid per session (root only: `setuid` at attach), else one shared uid;
+//! - **network**: a network namespace with only loopback, else the host's;
+//! - **filesystem**: a private mount namespace with a minimal root ([`super::view`]) and a
+//!   `/tmp` of each worker's own, else the machine's filesystem;
+//! - **processes**: a pid namespace per worker with its own `/proc` (where uids are shared:
+//!   sessions of one uid could otherwise signal each other and read each other's files through
+//!   `/proc/<pid>/root`), or separate uids, else nothing;
 //!
-//! Everything is computed before the fork; the closure that runs after it only makes system
-//! calls (it must not allocate: the server has threads, and one of them may hold the
-//! allocator's lock at the moment of the fork).
+//! plus per-session cgroups, which `cgroup.rs` finds on its own. Root gets namespaces directly;
+//! a server that is not root gets them through a user namespace of its own (as bubblewrap and
+//! nsjail do), where unprivileged user namespaces are allowed. What is in force is logged at
+//! start and reported by `/healthz`; `sandbox.require` turns a missing level into a refusal
+//! to start that names the missing capability and how to grant it.
+//!
+//! The namespaces themselves are made by each worker (`worker.py`'s `enter_namespaces`) from
+//! the [`Isolation`] it is given in its settings, while it still has one thread.
 
-use std::ffi::{CStr, CString};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use serde::Serialize;
 
-use nix::fcntl::{OFlag, open};
-use nix::mount::{MsFlags, mount};
-use nix::sched::{CloneFlags, unshare};
-use nix::sys::stat::Mode;
+use super::probe::Probe;
+use super::view::View;
+use crate::config::Requirement;
 
-use super::uids::Credentials;
-
-/// Children of one covered directory that can be kept visible (more is refused at start).
-const MAX_KEPT: usize = 16;
-
-#[derive(Debug, Default)]
+/// What each worker sets up for itself (`settings["isolation"]` in `worker.py`).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Isolation {
-    network: bool,
-    covers: Vec<Cover>,
-}
-
-/// A directory the workers' user cannot pass through, and the children of it they need.
-#[derive(Debug)]
-struct Cover {
-    dir: CString,
-    keep: Vec<CString>,
+    /// The server is not root: namespaces are made inside a user namespace of the worker's own.
+    pub user_namespace: bool,
+    pub network_none: bool,
+    pub mount_namespace: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub view: Option<View>,
+    /// Each forked worker is the first process of a pid namespace of its own.
+    pub pid_namespace: bool,
 }
 
 impl Isolation {
-    /// `needed`: directories the workers must reach; `user`: who they run as (`None`: the
-    /// server's own user, who can reach them already).
-    pub fn new(
-        network_none: bool,
-        needed: &[PathBuf],
-        user: Option<Credentials>,
-    ) -> Result<Isolation, String> {
-        let mut covers: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
-        if let Some(user) = user {
-            for path in needed {
-                let Ok(path) = std::fs::canonicalize(path) else {
-                    continue;
-                };
-                let mut ancestor = PathBuf::from("/");
-                for component in path.components().skip(1) {
-                    let child = ancestor.join(component);
-                    if !searchable(&ancestor, user) {
-                        match covers.iter_mut().find(|(dir, _)| *dir == ancestor) {
-                            Some((_, keep)) if keep.contains(&child) => {}
-                            Some((_, keep)) => keep.push(child.clone()),
-                            None => covers.push((ancestor.clone(), vec![child.clone()])),
-                        }
-                    }
-                    ancestor = child;
-                }
-            }
-        }
-        // Deepest first: a cover's bind mounts are recursive, so they carry the deeper ones.
-        covers.sort_by_key(|(dir, _)| std::cmp::Reverse(dir.components().count()));
-        let c = |p: &Path| {
-            CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("{p:?} holds a NUL byte"))
-        };
-        let covers = covers
-            .into_iter()
-            .map(|(dir, keep)| {
-                if keep.len() > MAX_KEPT {
-                    return Err(format!(
-                        "{} is closed to the workers' user and {} of its children are needed (at most {MAX_KEPT})",
-                        dir.display(),
-                        keep.len()
-                    ));
-                }
-                Ok(Cover {
-                    dir: c(&dir)?,
-                    keep: keep.iter().map(|k| c(k)).collect::<Result<_, _>>()?,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        for cover in &covers {
-            tracing::info!(
-                "workers' view: {:?} is closed to uid {}; they see only {:?} in it",
-                cover.dir,
-                user.map_or(0, |u| u.uid),
-                cover.keep
-            );
-        }
-        Ok(Isolation {
-            network: network_none,
-            covers,
-        })
-    }
-
-    /// In the child, between fork and exec. Only system calls; no allocation.
-    pub fn apply(&self) -> std::io::Result<()> {
-        let mut flags = CloneFlags::empty();
-        if self.network {
-            flags |= CloneFlags::CLONE_NEWNET;
-        }
-        if !self.covers.is_empty() {
-            flags |= CloneFlags::CLONE_NEWNS;
-        }
-        if flags.is_empty() {
-            return Ok(());
-        }
-        unshare(flags)?;
-        if self.network {
-            loopback_up()?;
-        }
-        if !self.covers.is_empty() {
-            // Nothing done here may reach the machine's (or the server's) mount table; what
-            // the server mounts later (a session's tmpfs) still comes in: a slave.
-            super::mounts::make_root_slave()?;
-            for cover in &self.covers {
-                cover.apply()?;
-            }
-        }
-        Ok(())
+    /// Whether a worker has anything to set up.
+    pub fn is_empty(&self) -> bool {
+        !self.user_namespace && !self.network_none && !self.mount_namespace
     }
 }
 
-impl Cover {
-    fn apply(&self) -> std::io::Result<()> {
-        let mut held = [-1; MAX_KEPT];
-        for (slot, child) in held.iter_mut().zip(&self.keep) {
-            let fd = open(
-                child.as_c_str(),
-                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            *slot = std::os::fd::IntoRawFd::into_raw_fd(fd);
-        }
-        mount(
-            Some(c"tmpfs"),
-            self.dir.as_c_str(),
-            Some(c"tmpfs"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(c"mode=0755,size=4m"),
-        )?;
-        for (fd, child) in held.iter().zip(&self.keep) {
-            nix::unistd::mkdir(child.as_c_str(), Mode::from_bits_truncate(0o755))?;
-            let mut buffer = [0u8; 32];
-            mount(
-                Some(fd_path(*fd, &mut buffer)),
-                child.as_c_str(),
-                None::<&CStr>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&CStr>,
-            )?;
-            nix::unistd::close(*fd)?;
-        }
-        Ok(())
-    }
+/// What is in force, as `/healthz` and the start-up log say it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Levels {
+    /// `per-session` (a uid each) or `shared` (one uid for all sessions).
+    pub users: &'static str,
+    /// `none` (only loopback) or `host`.
+    pub network: &'static str,
+    /// `private` (a minimal view; other sessions' files out of reach), `per-user` (the
+    /// machine's filesystem, other sessions' directories closed by permissions) or `shared`.
+    pub filesystem: &'static str,
+    /// `private` (a pid namespace each), `per-user` (separate uids: no signals across) or
+    /// `shared`.
+    pub processes: &'static str,
+    /// `v2`, `v1`, `v1+v2` or `none`.
+    pub cgroups: &'static str,
+    /// `root`, `user-namespace` or `none`: how the namespaces were made.
+    pub via: &'static str,
 }
 
-/// `/proc/self/fd/<fd>` written into `buffer`, without allocating.
-fn fd_path(fd: i32, buffer: &mut [u8; 32]) -> &CStr {
-    const PREFIX: &[u8] = b"/proc/self/fd/";
-    buffer[..PREFIX.len()].copy_from_slice(PREFIX);
-    let mut digits = [0u8; 10];
-    let mut n = fd.unsigned_abs();
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        buffer[PREFIX.len() + i] = digits[len - 1 - i];
-    }
-    buffer[PREFIX.len() + len] = 0;
-    CStr::from_bytes_until_nul(&buffer[..]).unwrap_or(c"/")
+/// What the server's situation and config amount to, before the probe says what works.
+pub struct Wanted {
+    pub root: bool,
+    pub per_session_uids: bool,
+    pub network_none: bool,
+    pub view: Option<View>,
+    /// Workers are forked from the template (only those can get a pid namespace each).
+    pub template: bool,
 }
 
-/// A new network namespace has `lo`, down. Bring it up (SIOCSIFFLAGS), so that code that
-/// talks to itself over 127.0.0.1 still works.
-fn loopback_up() -> std::io::Result<()> {
-    use nix::libc;
-    // SAFETY: plain system calls on a socket this function owns, with a zeroed `ifreq`.
-    unsafe {
-        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if socket < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut request: libc::ifreq = std::mem::zeroed();
-        request.ifr_name[0] = b'l' as libc::c_char;
-        request.ifr_name[1] = b'o' as libc::c_char;
-        let mut result = libc::ioctl(socket, libc::SIOCGIFFLAGS as _, &mut request);
-        if result == 0 {
-            request.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            result = libc::ioctl(socket, libc::SIOCSIFFLAGS as _, &request);
-        }
-        let error = std::io::Error::last_os_error();
-        libc::close(socket);
-        if result != 0 {
-            return Err(error);
-        }
-    }
-    Ok(())
-}
-
-/// Whether `user` may pass through `dir` (its search bit). The user is never the owner of
-/// the installation's directories; the group and the others' bits decide.
-fn searchable(dir: &Path, user: Credentials) -> bool {
-    let Ok(meta) = std::fs::metadata(dir) else {
-        return true; // nothing to cover
+/// The decision: what workers set up, and the levels that gives.
+pub fn decide(wanted: Wanted, probe: &Probe, cgroups: &'static str) -> (Isolation, Levels) {
+    let user_namespace = !wanted.root && probe.user_namespace.is_ok();
+    let namespaces = wanted.root || user_namespace;
+    let network_none = wanted.network_none && namespaces && probe.network.is_ok();
+    let mount_namespace = namespaces && probe.mount.is_ok();
+    let view = wanted
+        .view
+        .filter(|_| mount_namespace && probe.view.as_ref().is_some_and(Result::is_ok));
+    let separate_uids = wanted.root && wanted.per_session_uids;
+    // Root with separate uids has no need of it (uids keep signals and /proc apart), and a
+    // pid namespace changes what code sees of its own pids.
+    let pid_namespace = !separate_uids && wanted.template && view.is_some() && probe.pid.is_ok();
+    let levels = Levels {
+        users: if separate_uids {
+            "per-session"
+        } else {
+            "shared"
+        },
+        network: if network_none { "none" } else { "host" },
+        filesystem: match (view.is_some(), separate_uids || pid_namespace) {
+            (true, true) => "private",
+            (_, _) if separate_uids => "per-user",
+            _ => "shared",
+        },
+        processes: if pid_namespace {
+            "private"
+        } else if separate_uids {
+            "per-user"
+        } else {
+            "shared"
+        },
+        cgroups,
+        via: if wanted.root && (network_none || mount_namespace) {
+            "root"
+        } else if user_namespace {
+            "user-namespace"
+        } else {
+            "none"
+        },
     };
-    let mode = meta.mode();
-    if meta.uid() == user.uid {
-        return mode & 0o100 != 0;
+    let isolation = Isolation {
+        user_namespace,
+        network_none,
+        mount_namespace,
+        view,
+        pid_namespace,
+    };
+    (isolation, levels)
+}
+
+/// The first requirement of `required` that `levels` do not meet, with what is missing and
+/// how to grant it, in one line.
+pub fn unmet(
+    required: &[Requirement],
+    levels: &Levels,
+    probe: &Probe,
+    root: bool,
+) -> Option<String> {
+    let namespaces_hint = if root {
+        "the server is root but lacks CAP_SYS_ADMIN (a container's default): grant it (docker run --cap-add SYS_ADMIN, Kubernetes securityContext.capabilities.add: [SYS_ADMIN]) with a seccomp profile that allows unshare and mount (deploy/docker/seccomp.json)"
+    } else {
+        "unprivileged user namespaces are not allowed here: allow them (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone = 1; in a container a seccomp profile that allows unshare and mount, e.g. docker run --security-opt seccomp=deploy/docker/seccomp.json, and apparmor=unconfined where AppArmor confines containers), or run the server as root"
+    };
+    let why = |result: &Result<(), String>| match result {
+        Ok(()) => String::new(),
+        Err(e) => format!(" ({e})"),
+    };
+    for requirement in required {
+        let missing = match requirement {
+            Requirement::Users if levels.users != "per-session" => Some(format!(
+                "a uid per session needs the server to run as root with sandbox.user and sandbox.session_uids set{}",
+                if root { "" } else { ": it runs as an unprivileged user" }
+            )),
+            Requirement::Network if levels.network != "none" => Some(format!(
+                "no network namespace can be made{}: {namespaces_hint}",
+                why(&probe.network).to_string() + &why(&probe.user_namespace)
+            )),
+            Requirement::Filesystem if levels.filesystem != "private" => Some(format!(
+                "no private filesystem view can be made{}: {namespaces_hint}",
+                why(&probe.mount)
+                    + &probe.view.as_ref().map(why).unwrap_or_default()
+                    + &why(&probe.user_namespace)
+            )),
+            Requirement::Processes if levels.processes == "shared" => Some(format!(
+                "sessions share a uid and no pid namespace with a /proc of its own can be made{}: {namespaces_hint}; in a container also unmask /proc (docker run --security-opt systempaths=unconfined, Kubernetes procMount: Unmasked), or run as root",
+                why(&probe.pid)
+            )),
+            Requirement::Cgroups if levels.cgroups == "none" => Some(
+                "no writable cgroup hierarchy: run as root on the host, or delegate a cgroup v2 subtree to the server's user (systemd Delegate=yes) or mount /sys/fs/cgroup writable in the container".to_owned(),
+            ),
+            _ => None,
+        };
+        if let Some(missing) = missing {
+            return Some(format!(
+                "sandbox.require has \"{}\", but {missing}; or remove it from sandbox.require",
+                requirement.name()
+            ));
+        }
     }
-    if meta.gid() == user.gid {
-        return mode & 0o010 != 0;
-    }
-    mode & 0o001 != 0
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn fd_paths() {
-        let mut buffer = [0u8; 32];
-        assert_eq!(fd_path(7, &mut buffer), c"/proc/self/fd/7");
-        assert_eq!(fd_path(1234, &mut buffer), c"/proc/self/fd/1234");
-        assert_eq!(fd_path(0, &mut buffer), c"/proc/self/fd/0");
+    fn probe(all: bool) -> Probe {
+        let r = |ok: bool| if ok { Ok(()) } else { Err("EPERM".to_owned()) };
+        Probe {
+            user_namespace: r(all),
+            network: r(all),
+            mount: r(all),
+            view: None,
+            pid: r(all),
+        }
+    }
+
+    fn wanted(root: bool) -> Wanted {
+        Wanted {
+            root,
+            per_session_uids: root,
+            network_none: true,
+            view: None,
+            template: true,
+        }
     }
 
     #[test]
-    fn closed_ancestors_are_covered_keeping_only_what_is_needed() {
-        use std::os::unix::fs::PermissionsExt;
-        let root = tempfile::tempdir().expect("tempdir");
-        let closed = root.path().join("closed");
-        let needed = closed.join("python").join("lib");
-        std::fs::create_dir_all(&needed).expect("dirs");
-        std::fs::create_dir(closed.join("secret")).expect("secret");
-        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-        let user = Credentials {
-            uid: 4_000_000,
-            gid: 4_000_000,
-        };
-        let isolation = Isolation::new(false, &[needed], Some(user)).expect("plan");
-        let closed = std::fs::canonicalize(&closed).expect("canonical");
-        let covered: Vec<_> = isolation.covers.iter().map(|c| c.dir.clone()).collect();
-        assert!(covered.contains(&CString::new(closed.as_os_str().as_bytes()).expect("c")));
-        let cover = isolation
-            .covers
-            .iter()
-            .find(|c| c.dir.as_bytes() == closed.as_os_str().as_bytes())
-            .expect("cover");
-        assert_eq!(cover.keep.len(), 1);
-        assert!(cover.keep[0].to_bytes().ends_with(b"/closed/python"));
+    fn a_default_container_gets_nothing_and_says_so() {
+        let (isolation, levels) = decide(wanted(false), &probe(false), "none");
+        assert!(isolation.is_empty());
+        assert_eq!(
+            levels,
+            Levels {
+                users: "shared",
+                network: "host",
+                filesystem: "shared",
+                processes: "shared",
+                cgroups: "none",
+                via: "none"
+            }
+        );
+        let refusal = unmet(&[Requirement::Network], &levels, &probe(false), false)
+            .expect("network is missing");
+        assert!(refusal.contains("user namespaces"), "{refusal}");
+        assert!(unmet(&[], &levels, &probe(false), false).is_none());
+    }
+
+    #[test]
+    fn root_in_a_container_without_cap_sys_admin_still_separates_users() {
+        let (isolation, levels) = decide(wanted(true), &probe(false), "none");
+        assert!(!isolation.network_none && !isolation.mount_namespace);
+        assert_eq!(
+            (levels.users, levels.filesystem, levels.processes),
+            ("per-session", "per-user", "per-user")
+        );
+        let refusal = unmet(
+            &[Requirement::Users, Requirement::Filesystem],
+            &levels,
+            &probe(false),
+            true,
+        )
+        .expect("filesystem is missing");
+        assert!(refusal.contains("CAP_SYS_ADMIN"), "{refusal}");
     }
 }

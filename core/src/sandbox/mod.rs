@@ -10,20 +10,22 @@ pub mod cgroup;
 mod error;
 pub mod isolation;
 pub mod mounts;
+pub mod probe;
 pub mod seccomp;
 pub mod uids;
+pub mod view;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::config::{Config, Network};
+use crate::config::{Config, FilesystemMode, Network};
 use crate::reaper;
 pub use cgroup::{CgroupLimits, Cgroups, Counters, SessionCgroup};
 pub use error::SandboxError;
-pub use isolation::Isolation;
+pub use isolation::{Isolation, Levels};
 pub use seccomp::SyscallFilter;
 pub use uids::{Credentials, UidLease, UidPool};
 
@@ -33,6 +35,7 @@ pub struct Sandbox {
     /// directory, the scripts.
     reach: Vec<PathBuf>,
     isolation: Arc<Isolation>,
+    levels: Levels,
     cgroups: Option<Cgroups>,
     /// RLIMIT_NPROC per session uid, where no pids cgroup limits processes.
     nproc: Option<u64>,
@@ -42,21 +45,27 @@ pub struct Sandbox {
     syscall_filter: Option<Arc<SyscallFilter>>,
 }
 
+/// The server's directories the sandbox is built around.
+pub struct SandboxDirs<'a> {
+    /// The state directory (holds the worker script; read-only to workers).
+    pub state: &'a Path,
+    pub script: &'a Path,
+    /// Session directories live here; a worker sees only its own.
+    pub sessions: &'a Path,
+    /// One-shot executions of one request share a directory here (the judge's program).
+    pub scratch: &'a Path,
+    /// Workers are forked from the template.
+    pub template: bool,
+}
+
 impl Sandbox {
-    /// `needed`: directories the workers must be able to reach (the state directory, the
-    /// scripts); the Python installation is found by asking the interpreter.
-    pub fn setup(config: &Config, needed: &[PathBuf]) -> Result<Sandbox, SandboxError> {
+    /// Decides the isolation (see `isolation.rs`): asks the interpreter for its paths, plans
+    /// the filesystem view, probes what the machine allows, and refuses to start when
+    /// `sandbox.require` asks for what cannot be had.
+    pub fn setup(config: &Config, dirs: &SandboxDirs) -> Result<Sandbox, SandboxError> {
         let root = nix::unistd::geteuid().is_root();
         let sandbox = &config.sandbox;
-        if sandbox.network == Network::None && !root {
-            return Err(SandboxError::NetworkNeedsRoot);
-        }
         let uids = if !root || sandbox.user.is_empty() {
-            if !root {
-                tracing::warn!(
-                    "the server does not run as root: workers run as its own user, and sessions can read each other's files"
-                );
-            }
             None
         } else {
             let user = uids::lookup_user(&sandbox.user).map_err(SandboxError::User)?;
@@ -69,18 +78,88 @@ impl Sandbox {
                 None => Some(UidPool::shared(user)),
             }
         };
-        // The user whose view decides what must be covered: any uid of the pool has the same
-        // (no file belongs to it), so a probe lease serves.
-        let probe_user = uids
-            .as_ref()
-            .and_then(UidPool::lease)
-            .map(|l| l.credentials());
-        let mut reach = needed.to_vec();
-        if probe_user.is_some() {
-            reach.extend(python_paths(&config.python.executable)?);
+        let python = python_paths(&config.python.executable)?;
+        let mut reach = python.clone();
+        reach.extend([dirs.state.to_owned(), config.scripts.dir.clone()]);
+        reach.extend(sandbox.expose.iter().cloned());
+        let keep = outermost_under_tmp(&reach);
+        let cgroups = if sandbox.cgroups {
+            Cgroups::setup(CgroupLimits {
+                session: config.limits.per_session(),
+                sessions: config.sessions.max,
+            })
+        } else {
+            None
+        };
+        let view = match sandbox.filesystem {
+            FilesystemMode::Host => None,
+            FilesystemMode::View => {
+                let mut read_only = vec![config.scripts.dir.clone()];
+                read_only.extend(sandbox.expose.iter().cloned());
+                let users = view_users(root, &sandbox.user);
+                let mut writable = vec![dirs.sessions.to_owned(), dirs.scratch.to_owned()];
+                // `/python/installPackage` pip-installs into the workers' environment.
+                if config.packages.allow_install {
+                    writable.extend(python.first().cloned());
+                }
+                Some(
+                    view::View::plan(&view::ViewPlan {
+                        python: &python,
+                        state: dirs.state,
+                        writable: &writable,
+                        sessions: dirs.sessions,
+                        read_only: &read_only,
+                        users: &users,
+                        cwd: dirs.state,
+                    })
+                    .map_err(SandboxError::Isolation)?,
+                )
+            }
+        };
+        let network_none = sandbox.network == Network::None;
+        let probe = probe::run(
+            &config.python.executable,
+            dirs.script,
+            &Isolation {
+                user_namespace: !root,
+                network_none,
+                mount_namespace: true,
+                view: view.clone(),
+                pid_namespace: true,
+            },
+            &keep,
+        )?;
+        let per_session_uids = uids.is_some() && !sandbox.session_uids.trim().is_empty();
+        let (isolation, levels) = isolation::decide(
+            isolation::Wanted {
+                root,
+                per_session_uids,
+                network_none,
+                view,
+                template: dirs.template,
+            },
+            &probe,
+            cgroups.as_ref().map_or("none", Cgroups::version),
+        );
+        report(
+            &levels,
+            &probe,
+            &isolation,
+            network_none,
+            sandbox.filesystem,
+        );
+        if let Some(refusal) = isolation::unmet(&sandbox.require, &levels, &probe, root) {
+            return Err(SandboxError::Unmet(refusal));
         }
-        let isolation = Isolation::new(sandbox.network == Network::None, &reach, probe_user)
-            .map_err(SandboxError::Isolation)?;
+        // Without a view, the workers' user must reach the installation on its own.
+        if isolation.view.is_none()
+            && let Some(user) = uids
+                .as_ref()
+                .and_then(UidPool::lease)
+                .map(|l| l.credentials())
+        {
+            check_reachable(&python, user)?;
+        }
         // For every server, root or not: it takes nothing user code needs, and an embedding
         // program's workers should not make namespaces or use io_uring either.
         let syscall_filter = seccomp::worker_filter()
@@ -93,14 +172,6 @@ impl Sandbox {
             );
         }
         let processes = config.limits.processes();
-        let cgroups = if sandbox.cgroups && root {
-            Cgroups::setup(CgroupLimits {
-                session: config.limits.per_session(),
-                sessions: config.sessions.max,
-            })
-        } else {
-            None
-        };
         match &cgroups {
             Some(c) => tracing::info!("per-session cgroups: {}", c.describe()),
             None if sandbox.cgroups => {
@@ -110,20 +181,31 @@ impl Sandbox {
         }
         let pids_by_cgroup = cgroups.as_ref().is_some_and(Cgroups::limits_processes);
         // RLIMIT_NPROC counts a uid's processes: a limit per session only when the uid is.
-        let per_session_uid = !config.sandbox.session_uids.trim().is_empty();
-        let nproc = (!pids_by_cgroup && per_session_uid && uids.is_some())
+        let nproc = (!pids_by_cgroup && per_session_uids)
             .then_some(processes)
             .flatten();
         Ok(Sandbox {
             uids,
             reach,
             isolation: Arc::new(isolation),
+            levels,
             cgroups,
             nproc,
             memory_mb: config.limits.memory_mb,
             processes,
             syscall_filter,
         })
+    }
+
+    /// What is in force, for `/healthz`.
+    pub fn levels(&self) -> &Levels {
+        &self.levels
+    }
+
+    /// Whether each worker gets a /tmp of its own: with the view, or where sessions run as
+    /// different users (who must not share one); never without a mount namespace.
+    pub fn private_tmp(&self) -> bool {
+        self.isolation.mount_namespace && (self.isolation.view.is_some() || self.uids.is_some())
     }
 
     /// The seccomp filter for every worker.
@@ -301,6 +383,108 @@ fn outermost_under_tmp(paths: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     keeps
+}
+
+/// The start-up log's account of the isolation: one line of what is in force, and a warning
+/// for each mechanism asked for that the machine refused, with the refusal.
+fn report(
+    levels: &Levels,
+    probe: &probe::Probe,
+    isolation: &Isolation,
+    network_none: bool,
+    filesystem: FilesystemMode,
+) {
+    tracing::info!(
+        users = levels.users,
+        network = levels.network,
+        filesystem = levels.filesystem,
+        processes = levels.processes,
+        cgroups = levels.cgroups,
+        via = levels.via,
+        "isolation"
+    );
+    let failed = |r: &Result<(), String>| r.as_ref().err().cloned();
+    if levels.via == "none"
+        && let Some(e) = failed(&probe.user_namespace).filter(|_| !nix::unistd::geteuid().is_root())
+    {
+        tracing::warn!(
+            "no user namespace can be made ({e}): workers run as the server's user, on the machine's network and filesystem; sessions can read each other's files"
+        );
+    }
+    if network_none && !isolation.network_none {
+        tracing::warn!(
+            "sandbox.network = \"none\" cannot be had ({}): workers use the host's network",
+            failed(&probe.network).unwrap_or_else(|| "no namespaces".into())
+        );
+    }
+    if filesystem == FilesystemMode::View && isolation.view.is_none() {
+        let why = failed(&probe.mount)
+            .or_else(|| probe.view.as_ref().and_then(failed))
+            .unwrap_or_else(|| "no namespaces".into());
+        tracing::warn!("no private filesystem view ({why}): workers see the machine's files");
+    }
+    if let Some(view) = &isolation.view {
+        tracing::info!("workers' view: {}", view.describe());
+    }
+    if levels.processes == "shared"
+        && let Some(e) = failed(&probe.pid)
+    {
+        tracing::warn!(
+            "no pid namespace with a /proc of its own ({e}): sessions of one uid can signal each other's processes"
+        );
+    }
+}
+
+/// The users the view's `/etc/passwd` names: the workers' (root: `sandbox.user`; otherwise the
+/// server's own).
+fn view_users(root: bool, user: &str) -> Vec<(String, u32, u32)> {
+    let found = if root {
+        uids::lookup_user(user)
+            .ok()
+            .map(|c| (user.to_owned(), c.uid, c.gid))
+    } else {
+        let uid = nix::unistd::getuid();
+        let name = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("u{uid}"), |u| u.name);
+        Some((name, uid.as_raw(), nix::unistd::getgid().as_raw()))
+    };
+    found.into_iter().collect()
+}
+
+/// Without a view the workers' user passes through the real directories: refuse to start
+/// when it cannot reach the interpreter, rather than fail at every worker start.
+fn check_reachable(paths: &[PathBuf], user: Credentials) -> Result<(), SandboxError> {
+    for path in paths {
+        let mut ancestor = PathBuf::from("/");
+        for component in path.components().skip(1) {
+            if !searchable(&ancestor, user) {
+                return Err(SandboxError::Isolation(format!(
+                    "{} is closed to the workers' user (uid {}), and without a filesystem view (sandbox.filesystem = \"view\" and a mount namespace) nothing opens it; make the Python installation readable by that user",
+                    ancestor.display(),
+                    user.uid
+                )));
+            }
+            ancestor.push(component);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `user` may pass through `dir` (its search bit).
+fn searchable(dir: &Path, user: Credentials) -> bool {
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return true;
+    };
+    let mode = meta.mode();
+    if meta.uid() == user.uid {
+        return mode & 0o100 != 0;
+    }
+    if meta.gid() == user.gid {
+        return mode & 0o010 != 0;
+    }
+    mode & 0o001 != 0
 }
 
 /// The directories of the interpreter's installation and of its `sys.path`, as it reports

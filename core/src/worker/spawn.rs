@@ -27,10 +27,11 @@ pub struct WorkerSpec {
     pub limits: ProcessLimits,
     /// A cold worker imports what it can of the preload instead of failing on a bad entry.
     pub cold: bool,
-    /// The namespaces and filesystem view every process started for Python gets.
+    /// The namespaces and filesystem view every worker makes for itself (`worker.py`'s
+    /// `enter_namespaces`), before any import.
     pub isolation: Arc<Isolation>,
-    /// A /tmp and /dev/shm of each worker's own (workers of different users must not share
-    /// them); made by the worker itself, while it is still root and has one thread.
+    /// A /tmp and /dev/shm of each worker's own (sessions must not share them); made by the
+    /// worker itself, while it is still privileged and has one thread.
     pub private_tmp: Option<PrivateTmp>,
     /// The seccomp filter each worker installs on itself before it runs user code.
     pub syscall_filter: Option<Arc<SyscallFilter>>,
@@ -72,6 +73,7 @@ impl WorkerSpec {
             "cold": self.cold,
             "server_pid": std::process::id(),
             "private_tmp": self.private_tmp,
+            "isolation": (!self.isolation.is_empty()).then_some(&*self.isolation),
             "seccomp": self.syscall_filter.as_deref(),
         })
     }
@@ -101,10 +103,8 @@ impl WorkerSpec {
             .kill_on_drop(true);
         let server_pid = std::process::id();
         let limits = self.limits;
-        let isolation = Arc::clone(&self.isolation);
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
-        // system calls (prctl, getppid, setrlimit, unshare, mount, ioctl); it does not
-        // allocate.
+        // system calls (prctl, getppid, setrlimit); it does not allocate.
         unsafe {
             command.pre_exec(move || {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -114,8 +114,7 @@ impl WorkerSpec {
                 }
                 // No setuid program can give user code back what it is about to lose.
                 nix::sys::prctl::set_no_new_privs()?;
-                apply_rlimits(&limits)?;
-                isolation.apply()
+                apply_rlimits(&limits)
             });
         }
     }

@@ -1,0 +1,232 @@
+//! A server that is not root: through user namespaces its workers still get no network but
+//! loopback, a filesystem view of their own with a private /tmp, and a pid namespace each, so
+//! that sessions, which share one uid, can neither read each other's files nor signal each
+//! other's processes. When the tests run as root (CI does) the server runs as `nobody`
+//! (`tests/unprivileged/launch.py`); otherwise as the tests' own user.
+//!
+//! The server runs with the default `[sandbox]` (only `network`, which the tests' helper
+//! writes as "host" otherwise, is set back to the default "none").
+
+mod common;
+
+use common::{Api, processes_of, shared_unprivileged, user_namespaces};
+use serde_json::{Value, json};
+
+const CONFIG: &str = "[pool]\nwarm_workers = 2\n\n[sandbox]\nnetwork = \"none\"\n";
+
+fn base() -> &'static str {
+    &shared_unprivileged(CONFIG).base
+}
+
+fn ename(reply: &Value) -> &str {
+    reply["error"]["ename"].as_str().unwrap_or("")
+}
+
+async fn value_of(api: &Api, session: &str, code: &str) -> String {
+    let reply = api.run(session, code).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    reply["result"]["text/plain"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a value: {reply}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_unprivileged_server_reports_isolation_through_user_namespaces() {
+    if !user_namespaces() {
+        return;
+    }
+    let api = Api::new(base());
+    let (status, health) = api.get("/healthz").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(
+        health["isolation"],
+        json!({
+            "users": "shared",
+            "network": "none",
+            "filesystem": "private",
+            "processes": "private",
+            "cgroups": "none",
+            "via": "user-namespace"
+        }),
+        "{health}"
+    );
+    // And it runs as who it says: not root, and its workers as its own uid.
+    let s = api.session().await;
+    let uid = value_of(&api, &s, "import os; os.getuid()").await;
+    assert_ne!(uid, "0");
+}
+
+#[tokio::test]
+async fn its_workers_have_only_loopback() {
+    if !user_namespaces() {
+        return;
+    }
+    let api = Api::new(base());
+    let s = api.session().await;
+    let port = base()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .expect("port");
+    let reply = api
+        .run(
+            &s,
+            &format!("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)"),
+        )
+        .await;
+    assert_eq!(ename(&reply), "ConnectionRefusedError", "{reply}");
+    assert_eq!(
+        value_of(&api, &s, "socket.if_nameindex()").await,
+        "[(1, 'lo')]"
+    );
+    let echoed = value_of(
+        &api,
+        &s,
+        "server = socket.create_server(('127.0.0.1', 0))\n\
+         client = socket.create_connection(server.getsockname())\n\
+         peer, _ = server.accept()\n\
+         client.sendall(b'hi')\n\
+         peer.recv(2)",
+    )
+    .await;
+    assert_eq!(echoed, "b'hi'");
+}
+
+#[tokio::test]
+async fn sessions_cannot_see_each_others_files_or_tmp() {
+    if !user_namespaces() {
+        return;
+    }
+    let api = Api::new(base());
+    let (a, b) = (api.session().await, api.session().await);
+    let path = value_of(
+        &api,
+        &b,
+        "import os\nopen('secret.txt', 'w').write('b only')\nopen('/tmp/b.txt', 'w').write('b')\nos.path.abspath('secret.txt')",
+    )
+    .await;
+    let path = path.trim_matches('\'');
+    // The same uid, so permissions do not stand between them: the view does.
+    let reply = api.run(&a, &format!("open({path:?}).read()")).await;
+    assert_eq!(ename(&reply), "FileNotFoundError", "{reply}");
+    let listing = value_of(&api, &a, "import os\nsorted(os.listdir('..'))").await;
+    assert_eq!(
+        listing,
+        format!("['{a}']"),
+        "the sessions directory shows only its own"
+    );
+    let reply = api.run(&a, "open('/tmp/b.txt').read()").await;
+    assert_eq!(ename(&reply), "FileNotFoundError", "{reply}");
+    // Nor through another process's root in /proc.
+    let reply = api
+        .run(
+            &a,
+            &format!("import glob\n[p for p in glob.glob('/proc/*/root{path}')]"),
+        )
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "[]", "{reply}");
+}
+
+#[tokio::test]
+async fn sessions_cannot_signal_or_see_each_others_processes() {
+    if !user_namespaces() {
+        return;
+    }
+    let shared = shared_unprivileged(CONFIG);
+    let api = Api::new(&shared.base);
+    let (a, b) = (api.session().await, api.session().await);
+    let (status, info) = api.get(&format!("/v1/sessions/{b}")).await;
+    assert_eq!(status, 200, "{info}");
+    let b_pid = info["pid"].as_u64().expect("b's worker pid");
+    assert!(
+        processes_of(shared.pid)
+            .iter()
+            .any(|p| u64::from(p.pid) == b_pid),
+        "b's worker {b_pid} is one of the server's processes"
+    );
+    // a's worker is the first process of its own pid namespace, and its /proc shows only it.
+    assert_eq!(value_of(&api, &a, "import os; os.getpid()").await, "1");
+    let pids = value_of(
+        &api,
+        &a,
+        "sorted(int(p) for p in os.listdir('/proc') if p.isdigit())",
+    )
+    .await;
+    assert_eq!(pids, "[1]", "a sees only its own worker");
+    // The machine's pid of b's worker names nothing there.
+    let reply = api
+        .run(
+            &a,
+            &format!("import signal\nos.kill({b_pid}, signal.SIGKILL)"),
+        )
+        .await;
+    assert_eq!(ename(&reply), "ProcessLookupError", "{reply}");
+    assert_eq!(value_of(&api, &b, "'alive'").await, "'alive'");
+}
+
+#[tokio::test]
+async fn paths_outside_the_view_do_not_exist_and_the_view_is_read_only() {
+    if !user_namespaces() {
+        return;
+    }
+    let api = Api::new(base());
+    let s = api.session().await;
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let hidden = [
+        format!("{checkout}/src"),
+        format!("{checkout}/Cargo.toml"),
+        "/etc/shadow".into(),
+        "/root/.bashrc".into(),
+        "/var/log".into(),
+        "/sys".into(),
+    ];
+    let code = format!(
+        "import os\n[p for p in {hidden:?} if os.path.lexists(p)]",
+        hidden = hidden
+    );
+    assert_eq!(value_of(&api, &s, &code).await, "[]");
+    // What it needs is there; what it may not change is read-only.
+    let reply = api
+        .run(
+            &s,
+            "import sys, errno\ntry:\n    open(os.path.join(sys.prefix, 'x'), 'w')\nexcept OSError as e:\n    r = errno.errorcode[e.errno]\nr",
+        )
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "'EROFS'", "{reply}");
+    let reply = api
+        .run(
+            &s,
+            "df = pd.DataFrame({'a': [1, 2]})\nplt.plot(df.a)\nint(df.a.sum())",
+        )
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "3", "{reply}");
+    assert!(reply["display"][0]["image/png"].is_string(), "{reply}");
+}
+
+#[test]
+fn a_requirement_that_cannot_be_met_refuses_to_start_and_says_why() {
+    // Not root (as this server never is), so no uid per session can be had.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::write_config(dir.path(), "[sandbox]\nrequire = [\"users\"]\n");
+    let wrapper = common::unprivileged_wrapper(dir.path(), &config);
+    let binary = std::ffi::OsString::from(env!("CARGO_BIN_EXE_replpool"));
+    let mut argv = wrapper;
+    argv.push(binary);
+    let output = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .args(["serve", "--bind", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("REPLPOOL_LOG", "error")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("run replpool");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with("Error: sandbox: sandbox.require has \"users\", but a uid per session needs the server to run as root"),
+        "{stderr}"
+    );
+}
