@@ -66,9 +66,13 @@ RUN python3 -m venv /opt/replpool/venv \
 COPY --from=builder /usr/local/bin/replpool /usr/local/bin/replpool
 COPY deploy/docker/config.toml /etc/replpool/config.toml
 COPY deploy/docker/healthcheck.py /usr/local/lib/replpool/healthcheck.py
+# The config may hold tokens: readable by the server (root, or the replpool group), not by
+# sessions' own uids (a root server's workers), which see the machine's files in some settings.
 RUN groupadd --system --gid 10001 replpool \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin replpool
+        --shell /usr/sbin/nologin replpool \
+    && chown root:replpool /etc/replpool /etc/replpool/config.toml \
+    && chmod 0750 /etc/replpool && chmod 0640 /etc/replpool/config.toml
 ENV REPLPOOL_CONFIG=/etc/replpool/config.toml
 USER 10001:10001
 EXPOSE 8765

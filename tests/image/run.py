@@ -1,12 +1,17 @@
 """`make test-image`: the image under each environment of docs/deploy.md's isolation table.
 
 For each environment: run the container (--network host, the server bound to a free port of
-127.0.0.1: all traffic stays on loopback), wait for /healthz, run a session (state kept, a
-DataFrame's HTML, a PNG plot), compare /healthz's `isolation` with the table's row, check from
-user code what the row promises, and remove the container whatever happened.
+127.0.0.1: all traffic stays on loopback; a token given as REPLPOOL_AUTH_TOKENS), wait for
+/healthz, run a session (state kept, a DataFrame's HTML, a PNG plot), check from user code what
+the environment's row promises (no route to the server's port, paths outside the view absent,
+the server's process, config and token out of reach), compare /healthz's `isolation` with the
+row, wait for the image's HEALTHCHECK to say healthy, and remove the container whatever
+happened. Before them: the image refuses 0.0.0.0 without tokens, and a default container
+refuses a sandbox requirement it cannot meet.
 
-Standard library only (run by the system's python3). Exit status 0 when every environment
-passed. `--env b` runs one environment; `--keep-going` runs all even after a failure.
+Standard library only (run by the system's python3). Exit status 0 when every step passed.
+`--env b` runs one environment; `--keep-going` runs all even after a failure;
+`--docker-arg=--runtime=runsc` adds a `docker run` argument to every environment.
 """
 
 import argparse
@@ -43,7 +48,14 @@ ENVIRONMENTS = {
             "users": "shared", "network": "host", "filesystem": "shared",
             "processes": "shared", "cgroups": "none", "via": "none",
         },
-        "confined": False,
+    },
+    "d": {
+        "title": "root container, default settings (Docker's seccomp, no CAP_SYS_ADMIN)",
+        "args": ["--user", "0"],
+        "isolation": {
+            "users": "per-session", "network": "host", "filesystem": "per-user",
+            "processes": "per-user", "cgroups": "none", "via": "none",
+        },
     },
     "b": {
         "title": "non-root container, user namespaces allowed (deploy/docker/seccomp.json)",
@@ -55,17 +67,19 @@ ENVIRONMENTS = {
         ],
         "isolation": {
             "network": "none", "filesystem": "private", "processes": "private",
-            "via": "user-namespace",
+            "cgroups": "none", "via": "user-namespace",
         },
-        "confined": True,
     },
     "c": {
-        "title": "root with CAP_SYS_ADMIN",
-        "args": ["--user", "0", "--cap-add", "SYS_ADMIN", *USERNS_SETTINGS],
+        "title": "root with CAP_SYS_ADMIN and CAP_NET_ADMIN",
+        # NET_ADMIN: a root server's network namespace belongs to the container's user
+        # namespace, and bringing its loopback up takes that capability (without it the
+        # server reports network "host").
+        "args": ["--user", "0", "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN", *USERNS_SETTINGS],
         "isolation": {
-            "users": "per-session", "network": "none", "filesystem": "private", "via": "root",
+            "users": "per-session", "network": "none", "filesystem": "private",
+            "processes": "per-user", "cgroups": "none", "via": "root",
         },
-        "confined": True,
     },
 }
 
@@ -125,6 +139,19 @@ def wait_healthy(api: Api, name: str, deadline_s: float = 180) -> dict:
     raise Failure(f"/healthz did not answer within {deadline_s} s")
 
 
+def wait_docker_healthy(name: str, deadline_s: float = 60) -> None:
+    """The image's own HEALTHCHECK (deploy/docker/healthcheck.py) says healthy."""
+    end = time.monotonic() + deadline_s
+    state = ""
+    while time.monotonic() < end:
+        state = docker("inspect", "-f", "{{.State.Health.Status}}", name, check=False)
+        if state == "healthy":
+            return
+        time.sleep(0.2)
+    log = docker("inspect", "-f", "{{json .State.Health.Log}}", name, check=False)
+    raise Failure(f"the image's HEALTHCHECK says {state!r} after {deadline_s} s: {log[-1000:]}")
+
+
 def report_warm(api: Api, started: float, deadline_s: float = 60) -> None:
     """How long until the first warm worker is ready: a number for docs/deploy.md, not a check
     (a pool that cannot start workers shows in the session's checks)."""
@@ -142,7 +169,7 @@ def report_warm(api: Api, started: float, deadline_s: float = 60) -> None:
     print(f"    no warm worker ready {deadline_s} s after docker run")
 
 
-# Run in a session of environments b and c: what user code can reach. One JSON line.
+# Run in a session of every environment: what user code can reach. One JSON line.
 PROBE = r"""
 import json, os, socket
 seen = {}
@@ -164,6 +191,11 @@ for entry in os.listdir("/proc"):
 seen["replpool_visible"] = any(c.endswith("replpool") for c in others)
 seen["token_in_environ"] = any(TOKEN in v for v in os.environ.values())
 try:
+    open("/etc/replpool/config.toml").close()
+    seen["config_readable"] = True
+except OSError as e:
+    seen["config_readable"] = f"no: {e.strerror}"
+try:
     with open("/proc/1/environ", "rb") as f:
         seen["token_in_pid1_environ"] = TOKEN.encode() in f.read()
 except OSError as e:
@@ -177,7 +209,7 @@ ABSENT = ["/etc/shadow", "/home", "/root", "/etc/replpool", "/opt/replpool/requi
 PRESENT = ["/opt/replpool/venv/bin/python"]
 
 
-def check_session(api: Api, port: int, confined: bool) -> dict:
+def check_session(api: Api, port: int, expected: dict) -> dict:
     status, created = api.call("POST", "/v1/sessions", {})
     if status != 201:
         raise Failure(f"create a session → {status} {created}")
@@ -201,17 +233,24 @@ def check_session(api: Api, port: int, confined: bool) -> dict:
     )
     seen = json.loads(api.run(session, code)["stdout"])
     print(f"    user code sees: {json.dumps(seen)}")
-    # Tokens given as REPLPOOL_AUTH_TOKENS are the server's, in every environment.
+    # What the row promises, seen from user code. Tokens given as REPLPOOL_AUTH_TOKENS are the
+    # server's in every environment.
     problems = ["the server's token is in user code's environment"] if seen["token_in_environ"] else []
-    if confined:
-        if seen["server_port"] == "connected":
-            problems.append("user code connected to the server's port (network not none)")
+    if expected.get("network") == "none" and seen["server_port"] == "connected":
+        problems.append("user code connected to the server's port (network not none)")
+    if expected.get("filesystem") == "private":
         problems += [f"{p} exists for user code" for p in ABSENT if seen["exists"][p]]
         problems += [f"{p} missing for user code" for p in PRESENT if not seen["exists"][p]]
-        if seen["replpool_visible"]:
-            problems.append("user code sees the server's process in /proc")
-        if seen["token_in_pid1_environ"] is True:
-            problems.append("user code reads the server's token in /proc/1/environ")
+    if expected.get("processes") == "private" and seen["replpool_visible"]:
+        problems.append("user code sees the server's process in /proc")
+    # Where sessions have uids of their own, the server's config (tokens may be in it) is
+    # closed to them even in the machine's view.
+    if expected.get("users") == "per-session" and seen["config_readable"] is True:
+        problems.append("user code reads /etc/replpool/config.toml")
+    if expected.get("users") == "per-session" and seen["token_in_pid1_environ"] is True:
+        problems.append("user code reads the server's token in /proc/1/environ")
+    if expected.get("via") != "none" and seen["token_in_pid1_environ"] is True:
+        problems.append("user code reads the server's token in /proc/1/environ")
     if problems:
         raise Failure("; ".join(problems))
     status, _ = api.call("DELETE", f"/v1/sessions/{session}")
@@ -244,13 +283,16 @@ def run_environment(image: str, key: str, extra: list[str]) -> None:
             "run", "--detach", "--name", name, "--network", "host",
             "-e", f"REPLPOOL_SERVER_BIND=127.0.0.1:{port}",
             "-e", f'REPLPOOL_AUTH_TOKENS=["{TOKEN}"]',
+            # The image's HEALTHCHECK, run every second instead of every 30.
+            "--health-interval", "1s",
             *env["args"], *extra, image,
         )
         api = Api(port)
         health = wait_healthy(api, name)
         print(f"    /healthz ok {time.monotonic() - started:.1f} s after docker run")
         report_warm(api, started)
-        check_session(api, port, env["confined"])
+        check_session(api, port, env["isolation"])
+        wait_docker_healthy(name)
         # The isolation last: everything else is reported even before the core reports it.
         check_isolation(health, env["isolation"])
         print(f"    environment {key}: ok")
@@ -277,6 +319,22 @@ def check_refuses_public_without_tokens(image: str) -> None:
     print(f"    refused: {done.stderr.strip().splitlines()[-1]}")
 
 
+def check_refuses_unmet_requirement(image: str) -> None:
+    """A default container cannot make a network namespace: requiring one refuses to start, in
+    one line naming the setting that grants it, instead of running weaker."""
+    print("==> a default container refuses sandbox.require = [\"network\"]")
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none",
+         "-e", "REPLPOOL_SERVER_BIND=127.0.0.1:8765", "-e", 'REPLPOOL_SANDBOX_REQUIRE=["network"]',
+         image],
+        capture_output=True, text=True, timeout=120,
+    )
+    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    if done.returncode != 1 or "sandbox.require" not in last or "seccomp" not in last:
+        raise Failure(f"expected exit 1 and a line naming sandbox.require and seccomp; exit {done.returncode}: {done.stderr}")
+    print(f"    refused: {last[:160]}...")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--image", default="replpool:dev")
@@ -288,7 +346,10 @@ def main() -> int:
     )
     args = parser.parse_args()
     failed = []
-    steps = [("refusal", lambda: check_refuses_public_without_tokens(args.image))]
+    steps = [
+        ("refusal", lambda: check_refuses_public_without_tokens(args.image)),
+        ("require", lambda: check_refuses_unmet_requirement(args.image)),
+    ]
     steps += [(k, lambda k=k: run_environment(args.image, k, args.docker_arg)) for k in args.env or sorted(ENVIRONMENTS)]
     for key, step in steps:
         try:
