@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 TEST_STAMP := $(VENV)/.tests-installed
 PACKAGE_STAMP := $(VENV)/.package-tools-installed
 
-.PHONY: serve test bench venv build package clean
+.PHONY: serve test bench venv build package clean image test-image
 
 venv: $(VENV_STAMP)
 
@@ -61,6 +61,19 @@ test: venv $(TEST_STAMP) $(BENCH_STAMP) build package
 # reduced run (under a minute) that writes the same files.
 bench: venv $(BENCH_STAMP) build package
 	cargo bench --locked --bench replpool -- $(if $(QUICK),--quick)
+
+# The container image (Dockerfile), on a base image made from Debian's packages (no image
+# registry needed): deploy/docker/base-image.sh, cached in the engine once built.
+IMAGE ?= replpool:dev
+BASE_IMAGE ?= replpool-base:bookworm
+
+image:
+	deploy/docker/with-engine.sh deploy/docker/build-image.sh $(IMAGE) $(BASE_IMAGE)
+
+# Not part of `make test`: needs a container engine (started here if none answers, which
+# needs root) and a few minutes. Runs the image under each environment of docs/deploy.md's table.
+test-image:
+	deploy/docker/with-engine.sh tests/image/test-image.sh $(IMAGE) $(BASE_IMAGE)
 
 clean:
 	cargo clean

@@ -82,6 +82,14 @@ impl WorkerSpec {
     /// group, the death signal tied to the server, and the resource limits.
     fn prepare(&self, command: &mut Command) {
         let threads = self.blas_threads.to_string();
+        // The server's own configuration can come in REPLPOOL_* variables, bearer tokens
+        // among them (REPLPOOL_AUTH_TOKENS, the usual way to give a container a secret): user
+        // code would read them in os.environ and act as any client.
+        for (key, _) in std::env::vars_os() {
+            if key.as_encoded_bytes().starts_with(b"REPLPOOL_") {
+                command.env_remove(key);
+            }
+        }
         command
             .current_dir(&self.cwd)
             .env("MPLBACKEND", "Agg")
