@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, Server, processes_of, root, shared_server};
+use common::{Api, OFFER, Server, processes_of, reach, root, shared_server};
 use serde_json::{Value, json};
 
 // The file size limit stays under the disk quota: with the session directory on a filesystem
@@ -947,4 +947,19 @@ async fn every_requirement_is_met_as_root() {
     let api = Api::new(&server.base);
     let s = api.session().await;
     assert_eq!(value_of(&api, &s, "1 + 1").await, "2");
+}
+
+#[tokio::test]
+async fn sessions_share_no_loopback_sockets_or_ipc() {
+    if !root() {
+        return;
+    }
+    let api = Api::new(base());
+    let (a, b) = (api.session().await, api.session().await);
+    let port = value_of(&api, &b, OFFER).await;
+    assert_eq!(
+        value_of(&api, &b, &reach(&port)).await,
+        "['tcp', 'unix', 'shm']"
+    );
+    assert_eq!(value_of(&api, &a, &reach(&port)).await, "[]");
 }

@@ -227,7 +227,7 @@ async fn aliases_belong_to_the_token_that_loaded_them() {
 #[tokio::test]
 async fn an_install_cut_short_by_max_timeout_says_so() {
     let server = common::Server::start(
-        "[pool]\nwarm_workers = 1\n\n[sandbox]\nnetwork = \"host\"\nfilesystem = \"host\"\n\n[packages]\nallow_install = true\n\n[execution]\ndefault_timeout_ms = 100\nmax_timeout_ms = 100\n\n[judge]\nrun_timeout_ms = 100\ncompile_timeout_ms = 100\n",
+        "[pool]\nwarm_workers = 1\n\n[sandbox]\nnetwork = \"host\"\nfilesystem = \"host\"\nuser = \"\"\n\n[packages]\nallow_install = true\n\n[execution]\ndefault_timeout_ms = 100\nmax_timeout_ms = 100\n\n[judge]\nrun_timeout_ms = 100\ncompile_timeout_ms = 100\n",
     );
     let api = Api::new(&server.base);
     // Already installed, so pip needs no network; it cannot even start in 100 ms.

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{Api, processes_of, shared_unprivileged, user_namespaces};
+use common::{Api, OFFER, processes_of, reach, shared_unprivileged, user_namespaces};
 use serde_json::{Value, json};
 
 const CONFIG: &str = "[pool]\nwarm_workers = 2\n\n[sandbox]\nnetwork = \"none\"\n";
@@ -110,12 +110,16 @@ async fn sessions_cannot_see_each_others_files_or_tmp() {
     // The same uid, so permissions do not stand between them: the view does.
     let reply = api.run(&a, &format!("open({path:?}).read()")).await;
     assert_eq!(ename(&reply), "FileNotFoundError", "{reply}");
-    let listing = value_of(&api, &a, "import os\nsorted(os.listdir('..'))").await;
-    assert_eq!(
-        listing,
-        format!("['{a}']"),
-        "the sessions directory shows only its own"
-    );
+    let listing = value_of(
+        &api,
+        &a,
+        "import os\n[os.path.basename(os.getcwd())] == os.listdir('..')",
+    )
+    .await;
+    assert_eq!(listing, "True", "the sessions directory shows only its own");
+    // Nor does the judge's scratch area show anything.
+    let scratch = value_of(&api, &a, "os.listdir('../../scratch')").await;
+    assert_eq!(scratch, "[]");
     let reply = api.run(&a, "open('/tmp/b.txt').read()").await;
     assert_eq!(ename(&reply), "FileNotFoundError", "{reply}");
     // Nor through another process's root in /proc.
@@ -229,4 +233,19 @@ fn a_requirement_that_cannot_be_met_refuses_to_start_and_says_why() {
         lines[0].starts_with("Error: sandbox: sandbox.require has \"users\", but a uid per session needs the server to run as root"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn sessions_share_no_loopback_sockets_or_ipc() {
+    if !user_namespaces() {
+        return;
+    }
+    let api = Api::new(base());
+    let (a, b) = (api.session().await, api.session().await);
+    let port = value_of(&api, &b, OFFER).await;
+    assert_eq!(
+        value_of(&api, &b, &reach(&port)).await,
+        "['tcp', 'unix', 'shm']"
+    );
+    assert_eq!(value_of(&api, &a, &reach(&port)).await, "[]");
 }

@@ -338,7 +338,10 @@ impl SessionManager {
     /// if there is none to be had), with the directory on a tmpfs of the quota's size where
     /// the server mounts those.
     fn session_dir(&self, id: &str) -> Result<(SessionDir, SessionSandbox), Error> {
-        let mut dir = SessionDir::create(&self.sessions_dir, id)
+        // Named at random, never by the id: mount tables (`/proc/*/mountinfo`) show every
+        // session directory's path to every process, and an id is a capability.
+        let name = format!("s{:032x}", rand::random::<u128>());
+        let mut dir = SessionDir::create(&self.sessions_dir, &name)
             .map_err(Error::io("cannot create the session directory"))?;
         let sandbox = self.session_sandbox(id, dir.path())?;
         if self.shared_sessions.is_some()

@@ -646,3 +646,30 @@ pub async fn blocker() -> (Blocker, String) {
         code,
     )
 }
+
+/// Python for the session that offers: a TCP service on loopback, an abstract unix socket and
+/// a SysV shared memory segment, each a way for another session to reach it if they shared a
+/// network or IPC namespace. Gives the TCP port.
+pub const OFFER: &str = "import socket, ctypes\n\
+    tcp = socket.create_server(('127.0.0.1', 0))\n\
+    unix = socket.socket(socket.AF_UNIX)\n\
+    unix.bind('\\0replpool-test-offer')\n\
+    unix.listen()\n\
+    libc = ctypes.CDLL(None, use_errno=True)\n\
+    segment = libc.shmget(0x5eed17, 4096, 0o1666)\n\
+    assert segment >= 0, ctypes.get_errno()\n\
+    tcp.getsockname()[1]";
+
+/// Python for the other session: what of the offer it reaches.
+pub fn reach(port: &str) -> String {
+    format!(
+        "import socket, ctypes\n\
+         reached = []\n\
+         try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=5).close()\n    reached.append('tcp')\n\
+         except OSError:\n    pass\n\
+         try:\n    c = socket.socket(socket.AF_UNIX)\n    c.connect('\\0replpool-test-offer')\n    reached.append('unix')\n\
+         except OSError:\n    pass\n\
+         if ctypes.CDLL(None).shmget(0x5eed17, 0, 0) >= 0:\n    reached.append('shm')\n\
+         reached"
+    )
+}

@@ -138,9 +138,14 @@ pub fn unmet(
     } else {
         "unprivileged user namespaces are not allowed here: allow them (sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone = 1; in a container a seccomp profile that allows unshare and mount, e.g. docker run --security-opt seccomp=deploy/docker/seccomp.json, and apparmor=unconfined where AppArmor confines containers), or run the server as root"
     };
-    let why = |result: &Result<(), String>| match result {
-        Ok(()) => String::new(),
-        Err(e) => format!(" ({e})"),
+    // The first refusal met: without root, everything else fails as the user namespace did.
+    let why = |results: &[Option<&Result<(), String>>]| {
+        let first = (!root)
+            .then_some(&probe.user_namespace)
+            .into_iter()
+            .chain(results.iter().flatten().copied())
+            .find_map(|r| r.as_ref().err());
+        first.map(|e| format!(" ({e})")).unwrap_or_default()
     };
     for requirement in required {
         let missing = match requirement {
@@ -150,17 +155,15 @@ pub fn unmet(
             )),
             Requirement::Network if levels.network != "none" => Some(format!(
                 "no network namespace can be made{}: {namespaces_hint}",
-                why(&probe.network).to_string() + &why(&probe.user_namespace)
+                why(&[Some(&probe.network)])
             )),
             Requirement::Filesystem if levels.filesystem != "private" => Some(format!(
                 "no private filesystem view can be made{}: {namespaces_hint}",
-                why(&probe.mount)
-                    + &probe.view.as_ref().map(why).unwrap_or_default()
-                    + &why(&probe.user_namespace)
+                why(&[Some(&probe.mount), probe.view.as_ref(), Some(&probe.pid)])
             )),
             Requirement::Processes if levels.processes == "shared" => Some(format!(
                 "sessions share a uid and no pid namespace with a /proc of its own can be made{}: {namespaces_hint}; in a container also unmask /proc (docker run --security-opt systempaths=unconfined, Kubernetes procMount: Unmasked), or run as root",
-                why(&probe.pid)
+                why(&[Some(&probe.pid)])
             )),
             Requirement::Cgroups if levels.cgroups == "none" => Some(
                 "no writable cgroup hierarchy: run as root on the host, or delegate a cgroup v2 subtree to the server's user (systemd Delegate=yes) or mount /sys/fs/cgroup writable in the container".to_owned(),
