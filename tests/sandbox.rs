@@ -10,8 +10,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Api, OFFER, Server, processes_of, reach, root, shared_server};
-use serde_json::{Value, json};
+use common::{
+    Api, OFFER, Server, ename, port_of, processes_of, reach, root, shared_server, value_of,
+};
+use serde_json::json;
 
 // The file size limit stays under the disk quota: with the session directory on a filesystem
 // of the quota's size, the quota would otherwise fire first.
@@ -26,10 +28,6 @@ fn base() -> &'static str {
 
 fn server_pid() -> u32 {
     shared_server(CONFIG).pid
-}
-
-fn ename(reply: &Value) -> &str {
-    reply["error"]["ename"].as_str().unwrap_or("")
 }
 
 #[tokio::test]
@@ -355,13 +353,6 @@ async fn the_disk_quota_is_checked_after_each_execution() {
     assert_eq!(reply["status"], "ok", "{reply}");
 }
 
-fn port_of(base: &str) -> u16 {
-    base.rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .expect("port in base url")
-}
-
 #[tokio::test]
 async fn without_network_a_worker_has_only_loopback() {
     if !root() {
@@ -369,28 +360,7 @@ async fn without_network_a_worker_has_only_loopback() {
     }
     let api = Api::new(base());
     let s = api.session().await;
-    let port = port_of(base());
-    let reply = api
-        .run(
-            &s,
-            &format!("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)"),
-        )
-        .await;
-    assert_eq!(ename(&reply), "ConnectionRefusedError", "{reply}");
-    let reply = api.run(&s, "socket.if_nameindex()").await;
-    assert_eq!(reply["result"]["text/plain"], "[(1, 'lo')]", "{reply}");
-    // Loopback itself is up: code may still talk to itself.
-    let reply = api
-        .run(
-            &s,
-            "server = socket.create_server(('127.0.0.1', 0))\n\
-             client = socket.create_connection(server.getsockname())\n\
-             peer, _ = server.accept()\n\
-             client.sendall(b'hi')\n\
-             peer.recv(2)",
-        )
-        .await;
-    assert_eq!(reply["result"]["text/plain"], "b'hi'", "{reply}");
+    common::assert_only_loopback(&api, &s, base()).await;
 }
 
 #[tokio::test]
@@ -499,15 +469,6 @@ async fn with_the_watcher_gone_too_the_next_start_ends_it() {
 }
 
 /// The `text/plain` of a cell's value (the test fails on anything else).
-async fn value_of(api: &Api, session: &str, code: &str) -> String {
-    let reply = api.run(session, code).await;
-    assert_eq!(reply["status"], "ok", "{reply}");
-    reply["result"]["text/plain"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a value: {reply}"))
-        .to_owned()
-}
-
 /// Python that calls `call` through ctypes and gives `'ok'` or the errno's name.
 const ERRNO_OF: &str = "import ctypes, errno, platform\n\
     libc = ctypes.CDLL(None, use_errno=True)\n\
@@ -898,18 +859,7 @@ async fn a_workers_filesystem_is_a_minimal_view() {
     }
     let api = Api::new(base());
     let s = api.session().await;
-    let checkout = env!("CARGO_MANIFEST_DIR");
-    let hidden = [
-        format!("{checkout}/src"),
-        format!("{checkout}/Cargo.toml"),
-        "/etc/shadow".into(),
-        "/root/.bashrc".into(),
-        "/home".into(),
-        "/var/log".into(),
-        "/sys".into(),
-    ];
-    let code = format!("import os\n[p for p in {hidden:?} if os.path.lexists(p)]");
-    assert_eq!(value_of(&api, &s, &code).await, "[]");
+    common::assert_outside_the_view(&api, &s, &["/home"]).await;
     // The server's state directory is there (the session's own directory is in it), read-only.
     let read_only = value_of(
         &api,

@@ -9,26 +9,15 @@
 
 mod common;
 
-use common::{Api, OFFER, processes_of, reach, shared_unprivileged, user_namespaces};
-use serde_json::{Value, json};
+use common::{
+    Api, OFFER, ename, processes_of, reach, shared_unprivileged, user_namespaces, value_of,
+};
+use serde_json::json;
 
 const CONFIG: &str = "[pool]\nwarm_workers = 2\n\n[sandbox]\nnetwork = \"none\"\n";
 
 fn base() -> &'static str {
     &shared_unprivileged(CONFIG).base
-}
-
-fn ename(reply: &Value) -> &str {
-    reply["error"]["ename"].as_str().unwrap_or("")
-}
-
-async fn value_of(api: &Api, session: &str, code: &str) -> String {
-    let reply = api.run(session, code).await;
-    assert_eq!(reply["status"], "ok", "{reply}");
-    reply["result"]["text/plain"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a value: {reply}"))
-        .to_owned()
 }
 
 #[tokio::test]
@@ -64,33 +53,7 @@ async fn its_workers_have_only_loopback() {
     }
     let api = Api::new(base());
     let s = api.session().await;
-    let port = base()
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-        .expect("port");
-    let reply = api
-        .run(
-            &s,
-            &format!("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)"),
-        )
-        .await;
-    assert_eq!(ename(&reply), "ConnectionRefusedError", "{reply}");
-    assert_eq!(
-        value_of(&api, &s, "socket.if_nameindex()").await,
-        "[(1, 'lo')]"
-    );
-    let echoed = value_of(
-        &api,
-        &s,
-        "server = socket.create_server(('127.0.0.1', 0))\n\
-         client = socket.create_connection(server.getsockname())\n\
-         peer, _ = server.accept()\n\
-         client.sendall(b'hi')\n\
-         peer.recv(2)",
-    )
-    .await;
-    assert_eq!(echoed, "b'hi'");
+    common::assert_only_loopback(&api, &s, base()).await;
 }
 
 #[tokio::test]
@@ -176,20 +139,7 @@ async fn paths_outside_the_view_do_not_exist_and_the_view_is_read_only() {
     }
     let api = Api::new(base());
     let s = api.session().await;
-    let checkout = env!("CARGO_MANIFEST_DIR");
-    let hidden = [
-        format!("{checkout}/src"),
-        format!("{checkout}/Cargo.toml"),
-        "/etc/shadow".into(),
-        "/root/.bashrc".into(),
-        "/var/log".into(),
-        "/sys".into(),
-    ];
-    let code = format!(
-        "import os\n[p for p in {hidden:?} if os.path.lexists(p)]",
-        hidden = hidden
-    );
-    assert_eq!(value_of(&api, &s, &code).await, "[]");
+    common::assert_outside_the_view(&api, &s, &[]).await;
     // What it needs is there; what it may not change is read-only.
     let reply = api
         .run(

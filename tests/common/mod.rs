@@ -673,3 +673,71 @@ pub fn reach(port: &str) -> String {
          reached"
     )
 }
+
+/// The `ename` of a reply's error ("" without one).
+pub fn ename(reply: &Value) -> &str {
+    reply["error"]["ename"].as_str().unwrap_or("")
+}
+
+/// Runs `code` in `session`, which must succeed, and gives its value's `text/plain`.
+pub async fn value_of(api: &Api, session: &str, code: &str) -> String {
+    let reply = api.run(session, code).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    reply["result"]["text/plain"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a value: {reply}"))
+        .to_owned()
+}
+
+/// The port of a server's base URL.
+pub fn port_of(base: &str) -> u16 {
+    base.rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .expect("port in base url")
+}
+
+/// That `session` of the server at `base` reaches nothing but its own loopback: not the
+/// server's port; `lo` is its only interface, and up.
+pub async fn assert_only_loopback(api: &Api, session: &str, base: &str) {
+    let port = port_of(base);
+    let reply = api
+        .run(
+            session,
+            &format!("import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)"),
+        )
+        .await;
+    assert_eq!(ename(&reply), "ConnectionRefusedError", "{reply}");
+    assert_eq!(
+        value_of(api, session, "socket.if_nameindex()").await,
+        "[(1, 'lo')]"
+    );
+    let echoed = value_of(
+        api,
+        session,
+        "server = socket.create_server(('127.0.0.1', 0))\n\
+         client = socket.create_connection(server.getsockname())\n\
+         peer, _ = server.accept()\n\
+         client.sendall(b'hi')\n\
+         peer.recv(2)",
+    )
+    .await;
+    assert_eq!(echoed, "b'hi'");
+}
+
+/// That what lies outside the workers' filesystem view (the checkout's source, the host's
+/// secrets and homes, logs, /sys) and `more` does not exist for `session`'s code.
+pub async fn assert_outside_the_view(api: &Api, session: &str, more: &[&str]) {
+    let checkout = env!("CARGO_MANIFEST_DIR");
+    let mut hidden: Vec<String> = vec![
+        format!("{checkout}/src"),
+        format!("{checkout}/Cargo.toml"),
+        "/etc/shadow".into(),
+        "/root/.bashrc".into(),
+        "/var/log".into(),
+        "/sys".into(),
+    ];
+    hidden.extend(more.iter().map(|p| (*p).to_owned()));
+    let code = format!("import os\n[p for p in {hidden:?} if os.path.lexists(p)]");
+    assert_eq!(value_of(api, session, &code).await, "[]");
+}

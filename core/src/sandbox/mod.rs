@@ -495,6 +495,20 @@ fn searchable(dir: &Path, user: Credentials) -> bool {
     mode & 0o001 != 0
 }
 
+/// Runs `command` (the interpreter `python`, asked something at start) to its end, as one of
+/// the server's children, known to the orphan sweep.
+fn ask_python(
+    python: &Path,
+    command: &mut std::process::Command,
+) -> Result<std::process::Output, SandboxError> {
+    reaper::children()
+        .output(command)
+        .map_err(|source| SandboxError::PythonSpawn {
+            python: python.to_owned(),
+            source,
+        })
+}
+
 /// The directories of the interpreter's installation and of its `sys.path`, as it reports
 /// them. The interpreter is one of the server's children, known to the orphan sweep.
 fn python_paths(python: &Path) -> Result<Vec<PathBuf>, SandboxError> {
@@ -504,13 +518,7 @@ fn python_paths(python: &Path) -> Result<Vec<PathBuf>, SandboxError> {
         "-c",
         "import json, sys; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]))",
     ]);
-    let output =
-        reaper::children()
-            .output(&mut command)
-            .map_err(|source| SandboxError::PythonSpawn {
-                python: python.to_owned(),
-                source,
-            })?;
+    let output = ask_python(python, &mut command)?;
     if !output.status.success() {
         return Err(SandboxError::PythonFailed {
             python: python.to_owned(),

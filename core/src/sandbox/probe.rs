@@ -10,7 +10,6 @@ use std::path::Path;
 
 use super::SandboxError;
 use super::isolation::Isolation;
-use crate::reaper;
 
 /// Each mechanism: works, or the error the attempt met.
 #[derive(Debug, Clone)]
@@ -54,13 +53,7 @@ pub fn run(
         .arg(script)
         .arg(serde_json::json!({ "probe": probe }).to_string())
         .current_dir("/");
-    let output =
-        reaper::children()
-            .output(&mut command)
-            .map_err(|source| SandboxError::PythonSpawn {
-                python: python.to_owned(),
-                source,
-            })?;
+    let output = super::ask_python(python, &mut command)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let reply: Reply = stdout
         .lines()
