@@ -9,9 +9,7 @@
 
 mod common;
 
-use common::{
-    Api, OFFER, ename, processes_of, reach, shared_unprivileged, user_namespaces, value_of,
-};
+use common::{Api, ename, processes_of, shared_unprivileged, user_namespaces, value_of};
 use serde_json::json;
 
 const CONFIG: &str = "[pool]\nwarm_workers = 2\n\n[sandbox]\nnetwork = \"none\"\n";
@@ -190,12 +188,5 @@ async fn sessions_share_no_loopback_sockets_or_ipc() {
     if !user_namespaces() {
         return;
     }
-    let api = Api::new(base());
-    let (a, b) = (api.session().await, api.session().await);
-    let port = value_of(&api, &b, OFFER).await;
-    assert_eq!(
-        value_of(&api, &b, &reach(&port)).await,
-        "['tcp', 'unix', 'shm']"
-    );
-    assert_eq!(value_of(&api, &a, &reach(&port)).await, "[]");
+    common::assert_no_loopback_or_ipc_shared(&Api::new(base())).await;
 }

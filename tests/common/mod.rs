@@ -647,6 +647,18 @@ pub async fn blocker() -> (Blocker, String) {
     )
 }
 
+/// That two sessions share neither loopback services, abstract unix sockets nor SysV IPC:
+/// what one offers, the other cannot reach.
+pub async fn assert_no_loopback_or_ipc_shared(api: &Api) {
+    let (a, b) = (api.session().await, api.session().await);
+    let port = value_of(api, &b, OFFER).await;
+    assert_eq!(
+        value_of(api, &b, &reach(&port)).await,
+        "['tcp', 'unix', 'shm']"
+    );
+    assert_eq!(value_of(api, &a, &reach(&port)).await, "[]");
+}
+
 /// Python for the session that offers: a TCP service on loopback, an abstract unix socket and
 /// a SysV shared memory segment, each a way for another session to reach it if they shared a
 /// network or IPC namespace. Gives the TCP port.
