@@ -991,6 +991,8 @@ def worker_main(settings):
     log = open(os.dup(2), "w", buffering=1, closefd=True)
     # Still one thread: before any import starts one.
     enter_namespaces(settings.get("isolation"))
+    if (settings.get("isolation") or {}).get("user_namespace"):
+        limit_processes(settings["isolation"])  # its own user namespace: its own count
     own_pid_namespace(settings.get("isolation"))
     if settings.get("private_tmp"):
         private_tmp(settings["private_tmp"])
@@ -1342,11 +1344,31 @@ def namespaces_per_worker(isolation):
         flags |= Kernel.CLONE_NEWIPC
     if isolation.get("pid_namespace"):
         flags |= Kernel.CLONE_NEWPID
+    if isolation.get("user_namespace"):
+        # Its own user namespace too (created first, owning the others): processes are counted
+        # per uid and user namespace, so RLIMIT_NPROC bounds this worker's alone.
+        flags |= Kernel.CLONE_NEWUSER
     if not flags:
         return
+    uid, gid = os.getuid(), os.getgid()
     Kernel().unshare(flags, "per-worker namespaces")
+    if isolation.get("user_namespace"):
+        map_own_ids(uid, gid)
+        limit_processes(isolation)
     if isolation.get("network_none"):
         loopback_up()
+
+
+def limit_processes(isolation):
+    """RLIMIT_NPROC for a worker in a user namespace of its own: where sessions share a uid and
+    no pids cgroup holds them, what bounds one session's processes and threads (counted by the
+    kernel per uid in that namespace, since Linux 5.14; on older kernels per uid, the server's
+    processes included)."""
+    import resource
+
+    limit = isolation.get("processes")
+    if limit:
+        resource.setrlimit(resource.RLIMIT_NPROC, (int(limit), int(limit)))
 
 
 def own_pid_namespace(isolation):

@@ -190,3 +190,38 @@ async fn sessions_share_no_loopback_sockets_or_ipc() {
     }
     common::assert_no_loopback_or_ipc_shared(&Api::new(base())).await;
 }
+
+#[tokio::test]
+async fn a_fork_bomb_stops_at_limits_processes() {
+    if !user_namespaces() {
+        return;
+    }
+    // Sessions share the uid, and no pids cgroup holds them: each worker's own user namespace
+    // counts its processes for RLIMIT_NPROC.
+    let server = common::Server::start_unprivileged(
+        "[pool]\nwarm_workers = 1\n\n[limits]\nprocesses = 32\n\n[sandbox]\nnetwork = \"none\"\n",
+    );
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    let outcome = value_of(
+        &api,
+        &s,
+        "import os\n\
+         r, w = os.pipe()\n\
+         children, refused = [], None\n\
+         for _ in range(100):\n    \
+             try:\n        pid = os.fork()\n    \
+             except BlockingIOError as e:\n        refused = type(e).__name__\n        break\n    \
+             if pid == 0:\n        os.close(w)\n        os.read(r, 1)\n        os._exit(0)\n    \
+             children.append(pid)\n\
+         os.close(w)\n\
+         for pid in children:\n    os.waitpid(pid, 0)\n\
+         (len(children) < 32, refused)",
+    )
+    .await;
+    assert_eq!(outcome, "(True, 'BlockingIOError')");
+    // The session lives on, and so does another.
+    assert_eq!(value_of(&api, &s, "1 + 1").await, "2");
+    let other = api.session().await;
+    assert_eq!(value_of(&api, &other, "2 + 2").await, "4");
+}

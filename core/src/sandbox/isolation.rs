@@ -38,6 +38,10 @@ pub struct Isolation {
     pub view: Option<View>,
     /// Each forked worker is the first process of a pid namespace of its own.
     pub pid_namespace: bool,
+    /// RLIMIT_NPROC of each worker, set in its own user namespace (which counts its processes
+    /// alone) where sessions share a uid and no pids cgroup limits them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
 }
 
 impl Isolation {
@@ -121,6 +125,7 @@ pub fn decide(wanted: Wanted, probe: &Probe, cgroups: &'static str) -> (Isolatio
         mount_namespace,
         view,
         pid_namespace,
+        processes: None,
     };
     (isolation, levels)
 }

@@ -121,11 +121,12 @@ impl Sandbox {
                 mount_namespace: true,
                 view: view.clone(),
                 pid_namespace: true,
+                processes: None,
             },
             &keep,
         )?;
         let per_session_uids = uids.is_some() && !sandbox.session_uids.trim().is_empty();
-        let (isolation, levels) = isolation::decide(
+        let (mut isolation, levels) = isolation::decide(
             isolation::Wanted {
                 root,
                 per_session_uids,
@@ -174,6 +175,9 @@ impl Sandbox {
             None => {}
         }
         let pids_by_cgroup = cgroups.as_ref().is_some_and(Cgroups::limits_processes);
+        if isolation.user_namespace && !pids_by_cgroup {
+            isolation.processes = processes;
+        }
         // RLIMIT_NPROC counts a uid's processes: a limit per session only when the uid is.
         let nproc = (!pids_by_cgroup && per_session_uids)
             .then_some(processes)
