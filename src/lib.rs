@@ -8,5 +8,5 @@ pub mod memory;
 
 pub use replpool_core::{
     Config, Error, ExecRequest, Execution, SessionManager, cold, config, error, execution, files,
-    manager, notebook, pool, process, protocol, reaper, sandbox, session, template, worker,
+    manager, node, notebook, pool, process, protocol, reaper, sandbox, session, template, worker,
 };

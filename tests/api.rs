@@ -16,7 +16,12 @@ async fn session_lifecycle() {
     let (status, created) = api.post("/v1/sessions", json!({})).await;
     assert_eq!(status, 201);
     let id = created["session_id"].as_str().expect("id").to_owned();
-    assert_eq!(id.len(), 32, "128 bits in hex");
+    let (_, health) = api.get("/healthz").await;
+    let node = health["node"].as_str().expect("the node's name");
+    let (id_node, random) = id.split_once('.').expect("<node>.<random>");
+    assert_eq!(id_node, node, "the id names this node");
+    assert_eq!(random.len(), 32, "128 bits in hex");
+    assert!(random.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
     assert_eq!(created["state"], "idle");
     assert_eq!(created["execution_count"], 0);
     assert!(created["pid"].as_u64().is_some());

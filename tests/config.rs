@@ -27,6 +27,16 @@ fn bad_value_names_the_field() {
 }
 
 #[test]
+fn a_node_name_that_is_not_a_dns_label_names_the_field() {
+    for bad in ["Node_A", "node.a", "-a", ""] {
+        let (code, stderr) = serve_with(&format!("[server]\nnode = {bad:?}\n"), &[]);
+        assert_eq!(code, 1, "{bad:?}: {stderr}");
+        assert!(stderr.contains("server.node"), "{bad:?}: {stderr}");
+        assert!(stderr.contains("not a DNS label"), "{bad:?}: {stderr}");
+    }
+}
+
+#[test]
 fn unknown_field_names_the_field() {
     let (code, stderr) = serve_with("[sessions]\nmax_sesions = 3\n", &[]);
     assert_ne!(code, 0);

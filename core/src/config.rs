@@ -270,6 +270,9 @@ impl Default for FilesConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
+    /// This node's name, in every id a client keeps (`<node>.<random>`), so that a proxy in
+    /// front of several nodes can route by it. A DNS label; default: the host name.
+    pub node: String,
     /// Address the HTTP API listens on. Loopback by default: the API runs arbitrary code.
     pub bind: SocketAddr,
     /// On SIGTERM/Ctrl-C, how long running executions may take to finish before every
@@ -292,6 +295,7 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
+            node: crate::node::default_name(),
             bind: SocketAddr::from(([127, 0, 0, 1], 8765)),
             shutdown_grace_ms: 10_000,
             header_read_timeout_ms: 10_000,
@@ -664,6 +668,15 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::field(field, "must be greater than 0"));
             }
+        }
+        if !crate::node::is_valid(&self.server.node) {
+            return Err(ConfigError::field(
+                "server.node",
+                format!(
+                    "{:?} is not a DNS label ([a-z0-9]([a-z0-9-]{{0,61}}[a-z0-9])?); the default is the host name, set one that is",
+                    self.server.node
+                ),
+            ));
         }
         if ex.default_timeout_ms > ex.max_timeout_ms {
             return Err(ConfigError::field(

@@ -10,6 +10,7 @@ pub mod error;
 pub mod execution;
 pub mod files;
 pub mod manager;
+pub mod node;
 pub mod notebook;
 pub mod pool;
 pub mod process;

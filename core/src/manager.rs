@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution};
 use crate::files::{FileLimits, FileListing};
+use crate::node;
 use crate::notebook;
 use crate::pool::{PoolStatus, WarmPool};
 use crate::reaper;
@@ -29,6 +30,8 @@ pub const WORKER_SCRIPT: &str = include_str!("../../bootstrap/worker.py");
 
 pub struct SessionManager {
     sessions: DashMap<String, Arc<Session>>,
+    /// This node's name (`server.node`), the first part of every session id.
+    node: String,
     /// Sessions alive or being created, in all and per owner: reserved before the (slow)
     /// worker start, so that concurrent creates cannot overshoot a limit.
     reserved: parking_lot::Mutex<Reserved>,
@@ -57,6 +60,8 @@ const BLOCKING_PROBE: Duration = Duration::from_secs(2);
 /// What `/healthz` reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Health {
+    /// This node's name (`server.node`).
+    pub node: String,
     /// `ok`, or `degraded` while warm workers cannot be started (requests then run cold).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,6 +169,7 @@ impl SessionManager {
         });
         let manager = Arc::new(SessionManager {
             sessions: DashMap::new(),
+            node: config.server.node.clone(),
             reserved: parking_lot::Mutex::new(Reserved::default()),
             max_sessions: config.sessions.max,
             max_per_owner: config.auth.sessions_per_token(config.sessions.max),
@@ -207,7 +213,7 @@ impl SessionManager {
             return Err(Error::ShuttingDown);
         }
         let reservation = self.reserve(owner)?;
-        let id = new_session_id();
+        let id = node::new_id(&self.node);
         let (dir, sandbox) = self.session_dir(&id)?;
         let session = Arc::new(Session::new(
             id.clone(),
@@ -323,6 +329,7 @@ impl SessionManager {
             return Err(Error::ShuttingDown);
         }
         self.check_request(request)?;
+        // Never seen by clients, so it needs no node.
         let id = format!("once-{:016x}", rand::random::<u64>());
         let (dir, mut sandbox) = self.session_dir(&id)?;
         if let Some(shared) = shared {
@@ -393,12 +400,18 @@ impl SessionManager {
                 .map(|e| format!("warm workers cannot be started, executions run cold: {e}"))
         };
         Health {
+            node: self.node.clone(),
             status: if reason.is_some() { "degraded" } else { "ok" },
             reason,
             sessions: self.sessions.len(),
             pool,
             isolation: self.sandbox.levels().clone(),
         }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// Stops the pool and ends every session and worker.
@@ -664,11 +677,6 @@ impl Drop for SharedMount {
             tracing::warn!("cannot unmount {}: {e}", self.0.display());
         }
     }
-}
-
-/// 128 random bits, hex: unguessable, so an id is as good as a capability.
-fn new_session_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 #[cfg(test)]

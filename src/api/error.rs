@@ -41,6 +41,7 @@ pub enum ErrorCode {
     Unauthorized,
     UnsupportedMediaType,
     WorkerUnavailable,
+    WrongNode,
     // The script wrapper's and the code judge's own.
     UnsupportedLanguage,
     InvalidScriptName,
@@ -83,6 +84,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::WorkerUnavailable => "worker_unavailable",
+            ErrorCode::WrongNode => "wrong_node",
             ErrorCode::UnsupportedLanguage => "unsupported_language",
             ErrorCode::InvalidScriptName => "invalid_script_name",
             ErrorCode::InvalidAlias => "invalid_alias",
@@ -236,6 +238,16 @@ impl From<BytesRejection> for ApiError {
         };
         ApiError::new(rejection.status(), code, rejection.body_text())
     }
+}
+
+/// A request for an id of another node: the proxy sent it to the wrong one (a node never
+/// forwards).
+pub fn wrong_node(id: &str, id_node: &str, this_node: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::MISDIRECTED_REQUEST,
+        ErrorCode::WrongNode,
+        format!("{id} belongs to node {id_node}; this is node {this_node}"),
+    )
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -9,6 +9,7 @@ mod compat;
 mod error;
 mod json;
 mod native;
+mod node;
 mod stream;
 
 use std::sync::Arc;
@@ -45,8 +46,8 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
         tokens: Arc::new(auth::Tokens::new(config.auth.tokens.clone())),
     };
     let max_file_bytes = usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX);
-    native::routes(max_file_bytes)
-        .merge(compat::routes())
+    native::routes(max_file_bytes, state.clone())
+        .merge(compat::routes(state.clone()))
         .fallback(error::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

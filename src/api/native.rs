@@ -20,10 +20,19 @@ use crate::execution::{ExecRequest, Execution};
 use crate::files;
 use crate::session::SessionInfo;
 
-pub fn routes(max_file_bytes: usize) -> Router<AppState> {
+pub fn routes(max_file_bytes: usize, state: AppState) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/sessions", post(create_session).get(list_sessions))
+        .route("/v1/execute", post(execute_once))
+        .merge(session_routes(max_file_bytes, state))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The routes of one session, `/v1/sessions/{id}/…`: an id of another node is answered 421
+/// before any of them runs.
+fn session_routes(max_file_bytes: usize, state: AppState) -> Router<AppState> {
+    Router::new()
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route("/v1/sessions/{id}/execute", post(execute))
         .route("/v1/sessions/{id}/interrupt", post(interrupt))
@@ -39,8 +48,10 @@ pub fn routes(max_file_bytes: usize) -> Router<AppState> {
                 // One byte over the limit is enough to know the upload is too large.
                 .layer(DefaultBodyLimit::max(max_file_bytes.saturating_add(1))),
         )
-        .route("/v1/execute", post(execute_once))
-        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state,
+            super::node::refuse_other_nodes,
+        ))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -17,9 +17,9 @@ use axum::Router;
 use super::AppState;
 
 /// Every compatibility surface's routes.
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .merge(judge::routes())
-        .merge(python_executor::routes())
+        .merge(python_executor::routes(state))
         .merge(scripts::routes())
 }

@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+pub use reply::EXECUTION_ID_PREFIX;
 pub use store::Executions;
 
 use self::error::ExecutorError;
@@ -37,15 +38,22 @@ use crate::api::json::{Json, Rejected};
 use crate::execution::{ExecRequest, Execution, Status};
 use crate::{Error, SessionManager};
 
-pub fn routes() -> Router<AppState> {
+pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/health", get(health))
         .route("/api/v1/eval", post(eval))
         .route("/api/v1/exec/sync", post(exec_sync))
         .route("/api/v1/exec/async", post(exec_async))
-        .route(
-            "/api/v1/executions/{id}",
-            get(get_execution).delete(kill_execution),
+        .merge(
+            Router::new()
+                .route(
+                    "/api/v1/executions/{id}",
+                    get(get_execution).delete(kill_execution),
+                )
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state,
+                    crate::api::node::refuse_other_nodes,
+                )),
         )
 }
 

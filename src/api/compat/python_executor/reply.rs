@@ -9,6 +9,9 @@ use serde_json::Value;
 use super::intake::Job;
 use crate::execution::{Execution, Status};
 
+/// What every execution id starts with, as python-executor's do.
+pub const EXECUTION_ID_PREFIX: &str = "exe_";
+
 /// python-executor's ExecutionResult.
 #[derive(Debug, Clone, Serialize)]
 pub struct ExecutionResult {
@@ -33,9 +36,11 @@ pub struct ExecutionResult {
 }
 
 impl ExecutionResult {
-    pub fn pending() -> ExecutionResult {
+    /// A new execution of `node`'s: its id is `exe_<node>.<a UUID's form>`, python-executor's
+    /// shape with the node in it, so that a proxy can route by it.
+    pub fn pending(node: &str) -> ExecutionResult {
         ExecutionResult {
-            execution_id: format!("exe_{}", uuid_like()),
+            execution_id: format!("{EXECUTION_ID_PREFIX}{node}.{}", uuid_like()),
             status: "pending",
             stdout: String::new(),
             stderr: String::new(),

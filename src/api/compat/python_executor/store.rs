@@ -13,6 +13,8 @@ use parking_lot::Mutex;
 use super::reply::{ExecutionResult, now};
 
 pub struct Executions {
+    /// This node's name, in every execution id.
+    node: String,
     records: DashMap<String, Entry>,
     ttl: Duration,
     /// `execution.max_timeout_ms`: the longest deadline a program gets.
@@ -77,8 +79,9 @@ impl Record {
 }
 
 impl Executions {
-    pub fn new(ttl: Duration, max_timeout: Duration) -> Executions {
+    pub fn new(node: &str, ttl: Duration, max_timeout: Duration) -> Executions {
         Executions {
+            node: node.to_owned(),
             records: DashMap::new(),
             ttl,
             max_timeout,
@@ -87,6 +90,7 @@ impl Executions {
 
     pub fn from_config(config: &crate::Config) -> Executions {
         Executions::new(
+            &config.server.node,
             Duration::from_secs(config.executor.keep_secs),
             Duration::from_millis(config.execution.max_timeout_ms),
         )
@@ -100,7 +104,7 @@ impl Executions {
     pub fn insert(&self, owner: Option<&str>) -> Arc<Mutex<Record>> {
         let ttl = self.ttl;
         self.records.retain(|_, e| !e.record.lock().expired(ttl));
-        let result = ExecutionResult::pending();
+        let result = ExecutionResult::pending(&self.node);
         let id = result.execution_id.clone();
         let record = Arc::new(Mutex::new(Record {
             result,
@@ -138,7 +142,7 @@ mod tests {
 
     #[test]
     fn finished_records_expire_and_owners_see_only_their_own() {
-        let store = Executions::new(Duration::ZERO, Duration::from_secs(1));
+        let store = Executions::new("node-a", Duration::ZERO, Duration::from_secs(1));
         let record = store.insert(Some("token-0"));
         let id = record.lock().result.execution_id.clone();
         assert!(store.get(&id, Some("token-1")).is_none());
@@ -156,7 +160,7 @@ mod tests {
 
     #[test]
     fn a_kill_ends_once() {
-        let store = Executions::new(Duration::from_secs(60), Duration::from_secs(1));
+        let store = Executions::new("node-a", Duration::from_secs(60), Duration::from_secs(1));
         let record = store.insert(None);
         record.lock().start("s1".into());
         assert_eq!(record.lock().kill().as_deref(), Some("s1"));
