@@ -144,10 +144,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
         _ = shutdown_signal() => {}
     }
-    // Stop accepting; running executions get the grace period to finish.
-    draining.cancel();
+    // Readiness turns false at once and new sessions are refused, so the proxy sends new
+    // work elsewhere; what this node holds is still served, new connections included, while
+    // executions run. Then stop accepting: requests in progress get the rest of the grace
+    // period to finish.
+    manager.drain();
     let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-    let drained = tokio::time::timeout(grace, &mut server).await.is_ok();
+    let deadline = tokio::time::Instant::now() + grace;
+    tokio::select! {
+        () = until_idle(&manager) => {}
+        () = tokio::time::sleep_until(deadline) => {}
+        _ = &mut server => {}
+    }
+    draining.cancel();
+    let drained = tokio::time::timeout_at(deadline, &mut server).await.is_ok();
     if !drained {
         tracing::warn!("executions still running after {grace:?}; ending them");
     }
@@ -159,6 +169,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Returns once no execution is running or waiting. Polled: executions end in many ways
+/// (reply, deadline, death, delete), and a look every 20 ms costs nothing.
+async fn until_idle(manager: &SessionManager) {
+    while manager.busy() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `server.max_connections`, held below the open-file limit: every connection is a

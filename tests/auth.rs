@@ -1,5 +1,5 @@
-//! Tokens and session ownership: every route but /healthz needs a token, and a session is
-//! visible only to the token that made it (others get 404, not 403).
+//! Tokens and session ownership: every route but /healthz and /readyz needs a token, and a
+//! session is visible only to the token that made it (others get 404, not 403).
 
 mod common;
 
@@ -35,6 +35,13 @@ async fn no_token_is_401_except_for_health() {
     let wrong = Api::with_token(base(), "token-c-0123456789abcdef");
     assert_eq!(wrong.get("/v1/sessions").await.0, 401);
     assert_eq!(anonymous.get("/healthz").await.0, 200);
+    // Readiness is a probe's too: answered without a token, ready or starting.
+    let (status, ready) = anonymous.get("/readyz").await;
+    assert!(matches!(status, 200 | 503), "{status} {ready}");
+    assert!(
+        matches!(ready["status"].as_str(), Some("ready" | "starting")),
+        "{ready}"
+    );
 }
 
 #[tokio::test]

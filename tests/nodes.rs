@@ -1,9 +1,12 @@
 //! Many nodes behind a proxy: ids that name their node, 421 `wrong_node` for another node's
-//! ids on every route that takes one. Dedicated servers named `node-a`.
+//! ids on every route that takes one, `/readyz`, and draining on SIGTERM. Dedicated servers
+//! named `node-a`.
 
 mod common;
 
-use common::{Api, Server};
+use std::time::Duration;
+
+use common::{Api, Server, eventually_some};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -55,6 +58,9 @@ async fn ids_name_the_configured_node() {
 
     let (status, health) = api.get("/healthz").await;
     assert_eq!((status, &health["node"]), (200, &json!("node-a")));
+    let (status, ready) = api.get("/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(ready, json!({"status": "ready", "node": "node-a"}));
 }
 
 #[tokio::test]
@@ -131,4 +137,72 @@ async fn ids_of_no_node_are_unknown_as_before() {
             "python-executor's shape: {reply}"
         );
     }
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_node_and_finishes_the_running_cell() {
+    let mut server = Server::start(&format!("{NODE_A}shutdown_grace_ms = 30000\n"));
+    let api = Api::new(&server.base);
+    let session = api.session().await;
+    let ready = eventually_some(Duration::from_secs(10), || async {
+        let (status, body) = api.get("/readyz").await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(ready, Some(json!({"status": "ready", "node": "node-a"})));
+    let (blocker, code) = common::blocker().await;
+    let running = {
+        let api = Api::new(&server.base);
+        let session = session.clone();
+        tokio::spawn(async move { api.run(&session, &format!("{code}\n'done'")).await })
+    };
+    let release = blocker.accept().await;
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let draining = eventually_some(Duration::from_secs(10), || async {
+        let (status, body) = api.get("/readyz").await;
+        (status == 503).then_some(body)
+    })
+    .await
+    .expect("/readyz turned 503");
+    assert_eq!(draining, json!({"status": "draining", "node": "node-a"}));
+
+    let (status, refused) = api.post("/v1/sessions", json!({})).await;
+    assert_eq!(status, 503, "{refused}");
+    assert_eq!(refused["error"]["code"], "draining");
+    let (status, refused) = api.post("/v1/execute", json!({"code": "1"})).await;
+    assert_eq!(
+        (status, &refused["error"]["code"]),
+        (503, &json!("draining"))
+    );
+    // The node's own session is still served while its cell runs.
+    let (status, info) = api.get(&format!("/v1/sessions/{session}")).await;
+    assert_eq!((status, &info["state"]), (200, &json!("busy")));
+
+    drop(release);
+    let reply = running.await.expect("the cell's client");
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(reply["result"]["text/plain"], "'done'");
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "ends by itself, cleanly"
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_start_a_warm_worker_is_not_ready() {
+    // Every warm worker and the template fail their preload: sessions would run cold.
+    let server = Server::start(
+        "[server]\nnode = \"node-a\"\n\n[python]\npreload = [\"replpool_no_such_module\"]\n",
+    );
+    let api = Api::new(&server.base);
+    let (status, ready) = api.get("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready, json!({"status": "starting", "node": "node-a"}));
 }

@@ -27,6 +27,10 @@ pub enum Error {
     WorkerUnavailable(#[source] WorkerError),
     #[error("the service is shutting down")]
     ShuttingDown,
+    #[error(
+        "this node is draining (going away): it takes no new sessions; create one on another node"
+    )]
+    Draining,
     #[error(transparent)]
     File(#[from] FileError),
     #[error(transparent)]

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -32,6 +33,14 @@ pub struct SessionManager {
     sessions: DashMap<String, Arc<Session>>,
     /// This node's name (`server.node`), the first part of every session id.
     node: String,
+    /// Set when the server is going away (SIGTERM): no new sessions or one-shot executions,
+    /// while existing sessions are still served.
+    draining: AtomicBool,
+    /// Once set, the node has been ready to take sessions (see [`SessionManager::readiness`]).
+    started: AtomicBool,
+    /// Work in progress outside any session's queue (one-shot executions, a compatibility
+    /// surface's run between its cells): see [`SessionManager::work`].
+    work: Arc<AtomicUsize>,
     /// Sessions alive or being created, in all and per owner: reserved before the (slow)
     /// worker start, so that concurrent creates cannot overshoot a limit.
     reserved: parking_lot::Mutex<Reserved>,
@@ -170,6 +179,9 @@ impl SessionManager {
         let manager = Arc::new(SessionManager {
             sessions: DashMap::new(),
             node: config.server.node.clone(),
+            draining: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            work: Arc::new(AtomicUsize::new(0)),
             reserved: parking_lot::Mutex::new(Reserved::default()),
             max_sessions: config.sessions.max,
             max_per_owner: config.auth.sessions_per_token(config.sessions.max),
@@ -209,9 +221,7 @@ impl SessionManager {
 
     /// Creates a session that only `owner` may see and use.
     pub async fn create_for(&self, owner: Option<&str>) -> Result<SessionInfo, Error> {
-        if self.shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
+        self.check_taking_work()?;
         let reservation = self.reserve(owner)?;
         let id = node::new_id(&self.node);
         let (dir, sandbox) = self.session_dir(&id)?;
@@ -325,10 +335,9 @@ impl SessionManager {
         events: Option<&EventSender>,
         shared: Option<&Path>,
     ) -> Result<Execution, Error> {
-        if self.shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
+        self.check_taking_work()?;
         self.check_request(request)?;
+        let _work = self.work();
         // Never seen by clients, so it needs no node.
         let id = format!("once-{:016x}", rand::random::<u64>());
         let (dir, mut sandbox) = self.session_dir(&id)?;
@@ -412,6 +421,57 @@ impl SessionManager {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Refuses new sessions and one-shot executions from now on (SIGTERM): the node is going
+    /// away, and what it has is served until then.
+    pub fn drain(&self) {
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            tracing::info!(node = %self.node, "draining: no new sessions");
+        }
+    }
+
+    /// Whether the node takes new sessions: `Ready`; `Draining` once [`SessionManager::drain`]
+    /// was called; `Starting` until it could first serve one warm (a ready worker in the pool,
+    /// or the template running), or always ready when no warm worker is wanted.
+    pub fn readiness(&self) -> Readiness {
+        if self.draining.load(Ordering::Acquire) || self.shutdown.is_cancelled() {
+            return Readiness::Draining;
+        }
+        if !self.started.load(Ordering::Acquire) {
+            let pool = self.workers.pool.status();
+            let template_running = pool.template.as_ref().is_some_and(|t| t.state == "running");
+            if pool.target > 0 && pool.ready == 0 && !template_running {
+                return Readiness::Starting;
+            }
+            // For good: a pool emptied by a burst later is load, not a start.
+            self.started.store(true, Ordering::Release);
+        }
+        Readiness::Ready
+    }
+
+    /// Whether any execution is running or waiting, in a session or one-shot: a draining
+    /// node ends once none is.
+    pub fn busy(&self) -> bool {
+        self.work.load(Ordering::Acquire) > 0 || self.sessions.iter().any(|s| !s.is_idle())
+    }
+
+    /// Counts work that is in no session's queue as in progress until the returned guard
+    /// drops: a python-executor run between its cells, say, so that a draining node does not
+    /// end under it.
+    pub fn work(&self) -> Work {
+        self.work.fetch_add(1, Ordering::AcqRel);
+        Work(Arc::clone(&self.work))
+    }
+
+    fn check_taking_work(&self) -> Result<(), Error> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        if self.draining.load(Ordering::Acquire) {
+            return Err(Error::Draining);
+        }
+        Ok(())
     }
 
     /// Stops the pool and ends every session and worker.
@@ -676,6 +736,36 @@ impl Drop for SharedMount {
         if let Err(e) = mounts::unmount(&self.0) {
             tracing::warn!("cannot unmount {}: {e}", self.0.display());
         }
+    }
+}
+
+/// Whether a node takes new sessions (`GET /readyz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// No worker could be served warm yet.
+    Starting,
+    /// Going away (SIGTERM): existing sessions are served, no new ones taken.
+    Draining,
+}
+
+impl Readiness {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Ready => "ready",
+            Readiness::Starting => "starting",
+            Readiness::Draining => "draining",
+        }
+    }
+}
+
+/// Work in progress for as long as it lives: a draining node waits for it (see
+/// [`SessionManager::busy`]).
+pub struct Work(Arc<AtomicUsize>);
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Bearer tokens: who is calling, and whether they may.
 //!
-//! With `auth.tokens` set, every route but `/healthz` needs `Authorization: Bearer <token>`
+//! With `auth.tokens` set, every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`
 //! (401 otherwise). The caller is then known by the token's name (`token-<index>`, never the
 //! token itself), and sessions belong to the caller that created them. Tokens are compared in
 //! constant time.
@@ -73,7 +73,7 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     let tokens: &Arc<Tokens> = &state.tokens;
-    if tokens.0.is_empty() || request.uri().path() == "/healthz" {
+    if tokens.0.is_empty() || matches!(request.uri().path(), "/healthz" | "/readyz") {
         return next.run(request).await;
     }
     let presented = request

@@ -15,6 +15,7 @@ use crate::files::FileError;
 pub enum ErrorCode {
     BadRequest,
     CodeTooLarge,
+    Draining,
     FileNotFound,
     FileTooLarge,
     FilesBusy,
@@ -58,6 +59,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::CodeTooLarge => "code_too_large",
+            ErrorCode::Draining => "draining",
             ErrorCode::FileNotFound => "file_not_found",
             ErrorCode::FileTooLarge => "file_too_large",
             ErrorCode::FilesBusy => "files_busy",
@@ -143,6 +145,7 @@ impl From<Error> for ApiError {
             Error::StdinTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, C::StdinTooLarge),
             Error::WorkerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, C::WorkerUnavailable),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, C::ShuttingDown),
+            Error::Draining => (StatusCode::SERVICE_UNAVAILABLE, C::Draining),
             Error::Internal(_) | Error::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, C::Internal)
             }

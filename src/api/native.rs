@@ -18,11 +18,13 @@ use super::json::Json;
 use super::{ApiError, AppState, stream};
 use crate::execution::{ExecRequest, Execution};
 use crate::files;
+use crate::manager::Readiness;
 use crate::session::SessionInfo;
 
 pub fn routes(max_file_bytes: usize, state: AppState) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
+        .route("/readyz", get(ready))
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/execute", post(execute_once))
         .merge(session_routes(max_file_bytes, state))
@@ -98,6 +100,17 @@ struct CreateSessionBody {}
 
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     Json(state.manager.health().await)
+}
+
+/// Whether this node takes new sessions: what a proxy or Kubernetes sends new work by.
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let readiness = state.manager.readiness();
+    let status = match readiness {
+        Readiness::Ready => StatusCode::OK,
+        Readiness::Starting | Readiness::Draining => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = json!({"status": readiness.as_str(), "node": state.manager.node()});
+    (status, Json(body))
 }
 
 async fn create_session(

@@ -168,6 +168,8 @@ async fn run(
     if record.lock().is_finished() {
         return Ok(()); // killed while pending
     }
+    // From its session's creation to its deletion, cells and files: all one execution.
+    let _work = manager.work();
     let session = match manager.create_for(owner).await {
         Ok(info) => info.session_id,
         Err(e) => {
