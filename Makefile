@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 TEST_STAMP := $(VENV)/.tests-installed
 PACKAGE_STAMP := $(VENV)/.package-tools-installed
 
-.PHONY: serve test bench venv build package clean image test-image
+.PHONY: serve test bench venv build package clean image test-image test-cluster
 
 venv: $(VENV_STAMP)
 
@@ -56,6 +56,11 @@ test: venv $(TEST_STAMP) $(BENCH_STAMP) build package
 	$(VENV_PY) -m pytest -q python/tests
 	@echo "==> the benchmark, quick, so that it cannot rot (no speed is asserted)"
 	cargo bench --locked --bench replpool -- --quick --out target/bench-quick.md --json target/bench-quick.json
+
+# Two nodes behind nginx on loopback (issue 18: routing by id, node death, draining). Not in
+# `make test`: it installs nginx (apt, as root) when missing and takes about a minute.
+test-cluster: venv build
+	$(VENV_PY) tests/cluster/run.py
 
 # `make bench` writes docs/benchmarks.md and target/bench.json; `make bench QUICK=1` is a
 # reduced run (under a minute) that writes the same files.
