@@ -350,6 +350,16 @@ def sessions_and_fair_share(proxy):
             list(pool.map(round_trip, [(s, r) for s in sessions]))
             list(pool.map(read_back, [(s, r) for s in reversed(sessions)]))
     log("   every session read back its own value, 5 rounds")
+
+    # A request whose URI names no id goes where its X-Replpool-Session header says: the
+    # session list (each node lists its own) must come from the header's node every time.
+    for session in (next(s for s in sessions if node_of(s) == n) for n in ("node-a", "node-b")):
+        for _ in range(4):
+            status, reply = call(proxy, "GET", "/v1/sessions", headers={"X-Replpool-Session": session})
+            listed = {node_of(s["session_id"]) for s in reply.get("sessions", [])}
+            check(status == 200 and listed == {node_of(session)},
+                  f"GET /v1/sessions with X-Replpool-Session {session}: {status}, nodes {listed}")
+    log("   X-Replpool-Session routes a request whose URI names no id")
     return sessions
 
 
