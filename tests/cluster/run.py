@@ -30,6 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "release" / "replpool"
 WORK = ROOT / "target" / "cluster"
 SESSIONS = 100
+FILE_LIMIT = 2 << 20
 STARTED = time.monotonic()
 
 
@@ -138,6 +139,8 @@ class Node:
             "preload = []\n"
             "[pool]\nwarm_workers = 2\n"
             "[sessions]\nmax = 150\n"
+            # Small enough to go over cheaply: the proxy must let the node refuse it.
+            f"[files]\nmax_bytes = {FILE_LIMIT}\n"
         )
         env = dict(os.environ, TMPDIR=str(self.tmp), REPLPOOL_LOG="warn")
         # The node's name the way Kubernetes gives it (the downward API sets this variable).
@@ -202,7 +205,7 @@ class Nginx:
         self.base = f"http://127.0.0.1:{port}"
         args = [sys.executable, str(ROOT / "deploy" / "nginx" / "render.py"),
                 "--listen", f"127.0.0.1:{port}", "--prefix", str(self.dir),
-                "--config", str(ROOT / "config.toml"), "--worker-processes", "1",
+                "--config", str(self.nodes[0].dir / "config.toml"), "--worker-processes", "1",
                 "-o", str(self.dir / "nginx.conf")]
         for node in self.nodes:
             args += ["--node", f"{node.name}={urllib.parse.urlsplit(node.base).netloc}"]
@@ -411,6 +414,11 @@ def sse_and_files(proxy, session):
     seen = result_text(execute(proxy, session, "import hashlib\nhashlib.sha256(open('blob.bin','rb').read()).hexdigest()"))
     check(seen == repr(hashlib.sha256(blob).hexdigest()), f"the session sees another file: {seen}")
     log("   1 MiB uploaded, downloaded and read by the session, byte for byte")
+    status, reply = call(proxy, "PUT", f"/v1/sessions/{session}/files/big.bin", bytes(FILE_LIMIT + 1),
+                         headers={"Content-Type": "application/octet-stream"})
+    check(status == 413 and reply["error"]["code"] == "file_too_large",
+          f"an upload over files.max_bytes through nginx: {status} {reply}")
+    log("   one byte over files.max_bytes: the node's own 413 file_too_large passes through")
 
 
 def multipart(files, metadata):
