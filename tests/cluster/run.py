@@ -84,7 +84,7 @@ def call(base, method, path, body=None, **kw):
     try:
         return status, json.loads(raw)
     except ValueError:
-        raise CheckFailed(f"{method} {path}: {status} with a body that is not JSON: {raw[:300]!r}")
+        raise CheckFailed(f"{method} {path[:120]}: {status} with a body that is not JSON: {raw[:300]!r}")
 
 
 def create(base):
@@ -419,6 +419,13 @@ def sse_and_files(proxy, session):
     check(status == 413 and reply["error"]["code"] == "file_too_large",
           f"an upload over files.max_bytes through nginx: {status} {reply}")
     log("   one byte over files.max_bytes: the node's own 413 file_too_large passes through")
+    # What nginx refuses by itself is JSON too, never its HTML page.
+    long_id = f"node-a.{'0' * 20000}"
+    status, reply = call(proxy, "GET", f"/v1/sessions/{long_id}")
+    check(status == 414 and reply["error"]["code"] == "uri_too_long", f"a 20 kB URI: {status} {reply}")
+    status, reply = call(proxy, "GET", "/v1/sessions", headers={"X-Filler": "x" * 20000})
+    check(status == 431 and reply["error"]["code"] == "headers_too_large", f"a 20 kB header: {status} {reply}")
+    log("   nginx's own 414 and 431 are JSON in replpool's shape")
 
 
 def multipart(files, metadata):
