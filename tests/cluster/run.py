@@ -210,7 +210,7 @@ class Nginx:
         for node in self.nodes:
             args += ["--node", f"{node.name}={urllib.parse.urlsplit(node.base).netloc}"]
         subprocess.run(args, check=True)
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        nginx = nginx_binary()
         command = [nginx, "-p", str(self.dir), "-c", str(self.dir / "nginx.conf"),
                    "-e", str(self.dir / "error.log"), "-g", "daemon off;"]
         subprocess.run(command[:-2] + ["-t", "-q"], check=True)
@@ -227,6 +227,26 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def nginx_binary():
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def kubernetes_rendering_is_valid():
+    """The Kubernetes form of the config (per-pod DNS names, resolver) passes `nginx -t`;
+    only the loopback form is run here, so this keeps the other from rotting."""
+    out = WORK / "k8s"
+    (out / "temp").mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, str(ROOT / "deploy" / "nginx" / "render.py"),
+                    "--node-domain", "replpool-nodes.default.svc.cluster.local",
+                    "--node-port", "8765", "--any", "127.0.0.1:9", "--resolver", "127.0.0.1",
+                    "--listen", "127.0.0.1:9", "--prefix", str(out), "--config", str(ROOT / "config.toml"),
+                    "-o", str(out / "nginx.conf")], check=True)
+    test = subprocess.run([nginx_binary(), "-t", "-q", "-p", str(out), "-c", str(out / "nginx.conf"),
+                           "-e", str(out / "error.log")], capture_output=True, text=True)
+    check(test.returncode == 0, f"the Kubernetes rendering fails nginx -t: {test.stderr}")
+    log("the Kubernetes rendering of deploy/nginx passes nginx -t")
 
 
 def _answers(base):
@@ -575,6 +595,7 @@ def main():
     nginx = Nginx(nodes)
     pids = {}
     try:
+        kubernetes_rendering_is_valid()
         for node in nodes:
             node.start()
             pids[node.name] = node.proc.pid
