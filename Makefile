@@ -53,6 +53,8 @@ test: venv $(TEST_STAMP) $(BENCH_STAMP) build package
 	cargo build --locked --all-targets
 	cargo test --locked
 	$(VENV_PY) -m unittest discover -s bootstrap -p 'test_*.py'
+	@echo "==> deploy/k8s, validated offline: yamllint and the Kubernetes schemas"
+	$(VENV_PY) -m unittest discover -s tests/k8s -p 'test_*.py'
 	$(VENV_PY) -m pytest -q python/tests
 	@echo "==> the benchmark, quick, so that it cannot rot (no speed is asserted)"
 	cargo bench --locked --bench replpool -- --quick --out target/bench-quick.md --json target/bench-quick.json
