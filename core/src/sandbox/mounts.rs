@@ -11,7 +11,7 @@
 //! the machine's) but from which none of its own leak; it ends with its last process.
 //!
 //! Workers live in mount namespaces of their own as well (copies made when the template or a
-//! worker started: see `isolation.rs` and `worker.py`'s `private_tmp`), made before the
+//! worker started: `worker.py`'s `enter_namespaces` and `private_tmp`), made before the
 //! sessions they will serve exist. For a session's tmpfs to appear in them, the sessions
 //! directory is made a shared mount ([`share`]) before any worker starts: their copies follow
 //! it as slaves, so a tmpfs mounted below it later shows up in every one of them.
@@ -83,8 +83,8 @@ pub fn unmount(dir: &Path) -> std::io::Result<()> {
 
 /// Makes every mount of the calling process's (new) mount namespace a slave: nothing mounted
 /// here reaches the namespace it was copied from, while mounts made there still come in.
-/// Async-signal-safe (one system call, no allocation): also used between fork and exec.
-pub fn make_root_slave() -> nix::Result<()> {
+/// (Workers do the same for themselves, in `worker.py`.)
+fn make_root_slave() -> nix::Result<()> {
     mount(
         None::<&CStr>,
         c"/",
