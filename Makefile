@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 TEST_STAMP := $(VENV)/.tests-installed
 PACKAGE_STAMP := $(VENV)/.package-tools-installed
 
-.PHONY: serve test bench venv build package clean image test-image test-cluster
+.PHONY: serve test bench venv build package clean image test-image test-cluster k8s-nginx
 
 venv: $(VENV_STAMP)
 
@@ -60,9 +60,16 @@ test: venv $(TEST_STAMP) $(BENCH_STAMP) build package
 	cargo bench --locked --bench replpool -- --quick --out target/bench-quick.md --json target/bench-quick.json
 
 # Two nodes behind nginx on loopback (issue 18: routing by id, node death, draining). Not in
-# `make test`: it installs nginx (apt, as root) when missing and takes about a minute.
-test-cluster: venv build
+# `make test`: it installs nginx (apt, as root) when missing and takes about a minute. The
+# package: the run checks what the Python Client raises for a session of a dead node.
+test-cluster: venv build package
 	$(VENV_PY) tests/cluster/run.py
+
+# deploy/k8s/nginx.conf: deploy/nginx rendered for deploy/k8s (its namespace, Services, the
+# image's config.toml). Run after changing any of them; `make test` fails while they differ.
+K8S_NAMESPACE ?= replpool
+k8s-nginx:
+	$(PYTHON) deploy/nginx/render.py --kubernetes $(K8S_NAMESPACE) --config deploy/docker/config.toml -o deploy/k8s/nginx.conf
 
 # `make bench` writes docs/benchmarks.md and target/bench.json; `make bench QUICK=1` is a
 # reduced run (under a minute) that writes the same files.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Renders deploy/nginx/replpool.conf.template into an nginx.conf (standard library only).
+r"""Renders deploy/nginx/replpool.conf.template into an nginx.conf (standard library only).
 
 Two ways to name the nodes:
 
@@ -10,9 +10,11 @@ Two ways to name the nodes:
   `<pod>.<headless service's domain>`, resolved by nginx's `resolver` when a request names
   it, so adding a pod needs no new config; requests that name no node go to the (ClusterIP)
   Service, which holds only ready pods (`/readyz`):
-    render.py --node-domain replpool-nodes.default.svc.cluster.local --node-port 8080 \
-              --any replpool.default.svc.cluster.local:8080 \
+    render.py --node-domain replpool-nodes.default.svc.cluster.local --node-port 8765 \
+              --any replpool.default.svc.cluster.local:8765 \
               --resolver kube-dns.kube-system.svc.cluster.local --listen 8080
+  or, with the names and ports of deploy/k8s (what deploy/k8s/nginx.conf is rendered with):
+    render.py --kubernetes replpool --config deploy/docker/config.toml -o deploy/k8s/nginx.conf
 
 Limits come from replpool's own config.toml (`--config`), so that the proxy's timeouts and
 body limit are above the nodes'.
@@ -67,7 +69,27 @@ def parse_node(text):
     return name, address
 
 
+def apply_kubernetes_preset(args):
+    """--kubernetes NAMESPACE: the Services, port and paths of deploy/k8s in that namespace,
+    for nginx running as the official image's non-root user on a read-only root."""
+    namespace = args.kubernetes
+    if not LABEL.fullmatch(namespace):
+        raise RenderError(f"--kubernetes wants a namespace name (a DNS label), not {namespace!r}")
+    if args.node or args.node_domain or args.any or args.resolver:
+        raise RenderError("--kubernetes is not used with --node/--node-domain/--any/--resolver")
+    args.node_domain = f"replpool-nodes.{namespace}.svc.cluster.local"
+    args.any = f"replpool.{namespace}.svc.cluster.local:{args.node_port}"
+    args.resolver = "kube-dns.kube-system.svc.cluster.local"
+    args.prefix = "/tmp"
+    # An emptyDir at /tmp: nginx makes each temp path's last directory, not its parents.
+    args.temp_dir = args.temp_dir or "/tmp"
+    args.error_log = args.error_log or "/dev/stderr"
+    args.access_log = args.access_log or "/dev/stdout"
+
+
 def render(args):
+    if args.kubernetes:
+        apply_kubernetes_preset(args)
     limits = replpool_limits(args.config)
     longest_ms = max(
         limits[("execution", "max_timeout_ms")],
@@ -127,7 +149,7 @@ def render(args):
         "PID_FILE": str(prefix / "nginx.pid"),
         "ERROR_LOG": args.error_log or str(prefix / "error.log"),
         "ACCESS_LOG": args.access_log or str(prefix / "access.log"),
-        "TEMP_DIR": str(prefix / "temp"),
+        "TEMP_DIR": args.temp_dir or str(prefix / "temp"),
         "RESOLVER": resolver,
         "NODE_TARGETS": "\n".join(targets),
         "UPSTREAMS": "\n\n".join("    " + u.replace("\n", "\n    ") for u in upstreams),
@@ -150,12 +172,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--node", action="append", help="NAME=HOST:PORT of a node (repeat)")
     parser.add_argument("--node-domain", help="Kubernetes: the headless Service's domain")
-    parser.add_argument("--node-port", type=int, default=8080, help="Kubernetes: the nodes' port")
+    parser.add_argument("--kubernetes", metavar="NAMESPACE",
+                        help="deploy/k8s's names in NAMESPACE (sets --node-domain, --any, --resolver, --prefix, logs)")
+    parser.add_argument("--node-port", type=int, default=8765, help="Kubernetes: the nodes' port (8765)")
     parser.add_argument("--any", help="Kubernetes: HOST:PORT of the Service of ready nodes")
     parser.add_argument("--resolver", help="Kubernetes: the cluster's DNS server")
     parser.add_argument("--listen", default="8080", help="nginx's listen address (default 8080)")
     parser.add_argument("--config", help="replpool's config.toml, for its limits")
     parser.add_argument("--prefix", default="/var/lib/nginx", help="directory of pid file, logs, temp files")
+    parser.add_argument("--temp-dir", help="parent of nginx's temp directories (default PREFIX/temp)")
     parser.add_argument("--error-log", help="default PREFIX/error.log (stderr: /dev/stderr)")
     parser.add_argument("--access-log", help="default PREFIX/access.log (off: off)")
     parser.add_argument("--worker-processes", default="auto")

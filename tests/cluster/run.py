@@ -3,7 +3,8 @@
 
 Starts node-a and node-b (target/release/replpool, free 127.0.0.1 ports, each with its own
 state directory under target/cluster/), nginx in front with deploy/nginx/render.py's config,
-and checks through nginx what docs/deploy.md ("Many nodes") promises. Standard library only.
+and checks through nginx what docs/deploy.md ("Many nodes") promises. Standard library and
+the `replpool` package (`make package`: its Client's view of a lost node).
 Installs nginx from Debian's packages first when it is missing (needs root). Ends everything
 it started, by pid, whatever happens. Exit status 0 when every check passed.
 """
@@ -25,6 +26,8 @@ import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
+
+import replpool
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BINARY = ROOT / "target" / "release" / "replpool"
@@ -234,19 +237,24 @@ def nginx_binary():
 
 
 def kubernetes_rendering_is_valid():
-    """The Kubernetes form of the config (per-pod DNS names, resolver) passes `nginx -t`;
-    only the loopback form is run here, so this keeps the other from rotting."""
+    """deploy/k8s/nginx.conf (the Kubernetes form: per-pod DNS names, a resolver) passes
+    `nginx -t`; only the loopback form is run here, so this keeps the other from rotting.
+    The cluster's names do not resolve here and its /tmp is not ours: those are swapped for
+    loopback and this run's directory, nothing else."""
     out = WORK / "k8s"
-    (out / "temp").mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, str(ROOT / "deploy" / "nginx" / "render.py"),
-                    "--node-domain", "replpool-nodes.default.svc.cluster.local",
-                    "--node-port", "8765", "--any", "127.0.0.1:9", "--resolver", "127.0.0.1",
-                    "--listen", "127.0.0.1:9", "--prefix", str(out), "--config", str(ROOT / "config.toml"),
-                    "-o", str(out / "nginx.conf")], check=True)
+    out.mkdir(parents=True, exist_ok=True)
+    text = (ROOT / "deploy" / "k8s" / "nginx.conf").read_text()
+    for cluster, here in (("server replpool.replpool.svc.cluster.local:8765", "server 127.0.0.1:9"),
+                          ("resolver kube-dns.kube-system.svc.cluster.local", "resolver 127.0.0.1"),
+                          ("listen 8080;", "listen 127.0.0.1:9;"),
+                          (" /tmp/", f" {out}/")):
+        check(cluster in text, f"deploy/k8s/nginx.conf has no {cluster!r}: update this check")
+        text = text.replace(cluster, here)
+    (out / "nginx.conf").write_text(text)
     test = subprocess.run([nginx_binary(), "-t", "-q", "-p", str(out), "-c", str(out / "nginx.conf"),
                            "-e", str(out / "error.log")], capture_output=True, text=True)
-    check(test.returncode == 0, f"the Kubernetes rendering fails nginx -t: {test.stderr}")
-    log("the Kubernetes rendering of deploy/nginx passes nginx -t")
+    check(test.returncode == 0, f"deploy/k8s/nginx.conf fails nginx -t: {test.stderr}")
+    log("deploy/k8s/nginx.conf passes nginx -t")
 
 
 def _answers(base):
@@ -525,6 +533,12 @@ def kill_node_b(proxy, node_b, sessions):
     answered = time.monotonic() - killed
     check(answered < 2.0, f"node-b's sessions took {answered:.2f}s to answer node_unavailable")
     log(f"   {len(b_sessions)} node-b sessions: 503 node_unavailable (JSON) within {answered:.2f}s")
+    try:
+        replpool.Client(proxy).execute(b_sessions[0], "x", None, None)
+        check(False, f"the Python Client ran a cell in {b_sessions[0]} after node-b died")
+    except replpool.NodeUnavailable as e:
+        check("node-b" in str(e), f"the Client's NodeUnavailable does not name node-b: {e}")
+    log("   the Python Client raises NodeUnavailable (a SessionNotFound) naming node-b")
     for session in a_sessions:
         got = result_text(execute(proxy, session, "x"))
         check(got == repr(f"{session}:4"), f"node-a's {session} after node-b died: {got}")

@@ -3,6 +3,8 @@ ships them), and what the manifests must say for replpool to work and be isolate
 (docs/deploy.md, "Kubernetes"). Run by `make test` with the venv of tests/requirements.txt."""
 
 import pathlib
+import subprocess
+import sys
 import tomllib
 import unittest
 
@@ -68,6 +70,31 @@ class Manifests(unittest.TestCase):
         listed = {p.name for p in manifest_files()}
         on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", ".yamllint.yaml"}
         self.assertEqual(listed, on_disk)
+
+    def test_nginx_conf_is_deploy_nginx_rendered_for_this_namespace(self):
+        kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+        [generator] = kustomization["configMapGenerator"]
+        self.assertEqual(generator["name"], "replpool-nginx")
+        self.assertEqual(generator["files"], ["nginx.conf"])
+        rendered = subprocess.run(
+            [sys.executable, str(ROOT / "deploy" / "nginx" / "render.py"),
+             "--kubernetes", kustomization["namespace"],
+             "--config", str(ROOT / "deploy" / "docker" / "config.toml")],
+            capture_output=True, text=True, check=True).stdout
+        self.assertEqual((K8S / "nginx.conf").read_text(), rendered,
+                         "deploy/k8s/nginx.conf is stale: run `make k8s-nginx`")
+        nodes = only("StatefulSet", "replpool")
+        port = nodes["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        domain = f"{nodes['spec']['serviceName']}.{kustomization['namespace']}.svc.cluster.local"
+        self.assertIn(f'"$replpool_node.{domain}:{port}"', rendered)
+        self.assertIn(f"server replpool.{kustomization['namespace']}.svc.cluster.local:{port} ",
+                      rendered)
+        proxy = only("Deployment", "replpool-nginx")["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in proxy["volumes"]}
+        self.assertEqual(volumes["config"]["configMap"]["name"], "replpool-nginx")
+        listen = only("Service", "replpool-nginx")["spec"]["ports"][0]["targetPort"]
+        self.assertIn("listen 8080;", rendered)
+        self.assertIn(listen, (8080, "http"))
 
     def test_the_nodes_are_named_by_their_pods_and_reachable_by_name(self):
         nodes = only("StatefulSet", "replpool")
