@@ -15,11 +15,12 @@ from ._native import ReplpoolError, ServerError, SessionNotFound, Timeout
 from ._execution import Execution
 from ._session import Session
 from ._pool import Pool
-from ._client import Client
+from ._client import Client, NodeUnavailable
 
 __all__ = [
     "Client",
     "Execution",
+    "NodeUnavailable",
     "Pool",
     "ReplpoolError",
     "ServerError",

@@ -11,6 +11,15 @@ from typing import Any
 from ._native import ServerError, SessionNotFound
 from ._session import Session
 
+
+class NodeUnavailable(SessionNotFound):
+    """The node that holds the session cannot be reached: 503 `node_unavailable` from the proxy
+    in front of several replpool nodes (docs/deploy.md, "Many nodes"). A session lives in its
+    node's memory, so if the node ended, the session's variables and files are gone: start a
+    new session (the proxy sends it to a node that is up). A `SessionNotFound`, so code that
+    starts again on a missing session needs nothing new."""
+
+
 # How much longer than the execution's own deadline a request may take (queueing, start-up).
 _SLACK_SECONDS = 120.0
 
@@ -97,6 +106,8 @@ def _error(status: int, body: bytes) -> Exception:
         code, message = "", body.decode(errors="replace")
     if code == "session_not_found":
         return SessionNotFound(message)
+    if code == "node_unavailable":
+        return NodeUnavailable(message)
     return ServerError(f"{status} {code}: {message}" if code else f"{status}: {message}")
 
 

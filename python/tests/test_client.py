@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 import replpool
+from replpool._client import _error
 
 CELLS = [
     "x = 6",
@@ -45,6 +46,20 @@ def test_client_errors_are_the_packages(server_url):
         s.download("../escape")
     with pytest.raises(replpool.ServerError, match="cannot reach"):
         replpool.Client("http://127.0.0.1:9").session()
+
+
+def test_a_node_that_cannot_be_reached_is_a_lost_session():
+    # What nginx answers in front of several nodes (deploy/nginx) for a session of a node that
+    # is down; tests/cluster/run.py gets it from a real nginx after a kill -9.
+    body = (b'{"error":{"code":"node_unavailable","message":"node node-b cannot be reached: '
+            b'if it ended, its sessions are lost; start a new session"}}')
+    error = _error(503, body)
+    assert isinstance(error, replpool.NodeUnavailable)
+    assert isinstance(error, replpool.SessionNotFound)
+    assert "node-b" in str(error)
+    other = _error(503, b'{"error":{"code":"no_node_ready","message":"no replpool node is ready"}}')
+    assert type(other) is replpool.ServerError
+    assert str(other) == "503 no_node_ready: no replpool node is ready"
 
 
 def test_client_files_and_timeout(server_url):
