@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use compat::judge::JudgeSettings;
 pub use error::ApiError;
@@ -55,9 +55,13 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
         ))
         .layer(DefaultBodyLimit::max(config.execution.max_frame_bytes))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                })
+                // A 5xx here is mostly a node saying what it is doing (503 draining on every
+                // readiness probe while it drains, 503 at capacity), not a fault: a warning.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
         .with_state(state)
 }
