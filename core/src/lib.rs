@@ -4,6 +4,7 @@
 //! It knows nothing of HTTP: the server (`replpool`, with its `api`) is one front end over
 //! [`SessionManager`], the Python package (`python/`) another.
 
+pub mod binding;
 pub mod cold;
 pub mod config;
 pub mod error;

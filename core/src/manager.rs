@@ -9,6 +9,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
+use crate::binding::{Places, SessionPlace};
 use crate::cold::ColdRunner;
 use crate::config::Config;
 use crate::error::Error;
@@ -18,9 +19,8 @@ use crate::node;
 use crate::notebook;
 use crate::pool::{PoolStatus, WarmPool};
 use crate::reaper;
-use crate::sandbox::{Levels, Sandbox, SandboxDirs, SessionSandbox, mounts};
+use crate::sandbox::{Levels, Sandbox, SandboxDirs, mounts};
 use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
-use crate::session_dir::SessionDir;
 use crate::state_dir::{self, StateDir};
 use crate::template::Template;
 use crate::worker::{EventSender, PrivateTmp, WorkerSpec};
@@ -51,14 +51,15 @@ pub struct SessionManager {
     max_code_bytes: usize,
     max_frame_bytes: usize,
     workers: Arc<Workers>,
-    sessions_dir: PathBuf,
     scratch_dir: PathBuf,
-    sandbox: Sandbox,
+    sandbox: Arc<Sandbox>,
+    /// Makes sessions' places (directory, uid, cgroup) when no bound worker is ready.
+    places: Arc<Places>,
     shutdown: CancellationToken,
     /// The sessions directory as a shared mount, when session directories get a tmpfs of
     /// their own sized to the quota; unmounted after the sessions went and before the state
     /// directory goes (fields drop in order).
-    shared_sessions: Option<SharedMount>,
+    _shared_sessions: Option<SharedMount>,
     /// Keeps the state directory (worker script, session directories) until the manager goes.
     _state_dir: StateDir,
 }
@@ -156,7 +157,21 @@ impl SessionManager {
         // Forked workers become the server's children by re-parenting, which needs the server
         // to be a child subreaper; without that, workers are started directly.
         let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
-        let pool = WarmPool::start(spec, template, config.pool.warm_workers, shutdown.clone());
+        let sandbox = Arc::new(sandbox);
+        let places = Arc::new(Places::new(
+            sessions_dir,
+            Arc::clone(&sandbox),
+            shared_sessions
+                .is_some()
+                .then_some(config.files.max_total_bytes),
+        ));
+        let pool = WarmPool::start(
+            spec,
+            template,
+            Arc::clone(&places),
+            config.pool.warm_workers,
+            shutdown.clone(),
+        );
         let workers = Arc::new(Workers {
             pool,
             cold,
@@ -190,11 +205,11 @@ impl SessionManager {
             max_code_bytes: ex.max_code_bytes,
             max_frame_bytes: ex.max_frame_bytes,
             workers,
-            sessions_dir,
             scratch_dir,
             sandbox,
+            places,
             shutdown,
-            shared_sessions,
+            _shared_sessions: shared_sessions,
             _state_dir: state_dir,
         });
         tokio::spawn(watch_background_cpu(
@@ -219,20 +234,29 @@ impl SessionManager {
         self.create_for(None).await
     }
 
-    /// Creates a session that only `owner` may see and use.
+    /// Creates a session that only `owner` may see and use: on a worker the pool bound ahead
+    /// of need when one is ready (nothing else to do), else in a place made now.
     pub async fn create_for(&self, owner: Option<&str>) -> Result<SessionInfo, Error> {
         self.check_taking_work()?;
         let reservation = self.reserve(owner)?;
         let id = node::new_id(&self.node);
-        let (dir, sandbox) = self.session_dir(&id)?;
-        let session = Arc::new(Session::new(
-            id.clone(),
-            owner.map(str::to_owned),
-            dir,
-            sandbox,
-            Arc::clone(&self.workers),
-        ));
-        session.wait_ready().await;
+        let owner_name = owner.map(str::to_owned);
+        let session = match self.workers.pool.take_bound() {
+            Some(bound) => Session::bound(id.clone(), owner_name, bound, Arc::clone(&self.workers)),
+            None => {
+                let place = self.place(&id).await?;
+                let session = Session::new(
+                    id.clone(),
+                    owner_name,
+                    place.dir,
+                    place.sandbox,
+                    Arc::clone(&self.workers),
+                );
+                session.wait_ready().await;
+                session
+            }
+        };
+        let session = Arc::new(session);
         let info = session.info();
         self.sessions.insert(id.clone(), session);
         reservation.keep();
@@ -340,41 +364,38 @@ impl SessionManager {
         let _work = self.work();
         // Never seen by clients, so it needs no node.
         let id = format!("once-{:016x}", rand::random::<u64>());
-        let (dir, mut sandbox) = self.session_dir(&id)?;
-        if let Some(shared) = shared {
-            sandbox.share(shared);
-        }
-        let session = Session::new(id, None, dir, sandbox, Arc::clone(&self.workers));
+        // A bound worker is attached to its own directory, not to a shared one.
+        let bound = shared
+            .is_none()
+            .then(|| self.workers.pool.take_bound())
+            .flatten();
+        let session = match bound {
+            Some(bound) => Session::bound(id, None, bound, Arc::clone(&self.workers)),
+            None => {
+                let mut place = self.place(&id).await?;
+                if let Some(shared) = shared {
+                    place.sandbox.share(shared);
+                }
+                Session::new(
+                    id,
+                    None,
+                    place.dir,
+                    place.sandbox,
+                    Arc::clone(&self.workers),
+                )
+            }
+        };
         let execution = session.execute(request, events).await;
         session.end("was a one-shot execution, now over");
         execution
     }
 
-    /// A session's directory and its share of the sandbox (the directory is removed again
-    /// if there is none to be had), with the directory on a tmpfs of the quota's size where
-    /// the server mounts those.
-    fn session_dir(&self, id: &str) -> Result<(SessionDir, SessionSandbox), Error> {
-        // Named at random, never by the id: mount tables (`/proc/*/mountinfo`) show every
-        // session directory's path to every process, and an id is a capability.
-        let name = format!("s{:032x}", rand::random::<u128>());
-        let mut dir = SessionDir::create(&self.sessions_dir, &name)
-            .map_err(Error::io("cannot create the session directory"))?;
-        let sandbox = self.session_sandbox(id, dir.path())?;
-        if self.shared_sessions.is_some()
-            && let Some(owner) = sandbox.credentials()
-        {
-            dir.mount_quota(self.workers.limits.files.max_total_bytes, owner)
-                .map_err(Error::io("cannot mount the session's filesystem"))?;
-        }
-        Ok((dir, sandbox))
-    }
-
-    /// A session's share of the sandbox.
-    fn session_sandbox(&self, id: &str, dir: &Path) -> Result<SessionSandbox, Error> {
-        self.sandbox
-            .session(dir)
+    /// A session's place made now, off the async threads (when no bound worker is ready).
+    async fn place(&self, id: &str) -> Result<SessionPlace, Error> {
+        self.places
+            .make_off_thread()
+            .await
             .inspect_err(|e| tracing::warn!(session = %id, "refused: {e}"))
-            .map_err(Error::from)
     }
 
     /// Makes the template start over (after a package install): new workers import afresh.

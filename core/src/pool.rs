@@ -1,9 +1,16 @@
-//! Ready workers, kept so that a new session does not wait for the preload.
+//! Ready workers, kept so that a new session does not wait for the preload, nor for anything
+//! else that does not depend on which session it is.
 //!
-//! A background task keeps `target` started, preloaded, idle workers. Taking one is a pop; when
-//! the pool is empty the caller starts its own, so a burst of new sessions is slower but never
-//! refused. Refills run one at a time: on a small machine, starting several workers at once
-//! would slow the running sessions more than it helps the new ones.
+//! A background task keeps `target` workers *bound*: started, preloaded, then placed — a
+//! session directory (with its quota filesystem), a uid lease, a cgroup with its limits — moved
+//! into that cgroup and attached there (see [`crate::binding`]). Taking one is a pop, and the
+//! session created with it only records its id; when the pool is empty the caller makes its
+//! own, so a burst of new sessions is slower but never refused. Refills run one at a time: on
+//! a small machine, starting several workers at once would slow the running sessions more
+//! than it helps the new ones.
+//!
+//! A worker for a place that exists already (a session's reset, a replacement after a death,
+//! a one-shot sharing a directory) is started on demand by [`WarmPool::acquire`].
 //!
 //! Workers are forked from the template when it runs (milliseconds), and started directly
 //! (`python worker.py`, a second or so) while it does not.
@@ -16,6 +23,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::binding::{BoundWorker, Places};
 use crate::template::{Template, TemplateStatus};
 use crate::worker::{Worker, WorkerError, WorkerSpec};
 
@@ -27,8 +35,10 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 pub struct WarmPool {
     spec: WorkerSpec,
     template: Option<Arc<Template>>,
+    /// Makes the places the pool's workers are bound to.
+    places: Arc<Places>,
     target: usize,
-    ready: Mutex<VecDeque<Worker>>,
+    ready: Mutex<VecDeque<BoundWorker>>,
     /// Wakes the refill task when a worker was taken.
     taken: Notify,
     /// Why the last start failed, while starts keep failing.
@@ -52,12 +62,14 @@ impl WarmPool {
     pub fn start(
         spec: WorkerSpec,
         template: Option<Arc<Template>>,
+        places: Arc<Places>,
         target: usize,
         shutdown: CancellationToken,
     ) -> Arc<WarmPool> {
         let pool = Arc::new(WarmPool {
             spec,
             template,
+            places,
             target,
             ready: Mutex::new(VecDeque::new()),
             taken: Notify::new(),
@@ -68,30 +80,32 @@ impl WarmPool {
         pool
     }
 
-    /// A ready worker: from the pool if one is there, else started now.
-    pub async fn acquire(&self) -> Result<Worker, WorkerError> {
+    /// A bound worker from the pool, if one is ready; the refill task makes another.
+    pub fn take_bound(&self) -> Option<BoundWorker> {
         loop {
             let candidate = self.ready.lock().pop_front();
-            match candidate {
-                Some(mut worker) => {
-                    self.taken.notify_one();
-                    // An idle worker can have been killed from outside; never hand out a corpse.
-                    if worker.is_alive() {
-                        return Ok(worker);
-                    }
-                    tracing::warn!(pid = worker.pid(), "idle pooled worker had died; discarded");
-                    worker.kill("it died while idle in the pool");
-                }
-                None => {
-                    self.taken.notify_one();
-                    let started = self.start_worker().await;
-                    if let Err(e) = &started {
-                        *self.last_error.lock() = Some(e.to_string());
-                    }
-                    return started;
-                }
+            self.taken.notify_one();
+            let mut bound = candidate?;
+            // An idle worker can have been killed from outside; never hand out a corpse.
+            if bound.worker.is_alive() {
+                return Some(bound);
             }
+            tracing::warn!(
+                pid = bound.worker.pid(),
+                "idle pooled worker had died; discarded"
+            );
+            bound.kill("it died while idle in the pool");
         }
+    }
+
+    /// A fresh worker, not bound to anything, for a place that exists already (the pool's
+    /// workers are bound to places of their own): forked from the template, or started.
+    pub async fn acquire(&self) -> Result<Worker, WorkerError> {
+        let started = self.start_worker().await;
+        if let Err(e) = &started {
+            *self.last_error.lock() = Some(e.to_string());
+        }
+        started
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -129,25 +143,38 @@ impl WarmPool {
         Ok(worker)
     }
 
+    /// A new worker bound to a new place.
+    async fn start_bound(&self) -> Result<BoundWorker, String> {
+        let place = self
+            .places
+            .make_off_thread()
+            .await
+            .map_err(|e| e.to_string())?;
+        let worker = self.start_worker().await.map_err(|e| e.to_string())?;
+        BoundWorker::bind(worker, place)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn refill(self: Arc<Self>, shutdown: CancellationToken) {
         let mut retry_delay = RETRY_DELAY;
         loop {
             while self.ready.lock().len() < self.target {
                 let started = tokio::select! {
-                    started = self.start_worker() => started,
+                    started = self.start_bound() => started,
                     _ = shutdown.cancelled() => return,
                 };
                 match started {
-                    Ok(worker) => {
+                    Ok(bound) => {
                         *self.last_error.lock() = None;
                         retry_delay = RETRY_DELAY;
-                        self.ready.lock().push_back(worker);
+                        self.ready.lock().push_back(bound);
                     }
                     Err(e) => {
                         tracing::error!(
                             "cannot start a pool worker (next try in {retry_delay:?}): {e}"
                         );
-                        *self.last_error.lock() = Some(e.to_string());
+                        *self.last_error.lock() = Some(e);
                         tokio::select! {
                             _ = tokio::time::sleep(retry_delay) => {}
                             _ = shutdown.cancelled() => return,
@@ -163,11 +190,12 @@ impl WarmPool {
         }
     }
 
-    /// Ends every idle worker (at shutdown, or when they are stale), saying why.
+    /// Ends every idle worker (at shutdown, or when they are stale), saying why, and with
+    /// each its place: cgroup, directory, mount.
     pub fn drain(&self, why: &str) {
         let idle = std::mem::take(&mut *self.ready.lock());
-        for worker in idle {
-            worker.kill(why);
+        for bound in idle {
+            bound.kill(why);
         }
         self.taken.notify_one();
     }

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::binding::BoundWorker;
 use crate::cold::ColdRunner;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution, Mode, Status};
@@ -201,8 +202,50 @@ impl Session {
         sandbox: SessionSandbox,
         workers: Arc<Workers>,
     ) -> Session {
+        let session = Session::with_slot(id, owner, dir, sandbox, workers, Slot::default());
+        if let Ok(mut slot) = session.slot.try_lock() {
+            session.prepare_replacement(&mut slot);
+        }
+        session
+    }
+
+    /// A session on a worker bound ahead of need (see [`crate::binding`]): its place is the
+    /// session's, and it is ready at once.
+    pub fn bound(
+        id: String,
+        owner: Option<String>,
+        bound: BoundWorker,
+        workers: Arc<Workers>,
+    ) -> Session {
+        let BoundWorker { worker, place } = bound;
+        let pid = worker.pid();
+        let version = worker.python_version().to_owned();
+        let session = Session::with_slot(
+            id,
+            owner,
+            place.dir,
+            place.sandbox,
+            workers,
+            Slot {
+                worker: Some(worker),
+                ..Slot::default()
+            },
+        );
+        session.worker_pid.store(pid, Ordering::Release);
+        *session.python_version.lock() = Some(version);
+        session
+    }
+
+    fn with_slot(
+        id: String,
+        owner: Option<String>,
+        dir: SessionDir,
+        sandbox: SessionSandbox,
+        workers: Arc<Workers>,
+        slot: Slot,
+    ) -> Session {
         let now = (SystemTime::now(), Instant::now());
-        let session = Session {
+        Session {
             id,
             owner,
             dir,
@@ -214,17 +257,13 @@ impl Session {
             execution_count: AtomicU64::new(0),
             queue: Queue::default(),
             worker_pid: AtomicU32::new(0),
-            slot: tokio::sync::Mutex::new(Slot::default()),
+            slot: tokio::sync::Mutex::new(slot),
             interrupt: Notify::new(),
             closed: CancellationToken::new(),
             history: Mutex::new(VecDeque::new()),
             python_version: Mutex::new(None),
             background: Mutex::default(),
-        };
-        if let Ok(mut slot) = session.slot.try_lock() {
-            session.prepare_replacement(&mut slot);
         }
-        session
     }
 
     /// Waits (up to the acquire timeout) for the session's first worker. A session is usable

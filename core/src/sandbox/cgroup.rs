@@ -349,12 +349,13 @@ fn spawn_remover() -> mpsc::Sender<PathBuf> {
 }
 
 impl SessionCgroup {
-    /// Moves a process (a worker about to run the session's code) into the session's cgroup.
-    pub fn add(&self, pid: u32) -> std::io::Result<()> {
-        for dir in &self.dirs {
-            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+    /// The move of `pid` (a worker about to run the session's code) into the session's cgroup, to be made where blocking is allowed: a
+    /// migration waits for an RCU grace period (milliseconds), which no async thread may.
+    pub fn entry(&self, pid: u32) -> Entry {
+        Entry {
+            procs: self.dirs.iter().map(|d| d.join("cgroup.procs")).collect(),
+            pid,
         }
-        Ok(())
     }
 
     /// Ends every process of the session.
@@ -418,6 +419,28 @@ impl Drop for SessionCgroup {
                 let _ = std::fs::remove_dir(dir);
             }
         }
+    }
+}
+
+/// A process's move into a session's cgroup (see [`SessionCgroup::entry`]).
+#[derive(Debug, Default)]
+pub struct Entry {
+    procs: Vec<PathBuf>,
+    pid: u32,
+}
+
+impl Entry {
+    /// Whether there is anything to do (no cgroup: nothing).
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Writes the pid into every hierarchy's `cgroup.procs`. Blocks.
+    pub fn run(self) -> std::io::Result<()> {
+        for procs in &self.procs {
+            write(procs, &self.pid.to_string())?;
+        }
+        Ok(())
     }
 }
 

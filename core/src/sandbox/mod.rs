@@ -310,12 +310,14 @@ impl SessionSandbox {
         self.nproc
     }
 
-    /// Puts a worker into the session's cgroup, before it runs anything of the session's.
-    pub fn enter(&self, pid: u32) -> std::io::Result<()> {
-        match &self.cgroup {
-            Some(cgroup) => cgroup.add(pid),
-            None => Ok(()),
-        }
+    /// A worker's move into the session's cgroup, before it runs anything of the session's,
+    /// to be made off the async threads (see
+    /// [`SessionCgroup::entry`]); empty without a cgroup.
+    pub fn entry(&self, pid: u32) -> cgroup::Entry {
+        self.cgroup
+            .as_ref()
+            .map(|c| c.entry(pid))
+            .unwrap_or_default()
     }
 
     /// Ends every process of the session, however detached (nothing without a cgroup).

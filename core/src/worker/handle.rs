@@ -232,9 +232,15 @@ impl Worker {
         let cwd = dir
             .to_str()
             .ok_or_else(|| WorkerError::Protocol("session directory is not UTF-8".into()))?;
-        sandbox.enter(self.pid).map_err(WorkerError::io(
-            "cannot move the worker into the session's cgroup",
-        ))?;
+        let entry = sandbox.entry(self.pid);
+        if !entry.is_empty() {
+            let entered = tokio::task::spawn_blocking(move || entry.run())
+                .await
+                .map_err(|e| WorkerError::Protocol(format!("cgroup entry task failed: {e}")))?;
+            entered.map_err(WorkerError::io(
+                "cannot move the worker into the session's cgroup",
+            ))?;
+        }
         let user = sandbox.credentials().map(|c| protocol::AttachUser {
             uid: c.uid,
             gid: c.gid,
