@@ -92,7 +92,8 @@ struct Counts {
     one_shot_cold: usize,
     humaneval: usize,
     judge_cases: usize,
-    pool_ready: usize,
+    /// Rounds of the Pool's session ready: warm_workers samples within, one beyond, each.
+    pool_rounds: usize,
 }
 
 impl Counts {
@@ -115,7 +116,7 @@ impl Counts {
             one_shot_cold: 50,
             humaneval: humaneval::HUMANEVAL_SIZE,
             judge_cases: 100,
-            pool_ready: 20,
+            pool_rounds: 20,
         }
     }
 
@@ -138,7 +139,7 @@ impl Counts {
             one_shot_cold: 3,
             humaneval: 24,
             judge_cases: 10,
-            pool_ready: 2,
+            pool_rounds: 1,
         }
     }
 }
@@ -640,7 +641,7 @@ impl Bench {
             "pool_peer.py",
             &[
                 "ready",
-                &n.pool_ready.to_string(),
+                &n.pool_rounds.to_string(),
                 &POOL_WARM_WORKERS.to_string(),
             ],
         )?;
@@ -1294,7 +1295,7 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     // Only the rows the run has (`--only` runs some steps), each described once.
     let plot = plot_description(&by);
     let pool = format!(
-        "- **replpool.Pool session ready**: the `replpool` package's `Pool(warm_workers={POOL_WARM_WORKERS})` inside a Python process (benches/peers/pool_peer.py; no server): `pool.session()` + first `1+1`, timed by the caller. In rounds of 2 × warm_workers sessions made one after the other and kept open, each round starting with the pool full (its processes all started and idle, read from `/proc`; untimed): the first warm_workers of a round take a ready worker (**within**), the others wait for one being made (**beyond**). Compared with *session ready*'s peers."
+        "- **replpool.Pool session ready**: the `replpool` package's `Pool(warm_workers={POOL_WARM_WORKERS})` inside a Python process (benches/peers/pool_peer.py; no server): `pool.session()` + first `1+1`, timed by the caller. In rounds of warm_workers + 1 sessions made one after the other and kept open, each round starting with the pool full (its processes all started and idle, read from `/proc`; untimed): the first warm_workers of a round take a ready worker (**within**), the last finds none and waits for a worker started for it (**beyond**; one per round, as a second would often get one the pool's refill finished meanwhile). Compared with *session ready*'s peers."
     );
     let descriptions: [(&str, &str); 13] = [
         (

@@ -3,8 +3,8 @@ a Python caller sees it (the call, the GIL released while waiting, the reply bui
 `Execution`).
 
     python pool_peer.py exec N        warm `1+1` in a session    -> {"samples_s": [...]}
-    python pool_peer.py ready N WARM  session + first `1+1` with Pool(warm_workers=WARM), N
-                                      within the warm size and N beyond it
+    python pool_peer.py ready N WARM  session + first `1+1` with Pool(warm_workers=WARM), in N
+                                      rounds: N * WARM within the warm size, N beyond it
                                       -> {"within_s": [...], "beyond_s": [...]}
 """
 
@@ -33,16 +33,18 @@ def execute(n):
         return {"samples_s": samples}
 
 
-def ready(n, warm):
-    """Rounds of 2 * warm sessions made one after the other and kept open, each round from a
-    full pool: the first `warm` take a ready worker, the others wait for one being made."""
+def ready(rounds, warm):
+    """Rounds of warm + 1 sessions made one after the other and kept open, each round from a
+    full pool: the first `warm` take a ready worker, the last finds none and waits for one
+    made for it. Only one beyond the warm size per round: a second would often get a worker
+    the pool's refill finished meanwhile, which is neither case."""
     within, beyond = [], []
     with replpool.Pool(warm_workers=warm) as pool:
-        while len(within) < n or len(beyond) < n:
+        for _ in range(rounds):
             wait_until_full(warm)
             sessions = []
             try:
-                for i in range(2 * warm):
+                for i in range(warm + 1):
                     started = time.perf_counter()
                     session = pool.session()
                     sessions.append(session)
@@ -54,8 +56,8 @@ def ready(n, warm):
             finally:
                 for session in sessions:
                     session.close()
-            progress(len(beyond), n)
-    return {"within_s": within[:n], "beyond_s": beyond[:n], "warm_workers": warm}
+            progress(len(beyond), rounds)
+    return {"within_s": within, "beyond_s": beyond, "warm_workers": warm}
 
 
 def wait_until_full(warm):
