@@ -72,7 +72,7 @@ k8s-nginx:
 	$(PYTHON) deploy/nginx/render.py --kubernetes $(K8S_NAMESPACE) --config deploy/docker/config.toml -o deploy/k8s/nginx.conf
 
 # `make bench` writes docs/benchmarks.md and target/bench.json; `make bench QUICK=1` is a
-# reduced run (under a minute) that writes the same files.
+# reduced run (a minute or two) that writes the same files.
 bench: venv $(BENCH_STAMP) build package
 	cargo bench --locked --bench replpool -- $(if $(QUICK),--quick)
 
