@@ -41,6 +41,24 @@ class RunCellTest(unittest.TestCase):
         self.assertEqual(info["traceback"][1], '  File "<cell-3>", line 2, in <module>')
         self.assertFalse(any("worker.py" in line for line in info["traceback"]))
 
+    def test_a_cell_run_again_is_named_by_its_new_count(self):
+        # The second run reuses the first one's compilation: every frame, the nested
+        # function's too, must still name the cell it ran as.
+        code = "def f():\n    return 1 / 0\nf()"
+        for count in (1, 2):
+            try:
+                worker.run_cell(code, {}, f"<cell-{count}>")
+            except ZeroDivisionError as exc:
+                info = worker.error_info(exc)
+            self.assertEqual(info["traceback"][1], f'  File "<cell-{count}>", line 3, in <module>')
+            self.assertEqual(info["traceback"][3], f'  File "<cell-{count}>", line 2, in f')
+
+    def test_a_cell_run_again_starts_from_a_fresh_namespace(self):
+        first, second = {}, {}
+        self.assertEqual(worker.run_cell("n = 40\nn + 2", first, "<cell-1>"), 42)
+        self.assertEqual(worker.run_cell("n = 40\nn + 2", second, "<cell-2>"), 42)
+        self.assertEqual(second["n"], 40)
+
 
 class ErrorInfoTest(unittest.TestCase):
     def test_a_deep_stack_is_cut_in_the_middle(self):

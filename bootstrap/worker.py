@@ -115,10 +115,8 @@ class Sink:
     def __init__(self, cap, stream_to=None):
         self.remaining = cap
         self.truncated = False
-        self.decoders = {
-            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
-            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
-        }
+        # Made at a stream's first output: most cells write to one stream or none.
+        self.decoders = {}
         self.parts = {"stdout": [], "stderr": []}
         self.pending_bytes = 0
         self.pending_since = None
@@ -132,7 +130,10 @@ class Sink:
             data = data[: self.remaining]
             self.truncated = True
         self.remaining -= len(data)
-        text = self.decoders[name].decode(data)
+        decoder = self.decoders.get(name)
+        if decoder is None:
+            decoder = self.decoders[name] = codecs.getincrementaldecoder("utf-8")("replace")
+        text = decoder.decode(data)
         if text:
             self.parts[name].append(text)
             self.pending_bytes += len(data)
@@ -197,6 +198,11 @@ class Capture:
             self.writers[target] = w
             os.set_blocking(r, False)
             self.fds[r] = name
+        # Which pipes hold output, in one syscall: at the start and end of a cell, usually
+        # neither does.
+        self.pending = select.poll()
+        for fd in self.fds:
+            self.pending.register(fd, select.POLLIN)
         thread = threading.Thread(target=self._run, name="replpool-capture", daemon=True)
         thread.start()
 
@@ -235,7 +241,7 @@ class Capture:
 
     def start(self, sink):
         with self.lock:
-            for fd in self.fds:
+            for fd, _ in self.pending.poll(0):
                 self._read_available(fd)  # stray output from between cells is dropped
             self.sink = sink
 
@@ -243,7 +249,7 @@ class Capture:
         """Pushes what the cell buffered into the pipes and reads it all. Call with the lock."""
         self.stdio.flush()
         flush_c_stdio()
-        for fd in self.fds:
+        for fd, _ in self.pending.poll(0):
             self._read_available(fd)
 
     def flush_pending(self):
@@ -400,10 +406,14 @@ class CpuLimit:
             self.resource.setrlimit(self.resource.RLIMIT_CPU, (self.hard, self.hard))
 
 
+# Values of these exact types have no rich forms: looking for `_repr_*_` methods is skipped.
+PLAIN_TYPES = frozenset((int, float, complex, bool, str, bytes, list, tuple, dict, set, frozenset))
+
+
 def mime_bundle(obj):
     """A Jupyter-style MIME bundle for a value: text/plain always, richer forms when offered."""
     bundle = {"text/plain": repr(obj)}
-    if isinstance(obj, type):
+    if isinstance(obj, type) or type(obj) in PLAIN_TYPES:
         return bundle
     figure = figure_png(obj)
     if figure is not None:
@@ -732,10 +742,43 @@ def format_exception_bounded(exc, tb):
 # =================================================================================================
 
 
-def run_cell(code, namespace, filename):
-    """Runs code like a notebook cell; returns the value of a final expression (or None)."""
-    # Registering the source lets tracebacks show the offending lines.
-    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+class CompiledCells:
+    """Cells compiled before, by their source. A judge runs one program against case after
+    case, a notebook re-runs its cells, and for a short cell parsing and compiling is most of
+    what the worker spends. Code objects are immutable, so one can be run again; only the file
+    name tracebacks show differs from cell to cell (`<cell-N>`), and giving a code object
+    another costs far less than compiling it again."""
+
+    MAX_ENTRIES = 64
+    MAX_SOURCE = 64 * 1024
+
+    def __init__(self):
+        self.entries = {}
+
+    def get(self, code, filename):
+        """(body, final expression or None) for the code, compiled as `filename`."""
+        entry = self.entries.get(code)
+        if entry is None:
+            entry = compile_cell(code, filename)
+            if len(code) <= self.MAX_SOURCE:
+                if len(self.entries) >= self.MAX_ENTRIES:
+                    del self.entries[next(iter(self.entries))]  # the oldest
+                self.entries[code] = entry
+        elif entry[0].co_filename != filename:
+            entry = tuple(None if c is None else renamed(c, filename) for c in entry)
+            self.entries[code] = entry
+        return entry
+
+
+def renamed(code, filename):
+    """A code object and the ones nested in it (functions, classes, comprehensions), with
+    another file name."""
+    consts = tuple(renamed(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def compile_cell(code, filename):
+    """The cell as a body and the final expression whose value it shows (or None)."""
     try:
         tree = ast.parse(code, filename, "exec")
     except SyntaxError as exc:
@@ -747,6 +790,17 @@ def run_cell(code, namespace, filename):
         last = ast.Expression(tree.body.pop().value)
     body = compile(tree, filename, "exec")
     final = compile(last, filename, "eval") if last is not None else None
+    return body, final
+
+
+COMPILED = CompiledCells()
+
+
+def run_cell(code, namespace, filename):
+    """Runs code like a notebook cell; returns the value of a final expression (or None)."""
+    # Registering the source lets tracebacks show the offending lines.
+    linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
+    body, final = COMPILED.get(code, filename)
     UserCode.active = True
     try:
         exec(body, namespace)

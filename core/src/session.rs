@@ -80,6 +80,58 @@ pub struct Session {
     /// The Python version of the session's workers, once one was seen (for notebooks).
     python_version: Mutex<Option<String>>,
     background: Mutex<BackgroundCpu>,
+    /// The disk quota where it is measured rather than enforced by the kernel.
+    quota: Arc<QuotaWalks>,
+}
+
+/// Where the session directory is not a filesystem of its own, the quota is measured by a
+/// walk of the directory. The walk runs after each execution but off its path: the reply
+/// never waits for it. A walk that finds the files over the quota marks the session, and the
+/// next execution measures again on its own path (only a session over its quota pays that),
+/// so its reply says whether the files are still over.
+#[derive(Debug, Default)]
+struct QuotaWalks {
+    state: Mutex<WalkState>,
+    /// The last walk found the files over the quota.
+    over: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct WalkState {
+    running: bool,
+    /// An execution ended while a walk ran: what it wrote may have been missed, so the walk
+    /// goes round again.
+    again: bool,
+}
+
+impl QuotaWalks {
+    /// Starts a walk in the background, or has the running one go round again.
+    fn start(self: &Arc<Self>, files: SessionFiles) {
+        {
+            let mut state = self.state.lock();
+            if state.running {
+                state.again = true;
+                return;
+            }
+            state.running = true;
+        }
+        let walks = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match files.usage().await {
+                    Ok(used) => walks
+                        .over
+                        .store(used > files.max_total_bytes(), Ordering::Release),
+                    Err(e) => tracing::debug!("cannot measure the session's files: {e}"),
+                }
+                let mut state = walks.state.lock();
+                if !std::mem::take(&mut state.again) {
+                    state.running = false;
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// How far back the background CPU budget looks.
@@ -220,6 +272,7 @@ impl Session {
             history: Mutex::new(VecDeque::new()),
             python_version: Mutex::new(None),
             background: Mutex::default(),
+            quota: Arc::default(),
         };
         if let Ok(mut slot) = session.slot.try_lock() {
             session.prepare_replacement(&mut slot);
@@ -452,7 +505,8 @@ impl Session {
     /// What the session's limits refused during the execution goes to the log, with the
     /// session id; a worker the OOM killer ended is said to have been, and files past the
     /// disk quota make the reply an error (the next executions still run, so that code can
-    /// clean up; uploads are refused until the session is under its quota again).
+    /// clean up; uploads are refused until the session is under its quota again). Where the
+    /// quota is measured by a walk, the walk follows the reply (see [`QuotaWalks`]).
     async fn check_limits(&self, execution: &mut Execution) {
         let refused = self.sandbox.refusals();
         for refusal in &refused.described {
@@ -485,7 +539,12 @@ impl Session {
             }
             return;
         }
-        // Elsewhere the quota is measured, after the fact.
+        // Elsewhere the quota is measured, after the fact, by a walk that does not delay
+        // the reply; a session the last walk found over it is measured here and now.
+        if !self.quota.over.load(Ordering::Acquire) {
+            self.quota.start(self.files());
+            return;
+        }
         match self.files().usage().await {
             Ok(used) if used > max => {
                 tracing::warn!(used, max, "limit reached: disk quota");
@@ -500,7 +559,7 @@ impl Session {
                     });
                 }
             }
-            Ok(_) => {}
+            Ok(_) => self.quota.over.store(false, Ordering::Release),
             Err(e) => tracing::warn!("cannot measure the session's files: {e}"),
         }
     }
