@@ -103,6 +103,11 @@ impl WarmPool {
         }
     }
 
+    /// Whether the last attempt to start a worker failed.
+    pub fn failing(&self) -> bool {
+        self.last_error.lock().is_some()
+    }
+
     /// The workers' Python version, once a worker has started.
     pub fn python_version(&self) -> Option<String> {
         self.python_version.lock().clone()
