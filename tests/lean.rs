@@ -53,6 +53,8 @@ async fn one_shots_run_lean_unless_the_code_may_need_the_preload() {
 #[tokio::test]
 async fn health_shows_the_lean_pool() {
     let api = api();
+    // The lean pool starts at the first one-shot that can use it.
+    assert_eq!(one_shot_stdout(&api, "print(2 + 2)").await, "4\n");
     let (status, health) = api.get("/healthz").await;
     assert_eq!(status, 200);
     assert_eq!(health["lean_pool"]["target"], 2, "{health}");

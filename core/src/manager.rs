@@ -16,7 +16,7 @@ use crate::execution::{ExecRequest, Execution};
 use crate::files::{FileLimits, FileListing};
 use crate::node;
 use crate::notebook;
-use crate::pool::{PoolStatus, WarmPool};
+use crate::pool::{OnDemandPool, PoolStatus, WarmPool};
 use crate::preload_use::PreloadUse;
 use crate::reaper;
 use crate::sandbox::{Levels, Sandbox, SandboxDirs, SessionSandbox, mounts};
@@ -79,7 +79,7 @@ pub struct Health {
     pub sessions: usize,
     pub pool: PoolStatus,
     /// The pool of workers without the preload, for one-shots (`python.lean_oneshots`);
-    /// `null` when there is none.
+    /// `null` when there is none (yet: it starts at the first one-shot that can use it).
     pub lean_pool: Option<PoolStatus>,
     /// What keeps sessions apart here (see `sandbox/isolation.rs`).
     pub isolation: Levels,
@@ -166,8 +166,7 @@ impl SessionManager {
                 preload: Vec::new(),
                 ..spec.clone()
             };
-            let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
-            WarmPool::start(spec, template, config.pool.lean_workers, shutdown.clone())
+            OnDemandPool::new(spec, template, config.pool.lean_workers, shutdown.clone())
         });
         let preload_use = PreloadUse::new(&spec.preload);
         let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
@@ -406,7 +405,7 @@ impl SessionManager {
 
     /// The main pool, and the lean one if there is one.
     fn pools(&self) -> impl Iterator<Item = &Arc<WarmPool>> {
-        std::iter::once(&self.workers.pool).chain(self.workers.lean.as_ref())
+        std::iter::once(&self.workers.pool).chain(self.workers.lean_started())
     }
 
     /// The workers' Python version (`3.11.7`), once a worker has started.
@@ -419,7 +418,7 @@ impl SessionManager {
     /// make progress, whatever the pool says.
     pub async fn health(&self) -> Health {
         let pool = self.workers.pool.status();
-        let lean_pool = self.workers.lean.as_ref().map(|lean| lean.status());
+        let lean_pool = self.workers.lean_started().map(|lean| lean.status());
         let blocked = tokio::time::timeout(BLOCKING_PROBE, tokio::task::spawn_blocking(|| ()))
             .await
             .is_err();

@@ -24,7 +24,7 @@ use crate::cold::ColdRunner;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
-use crate::pool::WarmPool;
+use crate::pool::{OnDemandPool, WarmPool};
 use crate::preload_use::PreloadUse;
 use crate::process;
 use crate::protocol::ErrorInfo;
@@ -52,8 +52,8 @@ pub struct Limits {
 pub struct Workers {
     pub pool: Arc<WarmPool>,
     /// Workers without the preload, for one-shots whose code cannot need it
-    /// (`python.lean_oneshots`).
-    pub lean: Option<Arc<WarmPool>>,
+    /// (`python.lean_oneshots`), started at the first such one-shot.
+    pub lean: Option<OnDemandPool>,
     /// Which code may run on a lean worker.
     pub preload_use: PreloadUse,
     pub cold: ColdRunner,
@@ -64,12 +64,20 @@ impl Workers {
     /// The pool a one-shot of `code` takes its worker from: the lean one when there is one
     /// and the code cannot need the preload. While preloaded workers cannot be started, every
     /// one-shot takes the main pool's path (the cold fallback, which imports what it can of
-    /// the preload): a degraded node answers one way, whatever the code mentions.
+    /// the preload): a degraded node answers one way, whatever the code mentions. Must be
+    /// called inside a tokio runtime (it may start the lean pool).
     pub fn pool_for(&self, code: &str) -> &Arc<WarmPool> {
         match &self.lean {
-            Some(lean) if !self.pool.failing() && !self.preload_use.needs_preload(code) => lean,
+            Some(lean) if !self.pool.failing() && !self.preload_use.needs_preload(code) => {
+                lean.get()
+            }
             _ => &self.pool,
         }
+    }
+
+    /// The lean pool, if it was started.
+    pub fn lean_started(&self) -> Option<&Arc<WarmPool>> {
+        self.lean.as_ref().and_then(OnDemandPool::started)
     }
 }
 

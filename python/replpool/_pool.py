@@ -43,8 +43,7 @@ class Pool:
         **limit_fields: Any,
     ):
         settings: dict[str, Any] = {
-            # A pool has sessions only, no one-shots: lean workers would idle for nothing.
-            "python": {"executable": python or sys.executable, "lean_oneshots": False},
+            "python": {"executable": python or sys.executable},
             "pool": {"warm_workers": warm_workers},
             "limits": {**(limits or {}), **limit_fields},
             # The caller's own code, as the caller: no user change, no cgroups of ours, and the
