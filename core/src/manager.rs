@@ -16,7 +16,8 @@ use crate::execution::{ExecRequest, Execution};
 use crate::files::{FileLimits, FileListing};
 use crate::node;
 use crate::notebook;
-use crate::pool::{PoolStatus, WarmPool};
+use crate::pool::{OnDemandPool, PoolStatus, WarmPool};
+use crate::preload_use::PreloadUse;
 use crate::reaper;
 use crate::sandbox::{Levels, Sandbox, SandboxDirs, SessionSandbox, mounts};
 use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
@@ -77,6 +78,9 @@ pub struct Health {
     pub reason: Option<String>,
     pub sessions: usize,
     pub pool: PoolStatus,
+    /// The pool of workers without the preload, for one-shots (`python.lean_oneshots`);
+    /// `null` when there is none (yet: it starts at the first one-shot that can use it).
+    pub lean_pool: Option<PoolStatus>,
     /// What keeps sessions apart here (see `sandbox/isolation.rs`).
     pub isolation: Levels,
 }
@@ -155,10 +159,22 @@ impl SessionManager {
         let cold = ColdRunner::new(&spec);
         // Forked workers become the server's children by re-parenting, which needs the server
         // to be a child subreaper; without that, workers are started directly.
+        // The lean pool's workers are the same worker.py in the same sandbox: only the
+        // preload differs. Without a preload every worker is lean already.
+        let lean = (config.python.lean_oneshots && !spec.preload.is_empty()).then(|| {
+            let spec = WorkerSpec {
+                preload: Vec::new(),
+                ..spec.clone()
+            };
+            OnDemandPool::new(spec, template, config.pool.lean_workers, shutdown.clone())
+        });
+        let preload_use = PreloadUse::new(&spec.preload);
         let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
         let pool = WarmPool::start(spec, template, config.pool.warm_workers, shutdown.clone());
         let workers = Arc::new(Workers {
             pool,
+            lean,
+            preload_use,
             cold,
             limits: Limits {
                 default_timeout: Duration::from_millis(ex.default_timeout_ms),
@@ -344,7 +360,8 @@ impl SessionManager {
         if let Some(shared) = shared {
             sandbox.share(shared);
         }
-        let session = Session::new(id, None, dir, sandbox, Arc::clone(&self.workers));
+        let pool = Arc::clone(self.workers.pool_for(&request.code));
+        let session = Session::with_pool(id, None, dir, sandbox, Arc::clone(&self.workers), pool);
         let execution = session.execute(request, events).await;
         session.end("was a one-shot execution, now over");
         execution
@@ -380,10 +397,15 @@ impl SessionManager {
     /// Makes the template start over (after a package install): new workers import afresh.
     /// Idle pooled workers are dropped too.
     pub fn restart_template(&self) {
-        self.workers
-            .pool
-            .drain("idle before the template restarted (a package was installed)");
-        self.workers.pool.restart_template();
+        for pool in self.pools() {
+            pool.drain("idle before the template restarted (a package was installed)");
+            pool.restart_template();
+        }
+    }
+
+    /// The main pool, and the lean one if there is one.
+    fn pools(&self) -> impl Iterator<Item = &Arc<WarmPool>> {
+        std::iter::once(&self.workers.pool).chain(self.workers.lean_started())
     }
 
     /// The workers' Python version (`3.11.7`), once a worker has started.
@@ -396,6 +418,7 @@ impl SessionManager {
     /// make progress, whatever the pool says.
     pub async fn health(&self) -> Health {
         let pool = self.workers.pool.status();
+        let lean_pool = self.workers.lean_started().map(|lean| lean.status());
         let blocked = tokio::time::timeout(BLOCKING_PROBE, tokio::task::spawn_blocking(|| ()))
             .await
             .is_err();
@@ -407,6 +430,12 @@ impl SessionManager {
             pool.last_error
                 .as_ref()
                 .map(|e| format!("warm workers cannot be started, executions run cold: {e}"))
+                .or_else(|| {
+                    let lean = lean_pool.as_ref()?.last_error.as_ref()?;
+                    Some(format!(
+                        "lean workers cannot be started, one-shots that need no preload run cold: {lean}"
+                    ))
+                })
         };
         Health {
             node: self.node.clone(),
@@ -414,6 +443,7 @@ impl SessionManager {
             reason,
             sessions: self.sessions.len(),
             pool,
+            lean_pool,
             isolation: self.sandbox.levels().clone(),
         }
     }
@@ -477,7 +507,9 @@ impl SessionManager {
     /// Stops the pool and ends every session and worker.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
-        self.workers.pool.drain("the server is shutting down");
+        for pool in self.pools() {
+            pool.drain("the server is shutting down");
+        }
         let ids: Vec<String> = self.sessions.iter().map(|s| s.key().clone()).collect();
         for id in ids {
             let _ = self.end(&id, "ended at shutdown");

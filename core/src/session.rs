@@ -24,7 +24,8 @@ use crate::cold::ColdRunner;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
-use crate::pool::WarmPool;
+use crate::pool::{OnDemandPool, WarmPool};
+use crate::preload_use::PreloadUse;
 use crate::process;
 use crate::protocol::ErrorInfo;
 use crate::sandbox::SessionSandbox;
@@ -50,8 +51,34 @@ pub struct Limits {
 /// Where sessions get their workers; shared by all sessions.
 pub struct Workers {
     pub pool: Arc<WarmPool>,
+    /// Workers without the preload, for one-shots whose code cannot need it
+    /// (`python.lean_oneshots`), started at the first such one-shot.
+    pub lean: Option<OnDemandPool>,
+    /// Which code may run on a lean worker.
+    pub preload_use: PreloadUse,
     pub cold: ColdRunner,
     pub limits: Limits,
+}
+
+impl Workers {
+    /// The pool a one-shot of `code` takes its worker from: the lean one when there is one
+    /// and the code cannot need the preload. While preloaded workers cannot be started, every
+    /// one-shot takes the main pool's path (the cold fallback, which imports what it can of
+    /// the preload): a degraded node answers one way, whatever the code mentions. Must be
+    /// called inside a tokio runtime (it may start the lean pool).
+    pub fn pool_for(&self, code: &str) -> &Arc<WarmPool> {
+        match &self.lean {
+            Some(lean) if !self.pool.failing() && !self.preload_use.needs_preload(code) => {
+                lean.get()
+            }
+            _ => &self.pool,
+        }
+    }
+
+    /// The lean pool, if it was started.
+    pub fn lean_started(&self) -> Option<&Arc<WarmPool>> {
+        self.lean.as_ref().and_then(OnDemandPool::started)
+    }
 }
 
 pub struct Session {
@@ -65,6 +92,8 @@ pub struct Session {
     /// The session's user and cgroup; every worker it uses enters them.
     sandbox: Arc<SessionSandbox>,
     workers: Arc<Workers>,
+    /// Where the session's workers come from (one of `workers`' pools).
+    pool: Arc<WarmPool>,
     created_at: SystemTime,
     last_used: Mutex<(SystemTime, Instant)>,
     execution_count: AtomicU64,
@@ -253,6 +282,19 @@ impl Session {
         sandbox: SessionSandbox,
         workers: Arc<Workers>,
     ) -> Session {
+        let pool = Arc::clone(&workers.pool);
+        Session::with_pool(id, owner, dir, sandbox, workers, pool)
+    }
+
+    /// [`Session::new`], with workers from `pool` rather than the main pool.
+    pub fn with_pool(
+        id: String,
+        owner: Option<String>,
+        dir: SessionDir,
+        sandbox: SessionSandbox,
+        workers: Arc<Workers>,
+        pool: Arc<WarmPool>,
+    ) -> Session {
         let now = (SystemTime::now(), Instant::now());
         let session = Session {
             id,
@@ -261,6 +303,7 @@ impl Session {
             file_turns: SessionFiles::turns(),
             sandbox: Arc::new(sandbox),
             workers,
+            pool,
             created_at: now.0,
             last_used: Mutex::new(now),
             execution_count: AtomicU64::new(0),
@@ -648,7 +691,7 @@ impl Session {
         if slot.replacement.is_some() || self.closed.is_cancelled() {
             return;
         }
-        let pool = Arc::clone(&self.workers.pool);
+        let pool = Arc::clone(&self.pool);
         let dir = self.dir.path().to_owned();
         let sandbox = Arc::clone(&self.sandbox);
         slot.replacement = Some(AbortOnDropHandle::new(tokio::spawn(async move {
