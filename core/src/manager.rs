@@ -17,7 +17,6 @@ use crate::files::{FileLimits, FileListing};
 use crate::node;
 use crate::notebook;
 use crate::pool::{PoolStatus, WarmPool};
-use crate::reaper;
 use crate::sandbox::{Levels, Sandbox, SandboxDirs, SessionSandbox, mounts};
 use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
 use crate::session_dir::SessionDir;
@@ -107,7 +106,7 @@ impl SessionManager {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
                 .map_err(Error::io(format!("cannot open {}", dir.display())))?;
         }
-        let template = config.pool.template && reaper::children().is_subreaper();
+        let template = config.pool.template;
         let sandbox = Sandbox::setup(
             config,
             &SandboxDirs {
@@ -153,8 +152,8 @@ impl SessionManager {
         };
         let shutdown = CancellationToken::new();
         let cold = ColdRunner::new(&spec);
-        // Forked workers become the server's children by re-parenting, which needs the server
-        // to be a child subreaper; without that, workers are started directly.
+        // Forked workers become the server's children by re-parenting where the server is a
+        // child subreaper; elsewhere (replpool.Pool) they stay the template's.
         let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
         let pool = WarmPool::start(spec, template, config.pool.warm_workers, shutdown.clone());
         let workers = Arc::new(Workers {
