@@ -36,9 +36,10 @@ def eventually_dead(pids, within=10.0) -> bool:
 
 
 def worker_children() -> list[int]:
-    """This process's children running worker.py (the pool's workers)."""
+    """This process's descendants running worker.py (the pool's workers, started directly or
+    forked from its template, and the template)."""
     me = os.getpid()
-    found = []
+    found, parents, cmdlines = [], {}, {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -49,8 +50,13 @@ def worker_children() -> list[int]:
                 cmdline = f.read()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if ppid == me and b"worker.py" in cmdline and alive(int(name)):
-            found.append(int(name))
+        parents[int(name)], cmdlines[int(name)] = ppid, cmdline
+    for pid, cmdline in cmdlines.items():
+        ancestor = parents.get(pid)
+        while ancestor is not None and ancestor != me:
+            ancestor = parents.get(ancestor)
+        if ancestor == me and b"worker.py" in cmdline and alive(pid):
+            found.append(pid)
     return found
 
 
