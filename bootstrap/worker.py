@@ -42,6 +42,8 @@ READ_CHUNK = 1 << 20
 # Streamed output is sent at most this long after it was written.
 STREAM_FLUSH_SECONDS = 0.02
 STREAM_FLUSH_BYTES = 64 * 1024
+# How often a template that keeps its workers (see Template) kills what cells detached.
+TEMPLATE_SWEEP_INTERVAL = 0.5
 
 
 class ProtocolError(Exception):
@@ -1219,6 +1221,13 @@ class Template:
     protocol descriptors (requests, replies, log) as SCM_RIGHTS. The worker is forked twice
     over, so that it is re-parented to the server (a child subreaper), which can then signal,
     watch and reap it like any child of its own; the template keeps no state about it.
+
+    Where the server is not a subreaper (`keep_workers`: replpool.Pool, embedded in a Python
+    process that must keep its own children's exit statuses), the template is the subreaper
+    instead: workers are re-parented to it and tie their lives to it, and the detached
+    processes of their cells come back to it, which kills them (`sweep`). A worker's zombie is
+    kept until the server, having killed the worker's process group, says `reap`: until then
+    that group id cannot be reused by a process the server would kill by mistake.
     """
 
     def __init__(self, settings):
@@ -1229,6 +1238,11 @@ class Template:
         os.dup2(2, 1)
         self.log = open(os.dup(2), "w", buffering=1, closefd=True)
         self.server_pid = os.getppid()
+        self.keep_workers = bool(settings.get("keep_workers"))
+        # Whom a forked worker is re-parented to, and so ties its life to.
+        self.workers_parent = os.getpid() if self.keep_workers else self.server_pid
+        # Forked workers whose zombies the server has not released yet.
+        self.workers = set()
         self.base = None
 
     def send(self, message):
@@ -1242,6 +1256,8 @@ class Template:
             private_tmp(self.settings["private_tmp"])
         common_setup(self.log)
         use_font_cache(bool(self.settings.get("private_tmp")))
+        if self.keep_workers:
+            set_child_subreaper()
         try:
             self.base = build_base_namespace(self.settings.get("preload", []))
         except BaseException as exc:
@@ -1260,14 +1276,32 @@ class Template:
             }
         )
         while True:
+            if self.keep_workers:
+                ready, _, _ = select.select([self.control], [], [], TEMPLATE_SWEEP_INTERVAL)
+                if not ready:
+                    self.sweep()
+                    continue
             message, fds, _, _ = socket.recv_fds(self.control, 65536, 3)
             if not message:
+                self.end_children()
                 return 0
             request = json.loads(message)
+            op = request.get("op")
+            if op in ("reap", "exit"):
+                for fd in fds:
+                    os.close(fd)
+                if op == "exit":
+                    self.end_children()
+                    return 0
+                self.workers.discard(int(request.get("pid") or 0))
+                self.sweep()
+                continue
             try:
                 if len(fds) != 3:
                     raise ProtocolError(f"fork request with {len(fds)} descriptors, not 3")
                 pid = self.fork(fds)
+                if self.keep_workers:
+                    self.workers.add(pid)
                 self.send({"op": "forked", "id": request.get("id"), "pid": pid})
             except Exception as exc:
                 self.send({"op": "error", "id": request.get("id"), "error": error_info(exc)})
@@ -1307,6 +1341,10 @@ class Template:
         return int(data)
 
     def reap_intermediates(self):
+        if self.keep_workers:
+            # waitpid(-1) would reap workers the server has not released.
+            self.sweep()
+            return
         while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -1314,6 +1352,38 @@ class Template:
                 return
             if pid == 0:
                 return
+
+    def children(self):
+        """This template's children (zombies included), as the kernel lists them."""
+        found = set()
+        try:
+            tasks = os.listdir("/proc/self/task")
+        except OSError:
+            return found
+        for tid in tasks:
+            try:
+                with open(f"/proc/self/task/{tid}/children") as f:
+                    found.update(int(p) for p in f.read().split())
+            except (OSError, ValueError):
+                pass
+        return found
+
+    def sweep(self):
+        """Kills and reaps every child that is not a worker still held for the server: spent
+        intermediates, released workers, and what cells detached (orphans re-parented here)."""
+        others = self.children() - self.workers
+        for pid in others:
+            kill_with_group(pid)
+        for pid in others:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # one still dying is reaped by the next sweep
+            except ChildProcessError:
+                pass
+
+    def end_children(self):
+        """On the way out: no worker, nor anything a cell started, outlives the template."""
+        for pid in self.children():
+            kill_with_group(pid)
 
     def become_worker(self, fds):
         """In the forked worker: cut every tie to the template, then serve like any worker."""
@@ -1347,8 +1417,8 @@ class Template:
                 self.base,
                 os.open(os.devnull, os.O_RDWR),
                 started,
-                self.server_pid,
-                ParentTie(self.server_pid),
+                self.workers_parent,
+                ParentTie(self.workers_parent),
                 self.settings.get("seccomp"),
                 self.settings.get("isolation"),
             )
@@ -1359,6 +1429,20 @@ class Template:
                 pass
         finally:
             os._exit(code)
+
+
+def kill_with_group(pid):
+    """SIGKILL to a child and, where it leads one, its process group. Safe from pid reuse: the
+    caller has not reaped it."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 
 
 class ParentTie:
@@ -1884,6 +1968,15 @@ def become_user(user, server_pid):
     # privileged is left to protect, and code may read its own /proc/self/fd.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(4, 1, 0, 0, 0)  # 4 = PR_SET_DUMPABLE
+
+
+def set_child_subreaper():
+    """PR_SET_CHILD_SUBREAPER, through libc: orphans of our descendants come back to us."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # 36 = PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
 def set_parent_death_signal():

@@ -18,7 +18,6 @@ use crate::node;
 use crate::notebook;
 use crate::pool::{OnDemandPool, PoolStatus, WarmPool};
 use crate::preload_use::PreloadUse;
-use crate::reaper;
 use crate::sandbox::{Levels, Sandbox, SandboxDirs, SessionSandbox, mounts};
 use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
 use crate::session_dir::SessionDir;
@@ -111,7 +110,7 @@ impl SessionManager {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
                 .map_err(Error::io(format!("cannot open {}", dir.display())))?;
         }
-        let template = config.pool.template && reaper::children().is_subreaper();
+        let template = config.pool.template;
         let sandbox = Sandbox::setup(
             config,
             &SandboxDirs {
@@ -157,8 +156,8 @@ impl SessionManager {
         };
         let shutdown = CancellationToken::new();
         let cold = ColdRunner::new(&spec);
-        // Forked workers become the server's children by re-parenting, which needs the server
-        // to be a child subreaper; without that, workers are started directly.
+        // Forked workers become the server's children by re-parenting where the server is a
+        // child subreaper; elsewhere (replpool.Pool) they stay the template's.
         // The lean pool's workers are the same worker.py in the same sandbox: only the
         // preload differs. Without a preload every worker is lean already.
         let lean = (config.python.lean_oneshots && !spec.preload.is_empty()).then(|| {
