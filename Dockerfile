@@ -61,6 +61,10 @@ RUN python3 -m venv /opt/replpool/venv \
         --cert /tmp/build-ca.pem -r /opt/replpool/requirements.txt \
     && rm /tmp/build-ca.pem \
     && mkdir -p /opt/replpool/scripts
+# matplotlib's font list, built once into the venv (root's, read-only to the server and its
+# workers) instead of by every template and worker at its start: worker.py builds it.
+COPY bootstrap/worker.py /tmp/worker.py
+RUN /opt/replpool/venv/bin/python /tmp/worker.py '{"font_cache": "build"}' && rm /tmp/worker.py
 # worker.py is compiled into the binary and written to the server's state directory in $TMPDIR
 # at start: the image needs no bootstrap/ of its own.
 COPY --from=builder /usr/local/bin/replpool /usr/local/bin/replpool

@@ -12,13 +12,22 @@ PACKAGE_STAMP := $(VENV)/.package-tools-installed
 
 .PHONY: serve test bench venv build package clean image test-image test-cluster k8s-nginx
 
-venv: $(VENV_STAMP)
+# matplotlib's font list, built once into the venv (worker.py's `font_cache_dir`) rather than
+# by every template and worker at its start. Delete the directory to rebuild it (new fonts).
+FONT_CACHE_STAMP := $(VENV)/share/replpool/matplotlib/.built
+
+venv: $(VENV_STAMP) $(FONT_CACHE_STAMP)
 
 $(VENV_STAMP): bootstrap/requirements.txt
 	@echo "==> creating $(VENV) from bootstrap/requirements.txt"
 	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r bootstrap/requirements.txt
 	touch $(VENV_STAMP)
+
+$(FONT_CACHE_STAMP): $(VENV_STAMP)
+	@echo "==> building matplotlib's font list into $(VENV)"
+	$(VENV_PY) bootstrap/worker.py '{"font_cache": "build"}'
+	touch $(FONT_CACHE_STAMP)
 
 # The benchmark's Jupyter peer, on top of the workers' packages.
 $(BENCH_STAMP): benches/requirements.txt $(VENV_STAMP)
@@ -72,7 +81,7 @@ k8s-nginx:
 	$(PYTHON) deploy/nginx/render.py --kubernetes $(K8S_NAMESPACE) --config deploy/docker/config.toml -o deploy/k8s/nginx.conf
 
 # `make bench` writes docs/benchmarks.md and target/bench.json; `make bench QUICK=1` is a
-# reduced run (under a minute) that writes the same files.
+# reduced run (a minute or two) that writes the same files.
 bench: venv $(BENCH_STAMP) build package
 	cargo bench --locked --bench replpool -- $(if $(QUICK),--quick)
 

@@ -1,13 +1,14 @@
 //! `make bench`: replpool against the alternatives a user would pick instead, side by side in
-//! one run on one machine — a cold interpreter (`python -c` with the same imports) and a Jupyter
-//! kernel (benches/peers/jupyter_peer.py) — and the table in docs/benchmarks.md.
+//! one run on one machine — a cold interpreter (`python -c`, importing what the workload needs)
+//! and a Jupyter kernel (benches/peers/jupyter_peer.py) — and the table in docs/benchmarks.md.
 //!
 //! Every figure is timed from what it names; none is derived from another. Machines here are
 //! shared and noisy, so the table leads with ratios measured in the same run.
 //!
-//! Options (after `--`): `--quick` (reduced counts, well under a minute; what `make test` runs),
+//! Options (after `--`): `--quick` (reduced counts, a minute or two; what `make test` runs),
 //! `--out PATH` (the Markdown table; default docs/benchmarks.md), `--json PATH` (default
-//! target/bench.json).
+//! target/bench.json), `--only STEP[,STEP…]` (only these steps, e.g. `--only cpu,oneshot`; the
+//! names are listed by `--help`).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,10 +18,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use hdrhistogram::Histogram;
 
+#[path = "replpool/humaneval.rs"]
+mod humaneval;
 #[path = "../tests/common/launcher.rs"]
 mod launcher;
+#[path = "replpool/procfs.rs"]
+mod procfs;
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -29,12 +35,51 @@ const SETUP_DF: &str =
 const DATA_CELL: &str = "df.groupby('k')['v'].mean()";
 const PLOT_CELL: &str = "plt.plot(np.arange(1000), np.random.rand(1000))";
 const JUDGE_PROGRAM: &str = "n = int(input())\nprint(sum(i * i for i in range(n)))";
+/// What a cold run of a cell imports: only what the cell uses (the preload list has more), so
+/// that the peer does no work the workload does not need.
+const DATA_IMPORTS: &str = "import numpy as np\nimport pandas as pd";
+const PLOT_IMPORTS: &str = "import numpy as np\nimport matplotlib.pyplot as plt";
+/// The matplotlib settings that decide what a figure's PNG is, asked of the process that drew it.
+const MPL_SETTINGS_CELL: &str = "import json as _json, matplotlib as _mpl\n\
+print(_json.dumps({'backend': _mpl.get_backend(), \
+'figure.figsize': list(_mpl.rcParams['figure.figsize']), \
+'figure.dpi': _mpl.rcParams['figure.dpi'], 'savefig.dpi': str(_mpl.rcParams['savefig.dpi']), \
+'savefig.bbox': str(_mpl.rcParams['savefig.bbox'])}))";
+/// Concurrency of the HumanEval-style batch, on both sides (the issue's "4 at once").
+const BATCH_IN_FLIGHT: usize = 4;
+/// `replpool.Pool(warm_workers=…)` of the Pool's session-ready rows (the package's default).
+const POOL_WARM_WORKERS: usize = 2;
+
+/// The steps, in the order they run; `--only` picks some by name.
+const STEPS: &[(&str, &str)] = &[
+    ("ready", "session ready (create + first 1+1)"),
+    ("exec", "warm trivial exec (1+1 in a session)"),
+    (
+        "cpu",
+        "CPU per trivial exec (server, worker, client from /proc)",
+    ),
+    ("data", "data cell (groupby on 100,000 rows)"),
+    ("plot", "plot cell (1,000-point line plot as PNG)"),
+    (
+        "throughput",
+        "throughput (trivial execs/s over parallel sessions)",
+    ),
+    ("memory", "memory (PSS per idle session)"),
+    ("oneshot", "one-shot print(1) (POST /v1/execute)"),
+    ("humaneval", "HumanEval-style batch (one-shots, 4 at once)"),
+    ("judge", "judge (one program, stdin/stdout cases)"),
+    (
+        "pool",
+        "replpool.Pool session ready (in-process, no server)",
+    ),
+];
 
 struct Counts {
     ready: usize,
     ready_peer: usize,
     warm: usize,
     warm_peer: usize,
+    cpu_execs: usize,
     data: usize,
     data_cold: usize,
     plot: usize,
@@ -43,7 +88,12 @@ struct Counts {
     throughput_levels: Vec<usize>,
     memory_levels: Vec<usize>,
     jupyter_memory_levels: Vec<usize>,
+    one_shot: usize,
+    one_shot_cold: usize,
+    humaneval: usize,
     judge_cases: usize,
+    /// Rounds of the Pool's session ready: warm_workers samples within, one beyond, each.
+    pool_rounds: usize,
 }
 
 impl Counts {
@@ -53,6 +103,7 @@ impl Counts {
             ready_peer: 50,
             warm: 5000,
             warm_peer: 2000,
+            cpu_execs: 3000,
             data: 200,
             data_cold: 20,
             plot: 100,
@@ -61,7 +112,11 @@ impl Counts {
             throughput_levels: vec![1, 8, 32],
             memory_levels: vec![1, 16, 64],
             jupyter_memory_levels: vec![1, 16],
+            one_shot: 100,
+            one_shot_cold: 50,
+            humaneval: humaneval::HUMANEVAL_SIZE,
             judge_cases: 100,
+            pool_rounds: 20,
         }
     }
 
@@ -71,6 +126,7 @@ impl Counts {
             ready_peer: 2,
             warm: 300,
             warm_peer: 50,
+            cpu_execs: 1000,
             data: 10,
             data_cold: 2,
             plot: 5,
@@ -79,7 +135,11 @@ impl Counts {
             throughput_levels: vec![1, 8],
             memory_levels: vec![1, 4],
             jupyter_memory_levels: vec![1],
+            one_shot: 5,
+            one_shot_cold: 3,
+            humaneval: 24,
             judge_cases: 10,
+            pool_rounds: 1,
         }
     }
 }
@@ -95,6 +155,12 @@ struct Figure {
     /// For figures that are not latencies (execs/s, MB, seconds in all).
     value: Option<f64>,
     unit: String,
+    /// Shown in the table after the figure (e.g. who used the CPU during a throughput run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    /// What else was measured with the figure, for the JSON and the workload descriptions.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    details: BTreeMap<String, Value>,
 }
 
 impl Figure {
@@ -111,6 +177,8 @@ impl Figure {
             p99_ms: Some(hist.value_at_quantile(0.99) as f64 / 1000.0),
             value: None,
             unit: "ms".into(),
+            note: None,
+            details: BTreeMap::new(),
         }
     }
 
@@ -123,7 +191,19 @@ impl Figure {
             p99_ms: None,
             value: Some(value),
             unit: unit.into(),
+            note: None,
+            details: BTreeMap::new(),
         }
+    }
+
+    fn with_note(mut self, note: String) -> Figure {
+        self.note = Some(note);
+        self
+    }
+
+    fn with_detail(mut self, key: &str, value: Value) -> Figure {
+        self.details.insert(key.into(), value);
+        self
     }
 
     /// The number ratios are taken of.
@@ -144,6 +224,15 @@ struct Bench {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        eprintln!(
+            "cargo bench --bench replpool -- [--quick] [--out PATH] [--json PATH] [--only STEP,…]\nsteps:"
+        );
+        for (name, what) in STEPS {
+            eprintln!("  {name:<11} {what}");
+        }
+        return Ok(());
+    }
     let quick =
         args.iter().any(|a| a == "--quick") || std::env::var_os("QUICK").is_some_and(|v| v == "1");
     let value_of = |flag: &str| {
@@ -160,6 +249,24 @@ fn main() -> anyhow::Result<()> {
     } else {
         Counts::full()
     };
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|list| list.split(',').map(str::to_owned).collect());
+    if let Some(names) = &only {
+        for name in names {
+            anyhow::ensure!(
+                STEPS.iter().any(|(n, _)| n == name),
+                "unknown step {name:?} (see --help)"
+            );
+        }
+    }
+    let steps: Vec<&str> = STEPS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| only.as_ref().is_none_or(|o| o.iter().any(|n| n == name)))
+        .collect();
 
     let config = replpool::Config::load(Some(&root.join("config.toml")), std::iter::empty())?;
     let preload_code = config
@@ -183,7 +290,7 @@ fn main() -> anyhow::Result<()> {
         server_pid: server.0.child.id(),
         figures: Vec::new(),
     };
-    runtime.block_on(bench.run(&counts))?;
+    runtime.block_on(bench.run(&counts, &steps))?;
     drop(server);
     let elapsed = started.elapsed();
     eprintln!("bench finished in {:.0} s", elapsed.as_secs_f64());
@@ -202,6 +309,7 @@ fn main() -> anyhow::Result<()> {
             "quick": quick,
             "git_revision": git_revision(&root),
             "cores": cores(),
+            "steps": steps,
             "figures": bench.figures,
         }))?,
     )?;
@@ -211,10 +319,36 @@ fn main() -> anyhow::Result<()> {
 }
 
 impl Bench {
-    async fn run(&mut self, n: &Counts) -> anyhow::Result<()> {
-        let total = 7;
+    async fn run(&mut self, n: &Counts, steps: &[&str]) -> anyhow::Result<()> {
         self.wait_for_pool().await?;
-        step(1, total, "session ready (create + first 1+1)");
+        for (i, name) in steps.iter().enumerate() {
+            let what = STEPS
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("", |(_, what)| *what);
+            step(i + 1, steps.len(), what);
+            let started = Instant::now();
+            match *name {
+                "ready" => self.step_ready(n).await?,
+                "exec" => self.step_exec(n).await?,
+                "cpu" => self.step_cpu(n).await?,
+                "data" => self.step_data(n).await?,
+                "plot" => self.step_plot(n).await?,
+                "throughput" => self.step_throughput(n).await?,
+                "memory" => self.step_memory(n).await?,
+                "oneshot" => self.step_one_shot(n).await?,
+                "humaneval" => self.step_humaneval(n).await?,
+                "judge" => self.step_judge(n).await?,
+                "pool" => self.step_pool(n)?,
+                other => anyhow::bail!("no step {other}"),
+            }
+            // What keeps `--quick` (run by `make test`) short is seen step by step.
+            eprintln!("    ({name}: {:.1} s)", started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn step_ready(&mut self, n: &Counts) -> anyhow::Result<()> {
         let samples = self.replpool_ready(n.ready, true).await?;
         self.push(Figure::latency("session ready", "replpool", &samples));
         let samples = self.replpool_ready(n.ready, false).await?;
@@ -232,9 +366,11 @@ impl Bench {
             &self.preload_code.clone(),
         ])?;
         self.push(Figure::latency("session ready", "jupyter", &samples));
+        Ok(())
+    }
 
-        step(2, total, "warm trivial exec (1+1 in a session)");
-        let samples = self.replpool_cells(n.warm, "", "1+1", false).await?;
+    async fn step_exec(&mut self, n: &Counts) -> anyhow::Result<()> {
+        let (samples, _) = self.replpool_cells(n.warm, "", "1+1", false).await?;
         self.push(Figure::latency("warm exec 1+1", "replpool", &samples));
         let samples = self.jupyter_samples(&[
             "exec",
@@ -250,13 +386,53 @@ impl Bench {
             "replpool",
             &samples,
         ));
+        Ok(())
+    }
 
-        step(3, total, "data cell (groupby on 100,000 rows)");
-        let samples = self
+    /// `1+1` over one kept-alive connection, one at a time, and the CPU time the server, the
+    /// session's worker and this client used meanwhile (`/proc/<pid>/stat`), per execution.
+    async fn step_cpu(&mut self, n: &Counts) -> anyhow::Result<()> {
+        let id = self.create_session().await?;
+        let worker_pid = self.session_pid(&id).await?;
+        for _ in 0..100 {
+            self.exec(&id, "1+1").await?; // warm-up: the connection is open from here on
+        }
+        let server = procfs::CpuMeter::start(&[self.server_pid]);
+        let worker = procfs::CpuMeter::start(&[worker_pid]);
+        let client = procfs::CpuMeter::start(&[std::process::id()]);
+        let started = Instant::now();
+        for _ in 0..n.cpu_execs {
+            self.exec(&id, "1+1").await?;
+        }
+        let wall = started.elapsed();
+        let used = [server.used(), worker.used(), client.used()];
+        self.delete_session(&id).await?;
+        let rate = n.cpu_execs as f64 / wall.as_secs_f64();
+        for (who, used) in ["server", "worker", "client (this bench)"].iter().zip(used) {
+            let used = used.ok_or_else(|| anyhow::anyhow!("cannot read the {who}'s CPU time"))?;
+            let per_exec_us = used.as_secs_f64() * 1e6 / n.cpu_execs as f64;
+            self.push(
+                Figure::value(
+                    &format!("CPU per trivial exec: {who}"),
+                    "replpool",
+                    n.cpu_execs,
+                    per_exec_us,
+                    "µs CPU/exec",
+                )
+                .with_detail("cpu_seconds", json!(used.as_secs_f64()))
+                .with_detail("wall_seconds", json!(wall.as_secs_f64()))
+                .with_detail("execs_per_second", json!(rate)),
+            );
+        }
+        Ok(())
+    }
+
+    async fn step_data(&mut self, n: &Counts) -> anyhow::Result<()> {
+        let (samples, _) = self
             .replpool_cells(n.data, SETUP_DF, DATA_CELL, false)
             .await?;
         self.push(Figure::latency("data cell", "replpool", &samples));
-        let code = format!("{}\n{SETUP_DF}\nprint({DATA_CELL})", self.preload_code);
+        let code = format!("{DATA_IMPORTS}\n{SETUP_DF}\nprint({DATA_CELL})");
         let samples = self.cold_runs(n.data_cold, &code, None)?;
         self.push(Figure::latency("data cell", "cold", &samples));
         let samples = self.jupyter_samples(&[
@@ -267,30 +443,52 @@ impl Bench {
             DATA_CELL,
         ])?;
         self.push(Figure::latency("data cell", "jupyter", &samples));
+        Ok(())
+    }
 
-        step(4, total, "plot cell (1,000-point line plot as PNG)");
-        let samples = self.replpool_cells(n.plot, "", PLOT_CELL, true).await?;
-        self.push(Figure::latency("plot cell", "replpool", &samples));
+    /// The same cell on each side; what each side's PNG is (pixels, bytes) and the settings
+    /// it was drawn with are kept with the figures, for the workload's description.
+    async fn step_plot(&mut self, n: &Counts) -> anyhow::Result<()> {
+        let (samples, last) = self.replpool_cells(n.plot, "", PLOT_CELL, true).await?;
+        let png = last["display"][0]["image/png"].as_str().unwrap_or_default();
+        let settings = self.replpool_mpl_settings().await?;
+        self.push(
+            Figure::latency("plot cell", "replpool", &samples)
+                .with_detail("png", png_facts(png))
+                .with_detail("settings", settings)
+                .with_detail("savefig", json!(worker_savefig_calls(&self.root))),
+        );
         let code = format!(
-            "{}\nimport io, base64\n{PLOT_CELL}\nbuf = io.BytesIO()\nplt.savefig(buf, format='png')\nprint(len(base64.b64encode(buf.getvalue())))",
-            self.preload_code
+            "{PLOT_IMPORTS}\nimport io, base64\n{PLOT_CELL}\nbuf = io.BytesIO()\nplt.savefig(buf, format='png', bbox_inches='tight')\nprint(len(base64.b64encode(buf.getvalue())))"
         );
         let samples = self.cold_runs(n.plot_cold, &code, None)?;
         self.push(Figure::latency("plot cell", "cold", &samples));
-        let samples = self.jupyter_samples(&[
+        let result = self.jupyter(&[
             "exec",
             &n.plot.to_string(),
             &self.preload_code.clone(),
             "pass",
             PLOT_CELL,
         ])?;
-        self.push(Figure::latency("plot cell", "jupyter", &samples));
+        let mut figure = Figure::latency("plot cell", "jupyter", &samples_of(&result));
+        for key in ["png", "settings"] {
+            if !result[key].is_null() {
+                figure = figure.with_detail(key, result[key].clone());
+            }
+        }
+        self.push(figure);
+        Ok(())
+    }
 
-        step(
-            5,
-            total,
-            "throughput (trivial execs/s over parallel sessions)",
-        );
+    async fn replpool_mpl_settings(&self) -> anyhow::Result<Value> {
+        let id = self.create_session().await?;
+        let reply = self.exec(&id, MPL_SETTINGS_CELL).await;
+        self.delete_session(&id).await?;
+        let stdout = reply?["stdout"].as_str().unwrap_or_default().to_owned();
+        Ok(serde_json::from_str(stdout.trim())?)
+    }
+
+    async fn step_throughput(&mut self, n: &Counts) -> anyhow::Result<()> {
         for &c in &n.throughput_levels {
             let rate = self.replpool_throughput(c, n.throughput_secs).await?;
             self.push(rate);
@@ -310,8 +508,10 @@ impl Bench {
                 "execs/s",
             ));
         }
+        Ok(())
+    }
 
-        step(6, total, "memory (PSS per idle session)");
+    async fn step_memory(&mut self, n: &Counts) -> anyhow::Result<()> {
         for &k in &n.memory_levels {
             let (per_session, server_rss) = self.replpool_memory(k).await?;
             self.push(Figure::value(
@@ -340,9 +540,72 @@ impl Bench {
                 "MB PSS/session",
             ));
         }
+        Ok(())
+    }
 
-        step(7, total, "judge (one program, stdin/stdout cases)");
-        let (wall, samples) = self.replpool_judge(n.judge_cases).await?;
+    async fn step_one_shot(&mut self, n: &Counts) -> anyhow::Result<()> {
+        let samples = self.replpool_one_shots(n.one_shot, true).await?;
+        self.push(Figure::latency("one-shot print(1)", "replpool", &samples));
+        let samples = self.replpool_one_shots(n.one_shot, false).await?;
+        self.push(Figure::latency(
+            "one-shot print(1), back to back",
+            "replpool",
+            &samples,
+        ));
+        let samples = self.cold_runs(n.one_shot_cold, "print(1)", None)?;
+        self.push(Figure::latency("one-shot print(1)", "cold", &samples));
+        Ok(())
+    }
+
+    async fn step_humaneval(&mut self, n: &Counts) -> anyhow::Result<()> {
+        let programs = humaneval::programs(n.humaneval);
+        let jobs: Vec<Job> = programs
+            .iter()
+            .map(|code| Job {
+                code: code.clone(),
+                stdin: None,
+                expected: humaneval::EXPECTED_STDOUT.to_owned(),
+            })
+            .collect();
+        let workload = format!("HumanEval-style batch, {} programs", programs.len());
+        let (wall, samples) = self.replpool_one_shot_batch(&jobs, BATCH_IN_FLIGHT).await?;
+        self.push(Figure::value(
+            &workload,
+            "replpool",
+            jobs.len(),
+            wall.as_secs_f64(),
+            "s",
+        ));
+        self.push(Figure::latency(
+            "HumanEval-style program",
+            "replpool",
+            &samples,
+        ));
+        let (wall, samples) = self.cold_batch(&jobs, BATCH_IN_FLIGHT)?;
+        self.push(Figure::value(
+            &workload,
+            "cold",
+            jobs.len(),
+            wall.as_secs_f64(),
+            "s",
+        ));
+        self.push(Figure::latency("HumanEval-style program", "cold", &samples));
+        Ok(())
+    }
+
+    async fn step_judge(&mut self, n: &Counts) -> anyhow::Result<()> {
+        let jobs: Vec<Job> = (0..n.judge_cases)
+            .map(|i| {
+                let n = 1000 + i as u64;
+                let expected: u64 = (0..n).map(|i| i * i).sum();
+                Job {
+                    code: JUDGE_PROGRAM.to_owned(),
+                    stdin: Some(format!("{n}\n")),
+                    expected: format!("{expected}\n"),
+                }
+            })
+            .collect();
+        let (wall, samples) = self.replpool_one_shot_batch(&jobs, cores()).await?;
         self.push(Figure::latency("judge case", "replpool", &samples));
         self.push(Figure::value(
             &format!("judge, {} cases in all", n.judge_cases),
@@ -359,7 +622,7 @@ impl Bench {
             wall.as_secs_f64(),
             "s",
         ));
-        let (wall, samples) = self.cold_judge(n.judge_cases)?;
+        let (wall, samples) = self.cold_batch(&jobs, cores())?;
         self.push(Figure::latency("judge case", "cold", &samples));
         self.push(Figure::value(
             &format!("judge, {} cases in all", n.judge_cases),
@@ -371,6 +634,28 @@ impl Bench {
         Ok(())
     }
 
+    /// The in-process pool makes sessions faster than it keeps workers warm: within its warm
+    /// size each takes a ready worker, beyond it each waits for one to be made.
+    fn step_pool(&mut self, n: &Counts) -> anyhow::Result<()> {
+        let result = self.peer(
+            "pool_peer.py",
+            &[
+                "ready",
+                &n.pool_rounds.to_string(),
+                &POOL_WARM_WORKERS.to_string(),
+            ],
+        )?;
+        for (key, label) in [("within_s", "within"), ("beyond_s", "beyond")] {
+            let samples = durations(&result[key]);
+            self.push(Figure::latency(
+                &format!("replpool.Pool session ready, {label} warm_workers"),
+                "replpool",
+                &samples,
+            ));
+        }
+        Ok(())
+    }
+
     fn push(&mut self, figure: Figure) {
         match (figure.p50_ms, figure.p99_ms, figure.value) {
             (Some(p50), Some(p99), _) => eprintln!(
@@ -378,8 +663,16 @@ impl Bench {
                 figure.workload, figure.system, figure.samples
             ),
             (_, _, Some(v)) => eprintln!(
-                "    {:<28} {:<9} {v:>10.2} {}  (n={})",
-                figure.workload, figure.system, figure.unit, figure.samples
+                "    {:<28} {:<9} {v:>10.2} {}  (n={}){}",
+                figure.workload,
+                figure.system,
+                figure.unit,
+                figure.samples,
+                figure
+                    .note
+                    .as_ref()
+                    .map(|n| format!("  {n}"))
+                    .unwrap_or_default()
             ),
             _ => {}
         }
@@ -414,6 +707,21 @@ impl Bench {
         Ok(())
     }
 
+    /// The pid of the session's worker, as the server reports it.
+    async fn session_pid(&self, id: &str) -> anyhow::Result<u32> {
+        let info: Value = self
+            .http
+            .get(self.url(&format!("/v1/sessions/{id}")))
+            .send()
+            .await?
+            .json()
+            .await?;
+        info["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| anyhow::anyhow!("no worker pid in {info}"))
+    }
+
     async fn exec(&self, id: &str, code: &str) -> anyhow::Result<Value> {
         let reply = self
             .post(&format!("/v1/sessions/{id}/execute"), json!({"code": code}))
@@ -424,6 +732,8 @@ impl Bench {
 
     /// Waits until the server's pool holds as many ready workers as it aims to (and its
     /// template, if any, runs): measurements start from a server that has finished starting.
+    /// Every `{ready, target}` under `/healthz`'s `pool` counts, so that a second pool (e.g. of
+    /// one-shot workers) reported there is waited for too.
     async fn wait_for_pool(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -434,9 +744,7 @@ impl Bench {
                 .await?
                 .json()
                 .await?;
-            let pool = &health["pool"];
-            let template_ok = pool["template"].is_null() || pool["template"]["state"] == "running";
-            if template_ok && pool["ready"] == pool["target"] {
+            if pool_full(&health["pool"]) {
                 return Ok(());
             }
             anyhow::ensure!(Instant::now() < deadline, "the pool never filled: {health}");
@@ -467,7 +775,7 @@ impl Bench {
         setup: &str,
         code: &str,
         want_png: bool,
-    ) -> anyhow::Result<Vec<Duration>> {
+    ) -> anyhow::Result<(Vec<Duration>, Value)> {
         let id = self.create_session().await?;
         if !setup.is_empty() {
             self.exec(&id, setup).await?;
@@ -476,6 +784,7 @@ impl Bench {
             self.exec(&id, code).await?; // warm-up, not recorded
         }
         let mut samples = Vec::with_capacity(n);
+        let mut last = Value::Null;
         for _ in 0..n {
             let started = Instant::now();
             let reply = self.exec(&id, code).await?;
@@ -486,16 +795,23 @@ impl Bench {
                     "no PNG: {reply}"
                 );
             }
+            last = reply;
         }
         self.delete_session(&id).await?;
-        Ok(samples)
+        Ok((samples, last))
     }
 
     async fn replpool_throughput(&self, sessions: usize, seconds: f64) -> anyhow::Result<Figure> {
         let mut ids = Vec::new();
+        let mut worker_pids = Vec::new();
         for _ in 0..sessions {
-            ids.push(self.create_session().await?);
+            let id = self.create_session().await?;
+            worker_pids.push(self.session_pid(&id).await?);
+            ids.push(id);
         }
+        let client = procfs::CpuMeter::start(&[std::process::id()]);
+        let server = procfs::CpuMeter::start(&[self.server_pid]);
+        let workers = procfs::CpuMeter::start(&worker_pids);
         let done = Arc::new(AtomicU64::new(0));
         let stop = Instant::now() + Duration::from_secs_f64(seconds);
         let started = Instant::now();
@@ -524,17 +840,35 @@ impl Bench {
             task.await?;
         }
         let elapsed = started.elapsed().as_secs_f64();
+        // Shares of the whole machine (cores × wall time): where the cores went, the client
+        // included, since it runs on the same machine as what it measures.
+        let share = |used: Option<Duration>| {
+            used.map(|u| 100.0 * u.as_secs_f64() / (elapsed * cores() as f64))
+        };
+        let shares = [
+            ("client", share(client.used())),
+            ("server", share(server.used())),
+            ("workers", share(workers.used())),
+        ];
         for id in &ids {
             self.delete_session(id).await?;
         }
         let ops = done.load(Ordering::Relaxed);
-        Ok(Figure::value(
+        let mut figure = Figure::value(
             &format!("throughput, {sessions} sessions"),
             "replpool",
             ops as usize,
             ops as f64 / elapsed,
             "execs/s",
-        ))
+        );
+        let mut parts = Vec::new();
+        for (who, share) in shares {
+            if let Some(share) = share {
+                parts.push(format!("{who} {share:.0}%"));
+                figure = figure.with_detail(&format!("cpu_share_{who}_percent"), json!(share));
+            }
+        }
+        Ok(figure.with_note(format!("CPU: {} of {} cores", parts.join(", "), cores())))
     }
 
     async fn replpool_memory(&self, k: usize) -> anyhow::Result<(f64, f64)> {
@@ -562,32 +896,57 @@ impl Bench {
         Ok((total / k as f64, rss))
     }
 
-    async fn replpool_judge(&self, cases: usize) -> anyhow::Result<(Duration, Vec<Duration>)> {
+    /// `print(1)` as one-shots (`POST /v1/execute`), one at a time. `refilled`: each starts
+    /// with the server's pools full again (the pool not empty, as the issue's target row has
+    /// it); otherwise back to back, as fast as the server makes them.
+    async fn replpool_one_shots(&self, n: usize, refilled: bool) -> anyhow::Result<Vec<Duration>> {
+        let mut samples = Vec::with_capacity(n);
+        for _ in 0..n {
+            if refilled {
+                self.wait_for_pool().await?;
+            }
+            let started = Instant::now();
+            let reply = self
+                .post("/v1/execute", json!({"code": "print(1)"}))
+                .await?;
+            samples.push(started.elapsed());
+            anyhow::ensure!(
+                reply["status"] == "ok" && reply["stdout"] == "1\n",
+                "wrong one-shot reply: {reply}"
+            );
+        }
+        Ok(samples)
+    }
+
+    /// Every job as a one-shot `POST /v1/execute`, `in_flight` at once; the wall time of all
+    /// and each one's latency. A wrong output is an error, not a figure.
+    async fn replpool_one_shot_batch(
+        &self,
+        jobs: &[Job],
+        in_flight: usize,
+    ) -> anyhow::Result<(Duration, Vec<Duration>)> {
         let started = Instant::now();
         let mut tasks = Vec::new();
-        let parallel = Arc::new(tokio::sync::Semaphore::new(cores()));
-        for i in 0..cases {
-            let (http, url, parallel) = (
+        let parallel = Arc::new(tokio::sync::Semaphore::new(in_flight));
+        for job in jobs {
+            let (http, url, parallel, job) = (
                 self.http.clone(),
                 self.url("/v1/execute"),
                 Arc::clone(&parallel),
+                job.clone(),
             );
             tasks.push(tokio::spawn(async move {
                 let _permit = parallel.acquire_owned().await?;
-                let n = 1000 + i;
+                let mut body = json!({"code": job.code});
+                if let Some(stdin) = &job.stdin {
+                    body["stdin"] = json!(stdin);
+                }
                 let t = Instant::now();
-                let reply: Value = http
-                    .post(&url)
-                    .json(&json!({"code": JUDGE_PROGRAM, "stdin": format!("{n}\n")}))
-                    .send()
-                    .await?
-                    .json()
-                    .await?;
+                let reply: Value = http.post(&url).json(&body).send().await?.json().await?;
                 let elapsed = t.elapsed();
-                let expected: u64 = (0..n as u64).map(|i| i * i).sum();
                 anyhow::ensure!(
-                    reply["stdout"] == format!("{expected}\n"),
-                    "wrong judge output: {reply}"
+                    reply["status"] == "ok" && reply["stdout"] == job.expected.as_str(),
+                    "wrong one-shot output: {reply}"
                 );
                 Ok::<Duration, anyhow::Error>(elapsed)
             }));
@@ -628,34 +987,40 @@ impl Bench {
         stdin: Option<&str>,
     ) -> anyhow::Result<Vec<Duration>> {
         (0..n)
-            .map(|_| cold_once(&self.python, code, stdin))
+            .map(|_| cold_once(&self.python, code, stdin).map(|(d, _)| d))
             .collect()
     }
 
-    fn cold_judge(&self, cases: usize) -> anyhow::Result<(Duration, Vec<Duration>)> {
-        let code = format!("{}\n{JUDGE_PROGRAM}", self.preload_code);
+    /// Every job as `python -c` (the bare interpreter: a job imports what it uses itself),
+    /// `in_flight` at once; the wall time of all and each one's latency.
+    fn cold_batch(
+        &self,
+        jobs: &[Job],
+        in_flight: usize,
+    ) -> anyhow::Result<(Duration, Vec<Duration>)> {
         let started = Instant::now();
         let next = AtomicU64::new(0);
         let samples = parking_lot::Mutex::new(Vec::new());
+        let failure = parking_lot::Mutex::new(None);
         std::thread::scope(|scope| {
-            for _ in 0..cores() {
+            for _ in 0..in_flight {
                 scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        if i >= cases {
-                            return;
-                        }
-                        let stdin = format!("{}\n", 1000 + i);
-                        if let Ok(d) = cold_once(&self.python, &code, Some(&stdin)) {
-                            samples.lock().push(d);
+                    while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed) as usize) {
+                        match cold_once(&self.python, &job.code, job.stdin.as_deref()) {
+                            Ok((d, stdout)) if stdout == job.expected => samples.lock().push(d),
+                            Ok((_, stdout)) => {
+                                *failure.lock() = Some(format!("wrong cold output: {stdout:?}"));
+                            }
+                            Err(e) => *failure.lock() = Some(e.to_string()),
                         }
                     }
                 });
             }
         });
-        let samples = samples.into_inner();
-        anyhow::ensure!(samples.len() == cases, "some cold judge runs failed");
-        Ok((started.elapsed(), samples))
+        if let Some(failure) = failure.into_inner() {
+            anyhow::bail!("a cold run failed: {failure}");
+        }
+        Ok((started.elapsed(), samples.into_inner()))
     }
 
     /// Runs a peer script of `benches/peers/` and reads its JSON answer.
@@ -682,20 +1047,81 @@ impl Bench {
     }
 
     fn peer_samples(&self, script: &str, args: &[&str]) -> anyhow::Result<Vec<Duration>> {
-        let result = self.peer(script, args)?;
-        Ok(result["samples_s"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_f64)
-                    .map(Duration::from_secs_f64)
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(samples_of(&self.peer(script, args)?))
     }
 }
 
-fn cold_once(python: &Path, code: &str, stdin: Option<&str>) -> anyhow::Result<Duration> {
+/// One program of a batch of one-shots, with what it must print.
+#[derive(Clone)]
+struct Job {
+    code: String,
+    stdin: Option<String>,
+    expected: String,
+}
+
+/// A peer's `samples_s`.
+fn samples_of(result: &Value) -> Vec<Duration> {
+    durations(&result["samples_s"])
+}
+
+/// A JSON array of seconds.
+fn durations(seconds: &Value) -> Vec<Duration> {
+    seconds
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_f64)
+                .map(Duration::from_secs_f64)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether every pool `/healthz` reports is full: each object with `ready` and `target` has
+/// its target, and a template, where there is one, runs.
+fn pool_full(pool: &Value) -> bool {
+    match pool {
+        Value::Object(fields) => {
+            let level_ok = match (fields.get("ready"), fields.get("target")) {
+                (Some(ready), Some(target)) => ready.as_u64() >= target.as_u64(),
+                _ => true,
+            };
+            let template_ok = fields.iter().all(|(key, value)| {
+                !key.contains("template") || value.is_null() || value["state"] == "running"
+            });
+            level_ok && template_ok && fields.values().all(pool_full)
+        }
+        _ => true,
+    }
+}
+
+/// Pixel size and bytes of a base64 PNG (from its IHDR chunk), or null if it is not one.
+fn png_facts(base64_png: &str) -> Value {
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(base64_png) else {
+        return Value::Null;
+    };
+    if bytes.len() < 24 || !bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        return Value::Null;
+    }
+    let be =
+        |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    json!({"width": be(16), "height": be(20), "bytes": bytes.len()})
+}
+
+/// How the worker saves a figure: its `savefig(…)` calls, quoted from bootstrap/worker.py, so
+/// that the plot row's description says what the measured code did whatever it is now.
+fn worker_savefig_calls(root: &Path) -> Vec<String> {
+    std::fs::read_to_string(root.join("bootstrap/worker.py"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("savefig(") && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `python -c code`: its wall time and stdout.
+fn cold_once(python: &Path, code: &str, stdin: Option<&str>) -> anyhow::Result<(Duration, String)> {
     let started = Instant::now();
     let mut child = Command::new(python)
         .arg("-c")
@@ -717,7 +1143,10 @@ fn cold_once(python: &Path, code: &str, stdin: Option<&str>) -> anyhow::Result<D
         "cold run failed: {:?}",
         output.status
     );
-    Ok(elapsed)
+    Ok((
+        elapsed,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
 }
 
 fn step(i: usize, total: usize, what: &str) {
@@ -770,6 +1199,19 @@ fn git_revision(root: &Path) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// The row whose peers a workload is compared with when it has none of its own: the same
+/// work seen from the peer's side (a peer has no "back to back" or "in-process" variant).
+fn peer_row(workload: &str) -> &str {
+    match workload {
+        "session ready, back to back"
+        | "replpool.Pool session ready, within warm_workers"
+        | "replpool.Pool session ready, beyond warm_workers" => "session ready",
+        "warm exec 1+1, in-process Pool" => "warm exec 1+1",
+        "one-shot print(1), back to back" => "one-shot print(1)",
+        other => other,
+    }
+}
+
 /// The Markdown report: one row per workload, the three systems side by side, and the ratios.
 fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     let mut workloads: Vec<&str> = Vec::new();
@@ -782,13 +1224,19 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     }
     let cell = |f: Option<&&Figure>| match f {
         None => "—".to_owned(),
-        Some(f) => match (f.p50_ms, f.p99_ms, f.value) {
-            (Some(p50), Some(p99), _) => {
-                format!("{} / {} ms (n={})", num(p50), num(p99), f.samples)
+        Some(f) => {
+            let figure = match (f.p50_ms, f.p99_ms, f.value) {
+                (Some(p50), Some(p99), _) => {
+                    format!("{} / {} ms (n={})", num(p50), num(p99), f.samples)
+                }
+                (_, _, Some(v)) => format!("{} {} (n={})", num(v), f.unit, f.samples),
+                _ => "—".to_owned(),
+            };
+            match &f.note {
+                Some(note) => format!("{figure}; {note}"),
+                None => figure,
             }
-            (_, _, Some(v)) => format!("{} {} (n={})", num(v), f.unit, f.samples),
-            _ => "—".to_owned(),
-        },
+        }
     };
     // How many times better replpool is: time and memory are better lower, rates higher.
     let ratio = |ours: Option<&&Figure>, theirs: Option<&&Figure>| match (ours, theirs) {
@@ -823,34 +1271,152 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
         elapsed.as_secs_f64(),
     ));
     md.push_str("Latencies are p50 / p99 measured by the client, end to end; `n` is the number of samples.\n");
-    md.push_str("The ratio columns say how many times better replpool is than the peer in the same run (p50 for latencies).\n\n");
+    md.push_str("The ratio columns say how many times better replpool is than the peer in the same run (p50 for latencies). ");
+    md.push_str("A row with no peer of its own is compared with the row its peer cells name.\n\n");
     md.push_str("| workload | replpool | cold `python -c` | Jupyter kernel | vs cold | vs Jupyter |\n|---|---|---|---|---|---|\n");
     for w in &workloads {
         let ours = by.get(&(*w, "replpool"));
-        let cold = by.get(&(*w, "cold"));
-        let jupyter = by.get(&(*w, "jupyter"));
+        let peers = peer_row(w);
+        let peer_cell = |system: &str| match (by.get(&(*w, system)), by.get(&(peers, system))) {
+            (Some(own), _) => (cell(Some(own)), Some(*own)),
+            (None, Some(borrowed)) => (format!("as *{peers}*"), Some(*borrowed)),
+            (None, None) => ("—".to_owned(), None),
+        };
+        let (cold_cell, cold) = peer_cell("cold");
+        let (jupyter_cell, jupyter) = peer_cell("jupyter");
         md.push_str(&format!(
-            "| {w} | {} | {} | {} | {} | {} |\n",
+            "| {w} | {} | {cold_cell} | {jupyter_cell} | {} | {} |\n",
             cell(ours),
-            cell(cold),
-            cell(jupyter),
-            ratio(ours, cold),
-            ratio(ours, jupyter)
+            ratio(ours, cold.as_ref()),
+            ratio(ours, jupyter.as_ref())
         ));
     }
-    md.push_str(
-        "\nWhat each workload is:\n\n\
-         - **session ready**: replpool `POST /v1/sessions` + first `1+1`, each sample starting with the warm pool full (the server refills it between samples, untimed); cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.\n\
-         - **session ready, back to back**: the same without waiting: sessions made as fast as workers can be forked, so the pool runs dry.\n\
-         - **warm exec 1+1**: `1+1` in a session that exists (cold has no sessions).\n\
-         - **warm exec 1+1, in-process Pool**: the same through the `replpool` Python package's `Pool` (no server, no HTTP), timed by the calling Python code.\n\
-         - **data cell**: `df.groupby('k')['v'].mean()` on a 100,000-row DataFrame made earlier in the session (cold makes it in the same run).\n\
-         - **plot cell**: a 1,000-point line plot returned as PNG.\n\
-         - **throughput**: trivial execs per second, one closed-loop client per session, all sessions at once.\n\
-         - **memory**: PSS (`/proc/<pid>/smaps_rollup`) per idle session after one `1+1`, averaged over the sessions; server RSS beside it.\n\
-         - **judge**: one program against N stdin/stdout cases, each a one-shot `POST /v1/execute` (fresh worker) vs. a cold subprocess, as many at once as the machine has cores; and the same cases in one request to the code judge's own `POST /execute`.\n",
+    md.push_str("\nWhat each workload is:\n\n");
+    // Only the rows the run has (`--only` runs some steps), each described once.
+    let plot = plot_description(&by);
+    let pool = format!(
+        "- **replpool.Pool session ready**: the `replpool` package's `Pool(warm_workers={POOL_WARM_WORKERS})` inside a Python process (benches/peers/pool_peer.py; no server): `pool.session()` + first `1+1`, timed by the caller. In rounds of warm_workers + 1 sessions made one after the other and kept open, each round starting with the pool full (its processes all started and idle, read from `/proc`; untimed): the first warm_workers of a round take a ready worker (**within**), the last finds none and waits for a worker started for it (**beyond**; one per round, as a second would often get one the pool's refill finished meanwhile). Compared with *session ready*'s peers."
     );
+    let descriptions: [(&str, &str); 13] = [
+        (
+            "session ready",
+            "- **session ready**: replpool `POST /v1/sessions` + first `1+1`, each sample starting with the warm pool full (the server refills it between samples, untimed); cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.",
+        ),
+        (
+            "session ready, back to back",
+            "- **session ready, back to back**: the same without waiting: sessions made as fast as workers can be forked, so the pool runs dry.",
+        ),
+        (
+            "warm exec 1+1",
+            "- **warm exec 1+1**: `1+1` in a session that exists (cold has no sessions).",
+        ),
+        (
+            "warm exec 1+1, in-process Pool",
+            "- **warm exec 1+1, in-process Pool**: the same through the `replpool` Python package's `Pool` (no server, no HTTP), timed by the calling Python code, as the Jupyter peer times its kernel.",
+        ),
+        (
+            "CPU per trivial exec",
+            "- **CPU per trivial exec**: `1+1` one at a time in one session over one kept-alive connection (after 100 untimed), n times; the user + system CPU time (`/proc/<pid>/stat`, 10 ms ticks) each process used meanwhile, divided by n: the server (all its threads, its background tasks included), the session's worker (the `pid` of the session's info) and this benchmark's process (the HTTP client). No peer.",
+        ),
+        (
+            "data cell",
+            "- **data cell**: `df.groupby('k')['v'].mean()` on a 100,000-row DataFrame made earlier in the session (cold: `python -c` importing numpy and pandas only, making it in the same run).",
+        ),
+        ("plot cell", &plot),
+        (
+            "throughput",
+            "- **throughput**: trivial execs per second, one closed-loop client per session, all sessions at once. replpool's CPU: each side's CPU time over the run (`/proc/<pid>/stat`) as a share of the machine (cores × wall time): the client (this benchmark: reqwest on tokio, on the same machine), the server, the sessions' workers.",
+        ),
+        (
+            "memory",
+            "- **memory**: PSS (`/proc/<pid>/smaps_rollup`) per idle session after one `1+1`, averaged over the sessions; server RSS beside it.",
+        ),
+        (
+            "one-shot print(1)",
+            "- **one-shot print(1)**: `POST /v1/execute` with `print(1)` (a fresh worker for the one execution), one at a time, each sample starting with every pool `/healthz` reports at its target (waited for between samples, untimed): the pool is not empty. **Back to back**: the same without waiting. Cold: `python -c 'print(1)'`, the bare interpreter.",
+        ),
+        (
+            "HumanEval-style",
+            "- **HumanEval-style batch**: generated plain-Python programs (benches/replpool/humaneval.rs: one small function each — fib, is_prime, digit_sum, is_palindrome, gcd, count_vowels, unique_sorted, max_subarray — a `check` of 3–6 literal asserts, `print(\"ok\")`; no imports; the same programs every run; 164 like HumanEval in a full run), 4 at once on both sides: replpool as one-shot `POST /v1/execute`, cold as `python -c` per program with the bare interpreter (no preload imported). The batch's wall time, and each program's latency on the row below; a wrong output fails the run.",
+        ),
+        (
+            "judge",
+            "- **judge**: one program against N stdin/stdout cases, each a one-shot `POST /v1/execute` (fresh worker) vs. `python -c` with the bare interpreter (the program imports nothing), as many at once as the machine has cores; and the same cases in one request to the code judge's own `POST /execute`.",
+        ),
+        ("replpool.Pool session ready", &pool),
+    ];
+    for (key, text) in descriptions {
+        if workloads.iter().any(|w| w.starts_with(key)) {
+            md.push_str(text);
+            md.push('\n');
+        }
+    }
     md
+}
+
+/// The plot row's description, from what the run found: each side's saving code and settings,
+/// and the PNG it returned, so that a reader can see the two sides drew the same picture.
+fn plot_description(by: &BTreeMap<(&str, &str), &Figure>) -> String {
+    let detail = |system: &str, key: &str| {
+        by.get(&("plot cell", system))
+            .and_then(|f| f.details.get(key))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let png = |system: &str| {
+        let png = detail(system, "png");
+        match (
+            png["width"].as_u64(),
+            png["height"].as_u64(),
+            png["bytes"].as_u64(),
+        ) {
+            (Some(w), Some(h), Some(b)) => format!("{w}×{h} px, {b} bytes"),
+            _ => "not measured".to_owned(),
+        }
+    };
+    let compact = |v: Value| serde_json::to_string(&v).unwrap_or_default();
+    let savefig = detail("replpool", "savefig");
+    let savefig: Vec<String> = savefig
+        .as_array()
+        .map(|calls| {
+            calls
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|c| format!("`{c}`"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let jupyter_settings = detail("jupyter", "settings");
+    let same_size = {
+        let (ours, theirs) = (detail("replpool", "png"), detail("jupyter", "png"));
+        match (
+            ours.is_null() || theirs.is_null(),
+            ours["width"] == theirs["width"] && ours["height"] == theirs["height"],
+        ) {
+            (true, _) => "",
+            (false, true) => " Both sides' PNGs have the same pixel size.",
+            (false, false) => {
+                " **The two sides' PNGs differ in pixel size: the figures are not the same picture; compare with care.**"
+            }
+        }
+    };
+    format!(
+        "- **plot cell**: `{PLOT_CELL}` in a session where the preload was imported, the figure returned as a PNG. \
+         replpool: the worker saves each figure left open with {} (bootstrap/worker.py), matplotlib settings {}; its PNG: {}. \
+         Jupyter: the inline backend (matplotlib-inline) saves with IPython's `print_figure(fig, dpi=fig.dpi, bbox_inches=…, **print_figure_kwargs)`, print_figure_kwargs {}, figure formats {}, matplotlib settings {}; its PNG: {}. \
+         Cold: `python -c` importing numpy and matplotlib.pyplot (Agg), `plt.savefig(buf, format='png', bbox_inches='tight')` and base64.{same_size}",
+        if savefig.is_empty() {
+            "(no `savefig(` call found)".to_owned()
+        } else {
+            savefig.join(", ")
+        },
+        compact(detail("replpool", "settings")),
+        png("replpool"),
+        compact(jupyter_settings["print_figure_kwargs"].clone()),
+        compact(jupyter_settings["figure_formats"].clone()),
+        compact(jupyter_settings["rc"].clone()),
+        png("jupyter"),
+    )
 }
 
 fn num(v: f64) -> String {

@@ -1,5 +1,7 @@
 """Unit tests of worker.py's pure parts (the protocol end to end is tested from Rust)."""
 
+import base64
+import io
 import os
 import signal
 import sys
@@ -38,6 +40,24 @@ class RunCellTest(unittest.TestCase):
         self.assertEqual(info["traceback"][0], "Traceback (most recent call last):")
         self.assertEqual(info["traceback"][1], '  File "<cell-3>", line 2, in <module>')
         self.assertFalse(any("worker.py" in line for line in info["traceback"]))
+
+    def test_a_cell_run_again_is_named_by_its_new_count(self):
+        # The second run reuses the first one's compilation: every frame, the nested
+        # function's too, must still name the cell it ran as.
+        code = "def f():\n    return 1 / 0\nf()"
+        for count in (1, 2):
+            try:
+                worker.run_cell(code, {}, f"<cell-{count}>")
+            except ZeroDivisionError as exc:
+                info = worker.error_info(exc)
+            self.assertEqual(info["traceback"][1], f'  File "<cell-{count}>", line 3, in <module>')
+            self.assertEqual(info["traceback"][3], f'  File "<cell-{count}>", line 2, in f')
+
+    def test_a_cell_run_again_starts_from_a_fresh_namespace(self):
+        first, second = {}, {}
+        self.assertEqual(worker.run_cell("n = 40\nn + 2", first, "<cell-1>"), 42)
+        self.assertEqual(worker.run_cell("n = 40\nn + 2", second, "<cell-2>"), 42)
+        self.assertEqual(second["n"], 40)
 
 
 class ErrorInfoTest(unittest.TestCase):
@@ -184,6 +204,66 @@ class ProbeTest(unittest.TestCase):
 class ParentPidTest(unittest.TestCase):
     def test_outside_a_pid_namespace_it_is_getppid(self):
         self.assertEqual(worker.parent_pid(), os.getppid())
+
+
+class FigurePngTest(unittest.TestCase):
+    """A figure is shown as savefig(bbox_inches="tight") would make it (Jupyter's inline
+    backend), from one draw where the figure's own canvas holds all of it."""
+
+    def setUp(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+
+        self.plt = matplotlib.pyplot
+        self.addCleanup(self.plt.close, "all")
+
+    def png_and_draws(self, make):
+        figure = make()
+        draws = []
+        figure.canvas.mpl_connect("draw_event", draws.append)
+        png = base64.b64decode(worker.figure_png(figure))
+        return png, len(draws)
+
+    def savefig_png(self, make):
+        figure = make()
+        buf = io.BytesIO()
+        figure.savefig(buf, format="png", bbox_inches="tight")
+        self.plt.close(figure)
+        return buf.getvalue()
+
+    def test_a_plot_is_drawn_once_at_savefigs_size_and_what_lies_beyond_the_figure_is_kept(self):
+        def plot():
+            figure = self.plt.figure()
+            self.plt.plot(range(1000), [i % 7 for i in range(1000)])
+            self.plt.title("gyp")
+            return figure
+
+        png, draws = self.png_and_draws(plot)
+        self.assertEqual(draws, 1)
+        self.assertEqual(png_size(png), png_size(self.savefig_png(plot)))
+        self.assertEqual(self.plt.get_fignums(), [])
+
+        def legend_outside():
+            figure = self.plt.figure()
+            self.plt.plot([1, 2], label="a label placed outside the axes")
+            self.plt.legend(bbox_to_anchor=(1.05, 1), loc="upper left")
+            return figure
+
+        png, _ = self.png_and_draws(legend_outside)
+        width, height = png_size(png)
+        self.assertEqual((width, height), png_size(self.savefig_png(legend_outside)))
+        self.assertGreater(width, 640)  # wider than the figure (6.4 in at 100 dpi): the legend
+
+
+def png_size(png):
+    """(width, height) from a PNG's IHDR chunk."""
+    import struct
+
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    return struct.unpack(">II", png[16:24])
 
 
 if __name__ == "__main__":

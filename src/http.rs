@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -131,46 +131,49 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read + limits.keep_alive);
     let mut connection = std::pin::pin!(builder.serve_connection(io, service));
+    let mut drained = std::pin::pin!(draining.cancelled());
+    let mut watchdog = std::pin::pin!(tokio::time::sleep(limits.keep_alive));
+    let mut armed: Option<Instant> = None;
     let mut shutting_down = false;
-    loop {
+    std::future::poll_fn(|cx| {
+        if !shutting_down && drained.as_mut().poll(cx).is_ready() {
+            shutting_down = true;
+            connection.as_mut().graceful_shutdown();
+        }
+        if let Poll::Ready(served) = connection.as_mut().poll(cx) {
+            if let Err(e) = served {
+                tracing::debug!("connection ended: {e}");
+            }
+            return Poll::Ready(());
+        }
+        // Whatever hyper just did (bytes in, a request begun or answered) is in `activity`
+        // now, so the deadline is looked at after every poll of the connection: no wake-up
+        // of the task is needed to move it.
         let deadline = activity.deadline(&limits);
-        tokio::select! {
-            served = connection.as_mut() => {
-                if let Err(e) = served {
-                    tracing::debug!("connection ended: {e}");
-                }
-                return;
-            }
-            () = draining.cancelled(), if !shutting_down => {
-                shutting_down = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            () = activity.changed.notified() => {}
-            () = sleep_until(deadline) => {
-                // Dropping the connection closes it; no request is in progress, so no answer
-                // is lost.
-                if activity.deadline(&limits).is_some_and(|d| d <= Instant::now()) {
-                    tracing::debug!("closing a connection that sent no complete request in time");
-                    return;
-                }
+        if deadline != armed {
+            armed = deadline;
+            if let Some(at) = deadline {
+                watchdog.as_mut().reset(at);
             }
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
+        if armed.is_some() && watchdog.as_mut().poll(cx).is_ready() {
+            // Dropping the connection closes it; no request is in progress, so no answer is
+            // lost.
+            tracing::debug!("closing a connection that sent no complete request in time");
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// What a connection is doing, as far as its deadlines care: requests in progress (from the
 /// end of the head to the end of the response), since when it has been idle, and since when
 /// a request head has been arriving.
 ///
-/// All of it changes while hyper polls the connection, inside the same task as the watchdog;
-/// the watchdog is told through `changed`, since a change can bring its deadline forward.
+/// All of it changes while hyper polls the connection, inside the same task as the watchdog,
+/// which therefore looks at it after every poll of the connection (no notification, so no
+/// wake-up of the task for each request).
 struct Activity {
     born: Instant,
     requests: AtomicUsize,
@@ -178,7 +181,6 @@ struct Activity {
     idle_since: AtomicU64,
     /// Milliseconds since `born`, or [`Activity::NONE`].
     head_since: AtomicU64,
-    changed: Notify,
 }
 
 impl Activity {
@@ -190,7 +192,6 @@ impl Activity {
             requests: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(Self::NONE),
-            changed: Notify::new(),
         }
     }
 
@@ -200,13 +201,14 @@ impl Activity {
 
     /// Bytes came in. With no request in progress, they are the start of a request head.
     fn received(&self) {
-        if self.requests.load(Ordering::Acquire) == 0
-            && self
-                .head_since
-                .compare_exchange(Self::NONE, self.now(), Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.changed.notify_one();
+        if self.requests.load(Ordering::Acquire) == 0 {
+            // Only the first bytes of a head start its clock.
+            let _ = self.head_since.compare_exchange(
+                Self::NONE,
+                self.now(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
         }
     }
 
@@ -215,7 +217,6 @@ impl Activity {
     fn request_started(self: &Arc<Self>) -> InProgress {
         self.requests.fetch_add(1, Ordering::AcqRel);
         self.head_since.store(Self::NONE, Ordering::Release);
-        self.changed.notify_one();
         InProgress(self.clone())
     }
 
@@ -244,7 +245,6 @@ impl Drop for InProgress {
         if activity.requests.fetch_sub(1, Ordering::AcqRel) == 1 {
             activity.idle_since.store(activity.now(), Ordering::Release);
             activity.head_since.store(Activity::NONE, Ordering::Release);
-            activity.changed.notify_one();
         }
     }
 }

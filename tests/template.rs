@@ -151,3 +151,81 @@ async fn a_killed_server_leaves_neither_template_nor_workers() {
         processes_of(pid)
     );
 }
+
+/// matplotlib's font list is built once into the interpreter's installation (`make venv`,
+/// worker.py's `font_cache_dir`); the template takes it from there instead of listing and
+/// reading every font of the machine again at each start.
+#[tokio::test]
+async fn the_template_takes_matplotlibs_font_list_from_the_venvs_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Reachable by sessions' users (the sandbox checks the interpreter's paths).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let venv = dir.path().join("venv");
+    // A venv of its own, for a prefix of its own, that imports the test venv's packages.
+    let made = Command::new(common::python())
+        .args(["-m", "venv", "--without-pip"])
+        .arg(&venv)
+        .status()
+        .expect("run python -m venv");
+    assert!(made.success());
+    let purelib = |python: &std::path::Path| {
+        let out = Command::new(python)
+            .args([
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ])
+            .output()
+            .expect("ask for site-packages");
+        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    };
+    let python = venv.join("bin/python");
+    std::fs::write(
+        purelib(&python).join("test-venv.pth"),
+        format!("{}\n", purelib(&common::python()).display()),
+    )
+    .expect("write .pth");
+    // What `worker.py '{"font_cache": "build"}'` does (`make venv`), by hand.
+    let cache = venv.join("share/replpool/matplotlib");
+    let built = Command::new(&python)
+        .args(["-c", "import matplotlib.font_manager"])
+        .env("MPLCONFIGDIR", &cache)
+        .status()
+        .expect("build the font list");
+    assert!(built.success());
+    // A font that only the built list names: a process that lists the fonts itself has not.
+    let list = std::fs::read_dir(&cache)
+        .expect("the font cache directory")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".json"))
+        .expect("a fontlist-*.json");
+    let mut fonts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&list).expect("read the font list")).expect("JSON");
+    let ttflist = fonts["ttflist"].as_array_mut().expect("ttflist");
+    let mut marker = ttflist[0].clone();
+    marker["name"] = "Replpool Prebuilt".into();
+    ttflist.push(marker);
+    std::fs::write(&list, fonts.to_string()).expect("write the font list");
+
+    let server = Server::start(&format!(
+        "[python]\nexecutable = {:?}\n[pool]\nwarm_workers = 1\n",
+        python.display().to_string()
+    ));
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    let reply = api
+        .run(
+            &s,
+            "import matplotlib.font_manager as fm\nany(f.name == 'Replpool Prebuilt' for f in fm.fontManager.ttflist)",
+        )
+        .await;
+    assert_eq!(reply["result"]["text/plain"], "True", "{reply}");
+    let (_, health) = api.get("/healthz").await;
+    assert!(
+        health["pool"]["template"]["forks"].as_u64().unwrap_or(0) > 0,
+        "not a forked worker: {health}"
+    );
+}

@@ -1,17 +1,21 @@
 """The Jupyter peer of replpool's benchmark: the same workloads, on IPython kernels driven
 with jupyter_client over their own protocol (start the kernel, execute, wait for idle).
 
-Run by benches/bench.rs with the project's venv; prints one JSON object on stdout.
+Run by benches/replpool.rs with the project's venv; prints one JSON object on stdout.
 
     jupyter_peer.py ready N PRELOAD            kernel start + first cell, N times
-    jupyter_peer.py exec N PRELOAD SETUP CODE  N executions of CODE in one kernel
+    jupyter_peer.py exec N PRELOAD SETUP CODE  N executions of CODE in one kernel (for a plot:
+                                               also the last PNG's size and the kernel's
+                                               plot settings)
     jupyter_peer.py throughput C SECONDS PRELOAD  trivial executions/s over C kernels
     jupyter_peer.py memory K PRELOAD           PSS per idle kernel with K kernels
 """
 
+import base64
 import itertools
 import json
 import os
+import struct
 import sys
 import tempfile
 import threading
@@ -43,20 +47,54 @@ def stop_kernel(manager, client):
     manager.shutdown_kernel(now=True)
 
 
-def run(client, code, want_png=False):
-    """Executes code and waits until the kernel is idle again; returns the reply."""
+def run(client, code, want_png=False, outputs=None):
+    """Executes code and waits until the kernel is idle again; returns the reply. `outputs`, a
+    dict, receives the last PNG (base64) as "png" and the stdout as "stdout"."""
     got_png = []
+    stdout = []
 
     def hook(msg):
-        if msg["msg_type"] in ("display_data", "execute_result") and "image/png" in msg["content"].get("data", {}):
-            got_png.append(True)
+        content = msg["content"]
+        if msg["msg_type"] in ("display_data", "execute_result") and "image/png" in content.get("data", {}):
+            got_png.append(content["data"]["image/png"])
+        elif msg["msg_type"] == "stream" and content.get("name") == "stdout":
+            stdout.append(content.get("text", ""))
 
     reply = client.execute_interactive(code, timeout=TIMEOUT, output_hook=hook)
     if reply["content"]["status"] != "ok":
         raise RuntimeError(f"cell failed: {reply['content']}")
     if want_png and not got_png:
         raise RuntimeError("no PNG came back")
+    if outputs is not None:
+        outputs["png"] = got_png[-1] if got_png else None
+        outputs["stdout"] = "".join(stdout)
     return reply
+
+
+# What decides a figure's PNG in the kernel: matplotlib's settings and the inline backend's.
+PLOT_SETTINGS = """
+import json as _json, matplotlib as _mpl
+from matplotlib_inline.backend_inline import InlineBackend as _InlineBackend
+_inline = _InlineBackend.instance()
+print(_json.dumps({
+    "rc": {
+        "backend": _mpl.get_backend(),
+        "figure.figsize": list(_mpl.rcParams["figure.figsize"]),
+        "figure.dpi": _mpl.rcParams["figure.dpi"],
+        "savefig.dpi": str(_mpl.rcParams["savefig.dpi"]),
+        "savefig.bbox": str(_mpl.rcParams["savefig.bbox"]),
+    },
+    "print_figure_kwargs": dict(_inline.print_figure_kwargs),
+    "figure_formats": sorted(_inline.figure_formats),
+}))
+"""
+
+
+def png_facts(b64):
+    """Pixel size (from the IHDR chunk) and bytes of a base64 PNG."""
+    data = base64.b64decode(b64)
+    width, height = struct.unpack(">II", data[16:24])
+    return {"width": width, "height": height, "bytes": len(data)}
 
 
 def ready(n, preload):
@@ -78,13 +116,19 @@ def execute(n, preload, setup, code):
         run(client, setup)
         want_png = "plt." in code
         samples = []
+        outputs = {}
         for i in range(n):
             started = time.perf_counter()
-            run(client, code, want_png)
+            run(client, code, want_png, outputs)
             samples.append(time.perf_counter() - started)
             if i % 500 == 0:
                 progress(i, n)
-        return {"samples_s": samples}
+        result = {"samples_s": samples}
+        if want_png:
+            result["png"] = png_facts(outputs["png"])
+            run(client, PLOT_SETTINGS, outputs=outputs)
+            result["settings"] = json.loads(outputs["stdout"])
+        return result
     finally:
         stop_kernel(manager, client)
 

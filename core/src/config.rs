@@ -315,6 +315,9 @@ pub struct PythonConfig {
     pub preload: Vec<String>,
     /// `OPENBLAS_NUM_THREADS`, `OMP_NUM_THREADS`, `MKL_NUM_THREADS` for workers.
     pub blas_threads: u32,
+    /// Run one-shot executions whose code cannot need the preload (see `preload_use.rs`) on
+    /// workers without it, from a second, lean template and pool.
+    pub lean_oneshots: bool,
 }
 
 impl Default for PythonConfig {
@@ -327,6 +330,7 @@ impl Default for PythonConfig {
                 "matplotlib.pyplot as plt".to_owned(),
             ],
             blas_threads: 1,
+            lean_oneshots: true,
         }
     }
 }
@@ -343,6 +347,9 @@ pub struct PoolConfig {
     /// Fork workers from a preloaded template process (milliseconds per worker) rather than
     /// start each one directly (about a second each).
     pub template: bool,
+    /// Idle workers without the preload kept ready for one-shot executions that cannot need
+    /// it (`python.lean_oneshots`).
+    pub lean_workers: usize,
 }
 
 impl Default for PoolConfig {
@@ -352,6 +359,7 @@ impl Default for PoolConfig {
             start_timeout_ms: 60_000,
             acquire_timeout_ms: 5_000,
             template: true,
+            lean_workers: 2,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod manager;
 pub mod node;
 pub mod notebook;
 pub mod pool;
+pub mod preload_use;
 pub mod process;
 pub mod protocol;
 pub mod reaper;

@@ -17,8 +17,8 @@ use crate::execution::{ExecRequest, Execution};
 use crate::files::{FileLimits, FileListing};
 use crate::node;
 use crate::notebook;
-use crate::pool::{PoolStatus, WarmPool};
-use crate::reaper;
+use crate::pool::{OnDemandPool, PoolStatus, WarmPool};
+use crate::preload_use::PreloadUse;
 use crate::sandbox::{Levels, Sandbox, SandboxDirs, mounts};
 use crate::session::{HistoryEntry, Limits, Session, SessionInfo, Workers};
 use crate::state_dir::{self, StateDir};
@@ -78,6 +78,9 @@ pub struct Health {
     pub reason: Option<String>,
     pub sessions: usize,
     pub pool: PoolStatus,
+    /// The pool of workers without the preload, for one-shots (`python.lean_oneshots`);
+    /// `null` when there is none (yet: it starts at the first one-shot that can use it).
+    pub lean_pool: Option<PoolStatus>,
     /// What keeps sessions apart here (see `sandbox/isolation.rs`).
     pub isolation: Levels,
 }
@@ -108,7 +111,7 @@ impl SessionManager {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
                 .map_err(Error::io(format!("cannot open {}", dir.display())))?;
         }
-        let template = config.pool.template && reaper::children().is_subreaper();
+        let template = config.pool.template;
         let sandbox = Sandbox::setup(
             config,
             &SandboxDirs {
@@ -154,9 +157,10 @@ impl SessionManager {
         };
         let shutdown = CancellationToken::new();
         let cold = ColdRunner::new(&spec);
-        // Forked workers become the server's children by re-parenting, which needs the server
-        // to be a child subreaper; without that, workers are started directly.
-        let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
+        // Forked workers become the server's children by re-parenting where the server is a
+        // child subreaper; elsewhere (replpool.Pool) they stay the template's.
+        // The lean pool's workers are the same worker.py in the same sandbox: only the
+        // preload differs. Without a preload every worker is lean already.
         let sandbox = Arc::new(sandbox);
         let places = Arc::new(Places::new(
             sessions_dir,
@@ -165,6 +169,21 @@ impl SessionManager {
                 .is_some()
                 .then_some(config.files.max_total_bytes),
         ));
+        let lean = (config.python.lean_oneshots && !spec.preload.is_empty()).then(|| {
+            let spec = WorkerSpec {
+                preload: Vec::new(),
+                ..spec.clone()
+            };
+            OnDemandPool::new(
+                spec,
+                template,
+                Arc::clone(&places),
+                config.pool.lean_workers,
+                shutdown.clone(),
+            )
+        });
+        let preload_use = PreloadUse::new(&spec.preload);
+        let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
         let pool = WarmPool::start(
             spec,
             template,
@@ -174,6 +193,8 @@ impl SessionManager {
         );
         let workers = Arc::new(Workers {
             pool,
+            lean,
+            preload_use,
             cold,
             limits: Limits {
                 default_timeout: Duration::from_millis(ex.default_timeout_ms),
@@ -242,7 +263,13 @@ impl SessionManager {
         let id = node::new_id(&self.node);
         let owner_name = owner.map(str::to_owned);
         let session = match self.workers.pool.take_bound() {
-            Some(bound) => Session::bound(id.clone(), owner_name, bound, Arc::clone(&self.workers)),
+            Some(bound) => Session::bound(
+                id.clone(),
+                owner_name,
+                bound,
+                Arc::clone(&self.workers),
+                Arc::clone(&self.workers.pool),
+            ),
             None => {
                 let place = self.place(&id).await?;
                 let session = Session::new(
@@ -365,23 +392,22 @@ impl SessionManager {
         // Never seen by clients, so it needs no node.
         let id = format!("once-{:016x}", rand::random::<u64>());
         // A bound worker is attached to its own directory, not to a shared one.
-        let bound = shared
-            .is_none()
-            .then(|| self.workers.pool.take_bound())
-            .flatten();
+        let pool = Arc::clone(self.workers.pool_for(&request.code));
+        let bound = shared.is_none().then(|| pool.take_bound()).flatten();
         let session = match bound {
-            Some(bound) => Session::bound(id, None, bound, Arc::clone(&self.workers)),
+            Some(bound) => Session::bound(id, None, bound, Arc::clone(&self.workers), pool),
             None => {
                 let mut place = self.place(&id).await?;
                 if let Some(shared) = shared {
                     place.sandbox.share(shared);
                 }
-                Session::new(
+                Session::with_pool(
                     id,
                     None,
                     place.dir,
                     place.sandbox,
                     Arc::clone(&self.workers),
+                    pool,
                 )
             }
         };
@@ -401,10 +427,15 @@ impl SessionManager {
     /// Makes the template start over (after a package install): new workers import afresh.
     /// Idle pooled workers are dropped too.
     pub fn restart_template(&self) {
-        self.workers
-            .pool
-            .drain("idle before the template restarted (a package was installed)");
-        self.workers.pool.restart_template();
+        for pool in self.pools() {
+            pool.drain("idle before the template restarted (a package was installed)");
+            pool.restart_template();
+        }
+    }
+
+    /// The main pool, and the lean one if there is one.
+    fn pools(&self) -> impl Iterator<Item = &Arc<WarmPool>> {
+        std::iter::once(&self.workers.pool).chain(self.workers.lean_started())
     }
 
     /// The workers' Python version (`3.11.7`), once a worker has started.
@@ -417,6 +448,7 @@ impl SessionManager {
     /// make progress, whatever the pool says.
     pub async fn health(&self) -> Health {
         let pool = self.workers.pool.status();
+        let lean_pool = self.workers.lean_started().map(|lean| lean.status());
         let blocked = tokio::time::timeout(BLOCKING_PROBE, tokio::task::spawn_blocking(|| ()))
             .await
             .is_err();
@@ -428,6 +460,12 @@ impl SessionManager {
             pool.last_error
                 .as_ref()
                 .map(|e| format!("warm workers cannot be started, executions run cold: {e}"))
+                .or_else(|| {
+                    let lean = lean_pool.as_ref()?.last_error.as_ref()?;
+                    Some(format!(
+                        "lean workers cannot be started, one-shots that need no preload run cold: {lean}"
+                    ))
+                })
         };
         Health {
             node: self.node.clone(),
@@ -435,6 +473,7 @@ impl SessionManager {
             reason,
             sessions: self.sessions.len(),
             pool,
+            lean_pool,
             isolation: self.sandbox.levels().clone(),
         }
     }
@@ -498,7 +537,9 @@ impl SessionManager {
     /// Stops the pool and ends every session and worker.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
-        self.workers.pool.drain("the server is shutting down");
+        for pool in self.pools() {
+            pool.drain("the server is shutting down");
+        }
         let ids: Vec<String> = self.sessions.iter().map(|s| s.key().clone()).collect();
         for id in ids {
             let _ = self.end(&id, "ended at shutdown");

@@ -117,6 +117,11 @@ impl WarmPool {
         }
     }
 
+    /// Whether the last attempt to start a worker failed.
+    pub fn failing(&self) -> bool {
+        self.last_error.lock().is_some()
+    }
+
     /// The workers' Python version, once a worker has started.
     pub fn python_version(&self) -> Option<String> {
         self.python_version.lock().clone()
@@ -204,5 +209,56 @@ impl WarmPool {
         if let Some(template) = &self.template {
             template.restart();
         }
+    }
+}
+
+/// A warm pool (with its own template) made at its first use: a node that never needs it
+/// (no one-shots, say) runs none of its processes.
+pub struct OnDemandPool {
+    spec: WorkerSpec,
+    template: bool,
+    places: Arc<Places>,
+    target: usize,
+    shutdown: CancellationToken,
+    pool: std::sync::OnceLock<Arc<WarmPool>>,
+}
+
+impl OnDemandPool {
+    pub fn new(
+        spec: WorkerSpec,
+        template: bool,
+        places: Arc<Places>,
+        target: usize,
+        shutdown: CancellationToken,
+    ) -> OnDemandPool {
+        OnDemandPool {
+            spec,
+            template,
+            places,
+            target,
+            shutdown,
+            pool: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The pool, started now if it was not yet. Must be called inside a tokio runtime.
+    pub fn get(&self) -> &Arc<WarmPool> {
+        self.pool.get_or_init(|| {
+            let template = self
+                .template
+                .then(|| Template::start(self.spec.clone(), self.shutdown.clone()));
+            WarmPool::start(
+                self.spec.clone(),
+                template,
+                Arc::clone(&self.places),
+                self.target,
+                self.shutdown.clone(),
+            )
+        })
+    }
+
+    /// The pool, if it was started.
+    pub fn started(&self) -> Option<&Arc<WarmPool>> {
+        self.pool.get()
     }
 }

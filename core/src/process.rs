@@ -1,5 +1,6 @@
 //! The OS process behind a worker (or the template), however it was made: spawned by the
-//! server (a tokio `Child`), or forked by the template and re-parented to the server.
+//! server (a tokio `Child`), forked by the template and re-parented to the server, or forked
+//! by the template and kept as the template's child (where the server is no subreaper).
 //!
 //! Both are watched through a pidfd, which refers to the process itself rather than to its pid
 //! number: the owner can ask whether it lives, wait for its end without reaping it, kill its
@@ -15,6 +16,9 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::process::Child;
 
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+
 use crate::reaper;
 
 pub struct Process {
@@ -23,6 +27,9 @@ pub struct Process {
     /// Spawned processes are reaped through tokio, which owns their `Child`.
     child: Option<Child>,
     reaped: bool,
+    /// For a worker the template keeps as its own child: the template's socket, on which it
+    /// is told to reap the worker once we killed its group (see [`Process::release`]).
+    keeper: Option<Arc<UnixDatagram>>,
 }
 
 impl Process {
@@ -39,6 +46,14 @@ impl Process {
         Process::watch(pid, None)
     }
 
+    /// A process forked by the template that stays the template's child: `template` is the
+    /// template's socket, to release its zombie once its group was killed.
+    pub fn kept_by_template(pid: u32, template: Arc<UnixDatagram>) -> std::io::Result<Process> {
+        let mut process = Process::watch(pid, None)?;
+        process.keeper = Some(template);
+        Ok(process)
+    }
+
     fn watch(pid: u32, child: Option<Child>) -> std::io::Result<Process> {
         let fd = pidfd_open(pid)?;
         // SAFETY: the OwnedFd is a valid descriptor, owned by the AsyncFd from here on, and
@@ -50,6 +65,7 @@ impl Process {
             pidfd,
             child,
             reaped: false,
+            keeper: None,
         })
     }
 
@@ -80,6 +96,16 @@ impl Process {
             let _ = self.pidfd.readable().await;
         }
         self.kill_group();
+        if self.keeper.is_some() {
+            // waitid(2) works on children only; the zombie, which the template keeps until
+            // released, shows its wait status in /proc.
+            let how = zombie_wait_status(self.pid).map_or_else(
+                || "status unknown (it ended as the template's child)".to_owned(),
+                describe_wait_status,
+            );
+            self.release();
+            return how;
+        }
         let how = match self.child.as_mut() {
             Some(child) => match child.wait().await {
                 Ok(status) => describe_exit(status),
@@ -97,6 +123,36 @@ impl Process {
         how
     }
 
+    /// Tells the template keeping this process to reap it. Only after its group was killed:
+    /// until reaped, its pid (and so its group id) cannot be reused, so our killpg cannot hit
+    /// an unrelated group. From here on we send it nothing.
+    fn release(&mut self) {
+        if self.reaped {
+            return;
+        }
+        self.reaped = true;
+        if let Some(template) = &self.keeper {
+            let message = format!(r#"{{"op":"reap","pid":{}}}"#, self.pid);
+            // A template that is gone cannot be told; its end killed the worker and init reaps.
+            if let Err(e) = template.send(message.as_bytes()) {
+                tracing::debug!(pid = self.pid, "cannot tell the template to reap: {e}");
+            }
+        }
+    }
+
+    /// Waits, blocking the thread, up to `timeout` for the process to end; whether it did.
+    pub fn wait_exit_blocking(&self, timeout: std::time::Duration) -> bool {
+        if self.reaped {
+            return true;
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            self.pidfd.get_ref().as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+        matches!(nix::poll::poll(&mut fds, millis), Ok(n) if n > 0)
+    }
+
     /// SIGKILL to the process group (workers and the template lead their own).
     pub fn kill_group(&self) {
         if !self.reaped {
@@ -109,8 +165,13 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill_group();
-        // The zombie is reaped by tokio's orphan reaper (spawned) or by the sweep (forked).
-        reaper::children().forget(self.pid);
+        // The zombie is reaped by tokio's orphan reaper (spawned), by the sweep (forked), or
+        // by the template (kept by it).
+        if self.keeper.is_some() {
+            self.release();
+        } else {
+            reaper::children().forget(self.pid);
+        }
     }
 }
 
@@ -183,6 +244,27 @@ pub fn describe_exit(status: std::process::ExitStatus) -> String {
         describe_signal(sig)
     } else {
         status.to_string()
+    }
+}
+
+/// The wait status of a zombie, from the last field of `/proc/<pid>/stat` (`exit_code`).
+fn zombie_wait_status(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Field 3, the state: only a zombie's exit_code is final.
+    if fields.first() != Some(&"Z") {
+        return None;
+    }
+    fields.last()?.parse().ok()
+}
+
+/// "exit code 3" or "signal 11 (SIGSEGV)", from a raw wait status.
+fn describe_wait_status(status: i32) -> String {
+    if status & 0x7f == 0 {
+        format!("exit code {}", (status >> 8) & 0xff)
+    } else {
+        describe_signal(status & 0x7f)
     }
 }
 

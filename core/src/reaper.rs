@@ -129,11 +129,10 @@ impl ChildRegistry {
 
     /// Kills and reaps every child of this process that is not one of ours. Returns how many.
     pub fn sweep(&self) -> usize {
-        let me = std::process::id();
         let ours = self.ours.lock();
         let mut unknown = self.unknown.lock();
         let now = Instant::now();
-        let children: HashSet<u32> = children_of(me).into_iter().collect();
+        let children = our_children();
         unknown.retain(|pid, _| children.contains(pid) && !ours.contains(pid));
         let mut ended = 0;
         for &pid in &children {
@@ -184,7 +183,36 @@ impl ChildRegistry {
     }
 }
 
-/// Pids whose parent is `parent`, from `/proc/<pid>/stat`.
+/// This process's children: what the kernel lists in `/proc/self/task/<tid>/children` for
+/// each of its threads (a child's parent is the thread that forked it, and an orphan handed to
+/// a subreaper goes to one of its threads). Only our own processes are read, not every pid on
+/// the machine. Where the kernel has no such files (built without `CONFIG_PROC_CHILDREN`),
+/// every `/proc/<pid>/stat` is read instead.
+fn our_children() -> HashSet<u32> {
+    let me = std::process::id();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return children_of(me).into_iter().collect();
+    };
+    let mut children = HashSet::new();
+    for task in tasks.flatten() {
+        let mut path = task.path();
+        path.push("children");
+        match std::fs::read_to_string(&path) {
+            Ok(list) => children.extend(
+                list.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            ),
+            // The thread ended since the directory was listed: it has no children left.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && task.path().exists() => {
+                return children_of(me).into_iter().collect();
+            }
+            Err(_) => {}
+        }
+    }
+    children
+}
+
+/// Pids whose parent is `parent`, from `/proc/<pid>/stat` (every process on the machine).
 fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -206,6 +234,27 @@ fn parent_of(pid: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // a test's own child, waited for here
+    fn lists_a_child_of_another_thread() {
+        // Forked from a thread other than the one that asks: the children of every thread
+        // are the process's.
+        let child = std::thread::spawn(|| {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep")
+        })
+        .join()
+        .expect("spawning thread");
+        let pid = child.id();
+        let listed = our_children().contains(&pid);
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(listed, "child {pid} was not listed");
+    }
 
     #[test]
     fn reads_the_parent_of_this_process() {

@@ -25,7 +25,8 @@ use crate::cold::ColdRunner;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
-use crate::pool::WarmPool;
+use crate::pool::{OnDemandPool, WarmPool};
+use crate::preload_use::PreloadUse;
 use crate::process;
 use crate::protocol::ErrorInfo;
 use crate::sandbox::SessionSandbox;
@@ -51,8 +52,34 @@ pub struct Limits {
 /// Where sessions get their workers; shared by all sessions.
 pub struct Workers {
     pub pool: Arc<WarmPool>,
+    /// Workers without the preload, for one-shots whose code cannot need it
+    /// (`python.lean_oneshots`), started at the first such one-shot.
+    pub lean: Option<OnDemandPool>,
+    /// Which code may run on a lean worker.
+    pub preload_use: PreloadUse,
     pub cold: ColdRunner,
     pub limits: Limits,
+}
+
+impl Workers {
+    /// The pool a one-shot of `code` takes its worker from: the lean one when there is one
+    /// and the code cannot need the preload. While preloaded workers cannot be started, every
+    /// one-shot takes the main pool's path (the cold fallback, which imports what it can of
+    /// the preload): a degraded node answers one way, whatever the code mentions. Must be
+    /// called inside a tokio runtime (it may start the lean pool).
+    pub fn pool_for(&self, code: &str) -> &Arc<WarmPool> {
+        match &self.lean {
+            Some(lean) if !self.pool.failing() && !self.preload_use.needs_preload(code) => {
+                lean.get()
+            }
+            _ => &self.pool,
+        }
+    }
+
+    /// The lean pool, if it was started.
+    pub fn lean_started(&self) -> Option<&Arc<WarmPool>> {
+        self.lean.as_ref().and_then(OnDemandPool::started)
+    }
 }
 
 pub struct Session {
@@ -66,6 +93,8 @@ pub struct Session {
     /// The session's user and cgroup; every worker it uses enters them.
     sandbox: Arc<SessionSandbox>,
     workers: Arc<Workers>,
+    /// Where the session's workers come from (one of `workers`' pools).
+    pool: Arc<WarmPool>,
     created_at: SystemTime,
     last_used: Mutex<(SystemTime, Instant)>,
     execution_count: AtomicU64,
@@ -81,6 +110,58 @@ pub struct Session {
     /// The Python version of the session's workers, once one was seen (for notebooks).
     python_version: Mutex<Option<String>>,
     background: Mutex<BackgroundCpu>,
+    /// The disk quota where it is measured rather than enforced by the kernel.
+    quota: Arc<QuotaWalks>,
+}
+
+/// Where the session directory is not a filesystem of its own, the quota is measured by a
+/// walk of the directory. The walk runs after each execution but off its path: the reply
+/// never waits for it. A walk that finds the files over the quota marks the session, and the
+/// next execution measures again on its own path (only a session over its quota pays that),
+/// so its reply says whether the files are still over.
+#[derive(Debug, Default)]
+struct QuotaWalks {
+    state: Mutex<WalkState>,
+    /// The last walk found the files over the quota.
+    over: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct WalkState {
+    running: bool,
+    /// An execution ended while a walk ran: what it wrote may have been missed, so the walk
+    /// goes round again.
+    again: bool,
+}
+
+impl QuotaWalks {
+    /// Starts a walk in the background, or has the running one go round again.
+    fn start(self: &Arc<Self>, files: SessionFiles) {
+        {
+            let mut state = self.state.lock();
+            if state.running {
+                state.again = true;
+                return;
+            }
+            state.running = true;
+        }
+        let walks = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match files.usage().await {
+                    Ok(used) => walks
+                        .over
+                        .store(used > files.max_total_bytes(), Ordering::Release),
+                    Err(e) => tracing::debug!("cannot measure the session's files: {e}"),
+                }
+                let mut state = walks.state.lock();
+                if !std::mem::take(&mut state.again) {
+                    state.running = false;
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// How far back the background CPU budget looks.
@@ -202,7 +283,20 @@ impl Session {
         sandbox: SessionSandbox,
         workers: Arc<Workers>,
     ) -> Session {
-        let session = Session::with_slot(id, owner, dir, sandbox, workers, Slot::default());
+        let pool = Arc::clone(&workers.pool);
+        Session::with_pool(id, owner, dir, sandbox, workers, pool)
+    }
+
+    /// [`Session::new`], with workers from `pool` rather than the main pool.
+    pub fn with_pool(
+        id: String,
+        owner: Option<String>,
+        dir: SessionDir,
+        sandbox: SessionSandbox,
+        workers: Arc<Workers>,
+        pool: Arc<WarmPool>,
+    ) -> Session {
+        let session = Session::with_slot(id, owner, dir, sandbox, workers, pool, Slot::default());
         if let Ok(mut slot) = session.slot.try_lock() {
             session.prepare_replacement(&mut slot);
         }
@@ -210,12 +304,13 @@ impl Session {
     }
 
     /// A session on a worker bound ahead of need (see [`crate::binding`]): its place is the
-    /// session's, and it is ready at once.
+    /// session's, and it is ready at once. `pool` gives its later workers (a replacement).
     pub fn bound(
         id: String,
         owner: Option<String>,
         bound: BoundWorker,
         workers: Arc<Workers>,
+        pool: Arc<WarmPool>,
     ) -> Session {
         let BoundWorker { worker, place } = bound;
         let pid = worker.pid();
@@ -226,6 +321,7 @@ impl Session {
             place.dir,
             place.sandbox,
             workers,
+            pool,
             Slot {
                 worker: Some(worker),
                 ..Slot::default()
@@ -242,6 +338,7 @@ impl Session {
         dir: SessionDir,
         sandbox: SessionSandbox,
         workers: Arc<Workers>,
+        pool: Arc<WarmPool>,
         slot: Slot,
     ) -> Session {
         let now = (SystemTime::now(), Instant::now());
@@ -252,6 +349,7 @@ impl Session {
             file_turns: SessionFiles::turns(),
             sandbox: Arc::new(sandbox),
             workers,
+            pool,
             created_at: now.0,
             last_used: Mutex::new(now),
             execution_count: AtomicU64::new(0),
@@ -263,6 +361,7 @@ impl Session {
             history: Mutex::new(VecDeque::new()),
             python_version: Mutex::new(None),
             background: Mutex::default(),
+            quota: Arc::default(),
         }
     }
 
@@ -491,7 +590,8 @@ impl Session {
     /// What the session's limits refused during the execution goes to the log, with the
     /// session id; a worker the OOM killer ended is said to have been, and files past the
     /// disk quota make the reply an error (the next executions still run, so that code can
-    /// clean up; uploads are refused until the session is under its quota again).
+    /// clean up; uploads are refused until the session is under its quota again). Where the
+    /// quota is measured by a walk, the walk follows the reply (see [`QuotaWalks`]).
     async fn check_limits(&self, execution: &mut Execution) {
         let refused = self.sandbox.refusals();
         for refusal in &refused.described {
@@ -524,7 +624,12 @@ impl Session {
             }
             return;
         }
-        // Elsewhere the quota is measured, after the fact.
+        // Elsewhere the quota is measured, after the fact, by a walk that does not delay
+        // the reply; a session the last walk found over it is measured here and now.
+        if !self.quota.over.load(Ordering::Acquire) {
+            self.quota.start(self.files());
+            return;
+        }
         match self.files().usage().await {
             Ok(used) if used > max => {
                 tracing::warn!(used, max, "limit reached: disk quota");
@@ -539,7 +644,7 @@ impl Session {
                     });
                 }
             }
-            Ok(_) => {}
+            Ok(_) => self.quota.over.store(false, Ordering::Release),
             Err(e) => tracing::warn!("cannot measure the session's files: {e}"),
         }
     }
@@ -628,7 +733,7 @@ impl Session {
         if slot.replacement.is_some() || self.closed.is_cancelled() {
             return;
         }
-        let pool = Arc::clone(&self.workers.pool);
+        let pool = Arc::clone(&self.pool);
         let dir = self.dir.path().to_owned();
         let sandbox = Arc::clone(&self.sandbox);
         slot.replacement = Some(AbortOnDropHandle::new(tokio::spawn(async move {

@@ -8,6 +8,13 @@
 //! keeps nothing about it. The worker ties its life to the server's with `PR_SET_PDEATHSIG`
 //! once re-parented.
 //!
+//! Where the server is not a subreaper (replpool.Pool, in a Python process whose own
+//! `subprocess` children must keep their exit statuses), the template is one instead: workers
+//! are re-parented to it and tie their lives to it, and it kills what their cells detach. The
+//! server watches such a worker through its pidfd and kills its group as any other, then tells
+//! the template to reap it ([`Process::kept_by_template`]); at the end it tells the template to
+//! kill all it keeps and exit ([`Farewell`]).
+//!
 //! A supervisor task starts the template, notices its death (or that it stopped answering) and
 //! restarts it with backoff. Forks wait while the template starts; while it is down they fail
 //! at once and callers start workers directly.
@@ -59,6 +66,31 @@ struct Instance {
     /// Cancelled when this template exited or was found stuck: pending forks give up at once,
     /// and the supervisor restarts it.
     gone: CancellationToken,
+    /// A blocking handle on the same socket, for the messages sent from `Drop`s (a worker's
+    /// `reap`, the template's `exit`), which get no answer. `None` where workers are the
+    /// server's (re-parented to it).
+    keeper: Option<Arc<std::os::unix::net::UnixDatagram>>,
+}
+
+/// Ends a template that keeps its workers: asks it to kill them (and what their cells
+/// detached) and exit, and gives it a moment to, before the template's own group is killed.
+/// A `Drop`, because at shutdown the runtime drops the supervisor without polling it again.
+struct Farewell {
+    keeper: Option<Arc<std::os::unix::net::UnixDatagram>>,
+    process: Process,
+}
+
+/// How long a template told to exit may take to end its children before it is killed.
+const FAREWELL_GRACE: Duration = Duration::from_secs(2);
+
+impl Drop for Farewell {
+    fn drop(&mut self) {
+        if let Some(keeper) = &self.keeper
+            && keeper.send(br#"{"op":"exit"}"#).is_ok()
+        {
+            self.process.wait_exit_blocking(FAREWELL_GRACE);
+        }
+    }
 }
 
 /// What `/healthz` shows of the template.
@@ -138,8 +170,11 @@ impl Template {
         };
         self.status.lock().forks += 1;
         let forked_after = asked.elapsed();
-        let process = Process::forked(pid)
-            .map_err(WorkerError::io(format!("cannot watch forked worker {pid}")))?;
+        let process = match &instance.keeper {
+            Some(keeper) => Process::kept_by_template(pid, Arc::clone(keeper)),
+            None => Process::forked(pid),
+        }
+        .map_err(WorkerError::io(format!("cannot watch forked worker {pid}")))?;
         let stderr_tail = new_stderr_tail();
         let log = tokio::net::unix::pipe::Receiver::from_owned_fd(ours.log)
             .map_err(WorkerError::io("log pipe"))?;
@@ -203,29 +238,34 @@ impl Template {
                 _ = shutdown.cancelled() => return,
             };
             match launched {
-                Ok((mut process, socket)) => {
+                Ok((process, socket, keeper)) => {
                     delay = RESTART_DELAY;
                     let pid = process.pid();
+                    let mut template = Farewell {
+                        keeper: keeper.clone(),
+                        process,
+                    };
                     let instance = Arc::new(Instance {
                         socket,
                         turn: tokio::sync::Mutex::new(()),
                         gone: CancellationToken::new(),
+                        keeper,
                     });
                     *self.current.lock() = Some(Arc::clone(&instance));
                     self.set_state(State::Running, Some(pid), None);
                     tracing::info!(pid, "template ready");
                     let why = tokio::select! {
-                        how = process.wait() => format!("the template exited ({how})"),
+                        how = template.process.wait() => format!("the template exited ({how})"),
                         _ = instance.gone.cancelled() => "the template stopped answering".to_owned(),
                         _ = shutdown.cancelled() => {
                             instance.gone.cancel();
                             self.current.lock().take();
-                            return; // dropping `process` kills the template
+                            return; // dropping `template` ends it, and what it keeps
                         }
                     };
                     instance.gone.cancel();
                     self.current.lock().take();
-                    drop(process); // kills a stuck template with its group
+                    drop(template); // kills a stuck template with its group
                     tracing::warn!(pid, "{why}; restarting it");
                     self.status.lock().restarts += 1;
                     self.set_state(State::Down, None, Some(why));
@@ -244,9 +284,26 @@ impl Template {
     }
 
     /// Starts a template process and waits until its preload is done.
-    async fn launch(&self) -> Result<(Process, UnixDatagram), WorkerError> {
+    #[allow(clippy::type_complexity)]
+    async fn launch(
+        &self,
+    ) -> Result<
+        (
+            Process,
+            UnixDatagram,
+            Option<Arc<std::os::unix::net::UnixDatagram>>,
+        ),
+        WorkerError,
+    > {
         let (ours, theirs) =
             std::os::unix::net::UnixDatagram::pair().map_err(WorkerError::io("socket pair"))?;
+        let keeper = if crate::reaper::children().is_subreaper() {
+            None
+        } else {
+            Some(Arc::new(
+                ours.try_clone().map_err(WorkerError::io("socket pair"))?,
+            ))
+        };
         ours.set_nonblocking(true)
             .map_err(WorkerError::io("socket pair"))?;
         let socket = UnixDatagram::from_std(ours).map_err(WorkerError::io("socket pair"))?;
@@ -268,7 +325,7 @@ impl Template {
         match serde_json::from_slice::<Reply>(&buf[..n]) {
             Ok(Reply::Ready { preload_ms, .. }) => {
                 tracing::debug!(pid, preload_ms, "template preloaded");
-                Ok((process, socket))
+                Ok((process, socket, keeper))
             }
             Ok(Reply::Fatal { error }) => Err(WorkerError::Preload(error)),
             Ok(_) => Err(WorkerError::Protocol("unexpected template message".into())),

@@ -36,9 +36,10 @@ def eventually_dead(pids, within=10.0) -> bool:
 
 
 def worker_children() -> list[int]:
-    """This process's children running worker.py (the pool's workers)."""
+    """This process's descendants running worker.py (the pool's workers, started directly or
+    forked from its template, and the template)."""
     me = os.getpid()
-    found = []
+    found, parents, cmdlines = [], {}, {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -49,8 +50,13 @@ def worker_children() -> list[int]:
                 cmdline = f.read()
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if ppid == me and b"worker.py" in cmdline and alive(int(name)):
-            found.append(int(name))
+        parents[int(name)], cmdlines[int(name)] = ppid, cmdline
+    for pid, cmdline in cmdlines.items():
+        ancestor = parents.get(pid)
+        while ancestor is not None and ancestor != me:
+            ancestor = parents.get(ancestor)
+        if ancestor == me and b"worker.py" in cmdline and alive(pid):
+            found.append(pid)
     return found
 
 
@@ -212,3 +218,68 @@ def test_the_python_process_ending_leaves_no_worker(ending):
             child.kill()
             child.wait()
     assert eventually_dead([pid]), f"worker {pid} outlived its Python process"
+
+
+def descendants(skip: set[int] = frozenset()) -> set[int]:
+    """Every living process below this one, not looking below those in `skip` (another pool's
+    processes, which may start workers meanwhile)."""
+    parents = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    below, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier - skip and p not in below}
+        below |= frontier
+    return {p for p in below if alive(p)}
+
+
+def test_sessions_beyond_the_warm_ones_are_forked_from_the_template():
+    before = descendants()
+    pool = replpool.Pool(warm_workers=1)
+    try:
+        sessions = [pool.session() for _ in range(3)]
+        parents = []
+        for n, s in enumerate(sessions):
+            r = s.execute(f"import os\nx = {n}\nos.getppid()")
+            assert r.ok, r
+            assert s.execute("x").text == str(n)
+            parents.append(int(r.text))
+        # Workers started directly are this process's children; forked ones the template's,
+        # itself a worker.py child of this process.
+        templates = [p for p in set(parents) if p != os.getpid()]
+        assert templates, f"no session was forked from the template: parents {parents}"
+        for t in templates:
+            with open(f"/proc/{t}/cmdline", "rb") as f:
+                assert b"worker.py" in f.read()
+        assert sum(p != os.getpid() for p in parents) >= 2, parents
+        for s in sessions:
+            s.close()
+    finally:
+        pool.close()
+    left = descendants(skip=before) - before
+    assert eventually_dead(left), f"processes of the pool outlived it: {sorted(left)}"
+
+
+def test_a_detached_process_of_a_forked_session_does_not_outlive_it():
+    pool = replpool.Pool(warm_workers=0)
+    try:
+        with pool.session() as s:
+            r = s.execute(
+                "import os, subprocess\n"
+                "p = subprocess.Popen(['sleep', '1000'], start_new_session=True)\n"
+                "(os.getppid(), p.pid)"
+            )
+            assert r.ok, r
+            parent, detached = (int(x) for x in r.text.strip("()").split(","))
+            assert parent != os.getpid(), "the session was not forked from the template"
+            assert alive(detached)
+        # The pool still runs: the template, not its end, ends what the session detached.
+        assert eventually_dead([detached]), "the detached process outlived its session"
+    finally:
+        pool.close()

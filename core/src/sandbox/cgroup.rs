@@ -75,7 +75,42 @@ pub struct SessionCgroup {
     pids: Option<PathBuf>,
     memory: Option<(PathBuf, bool)>,
     usage: Option<(PathBuf, bool)>,
+    /// `pids.events` and the memory controller's OOM counter, open for the session's life:
+    /// they are read after every execution.
+    forks_refused: Option<EventFile>,
+    oom_kills: Option<EventFile>,
     remover: Option<mpsc::Sender<PathBuf>>,
+}
+
+/// One counter of a flat-keyed cgroup file that is read often, kept open. Reading an open
+/// cgroup file from offset 0 makes the kernel render it afresh, so each look is one `pread`
+/// into a buffer on the stack, not an `openat`, a `read`, a `close` and a `String`.
+struct EventFile {
+    file: std::fs::File,
+    key: &'static str,
+}
+
+impl EventFile {
+    /// The counter files are a few short lines (`memory.events` is the longest, ~80 bytes).
+    const MAX_LEN: usize = 512;
+
+    fn open(path: &Path, key: &'static str) -> Option<EventFile> {
+        match std::fs::File::open(path) {
+            Ok(file) => Some(EventFile { file, key }),
+            Err(e) => {
+                tracing::warn!("cannot open {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    fn read(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; Self::MAX_LEN];
+        let len = self.file.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(buf.get(..len)?).ok()?;
+        find_key(text, self.key)
+    }
 }
 
 impl Cgroups {
@@ -222,6 +257,8 @@ impl Cgroups {
             pids: None,
             memory: None,
             usage: None,
+            forks_refused: None,
+            oom_kills: None,
             remover: Some(self.remover.clone()),
         };
         // Made one by one, so that a failure part way leaves only what the drop removes.
@@ -248,6 +285,18 @@ impl Cgroups {
                 let _ = write(&dir.join("memory.swap.max"), "0");
             }
         }
+        group.forks_refused = group
+            .pids
+            .as_ref()
+            .and_then(|dir| EventFile::open(&dir.join("pids.events"), "max"));
+        group.oom_kills = group.memory.as_ref().and_then(|(dir, v2)| {
+            let file = if *v2 {
+                "memory.events"
+            } else {
+                "memory.oom_control"
+            };
+            EventFile::open(&dir.join(file), "oom_kill")
+        });
         if let Some((dir, v2)) = self.cpu.as_ref().map(dir_of) {
             let quota = self
                 .limits
@@ -383,26 +432,10 @@ impl SessionCgroup {
     }
 
     pub fn counters(&self) -> Counters {
-        let forks_refused = self
-            .pids
-            .as_ref()
-            .and_then(|dir| read_key(&dir.join("pids.events"), "max"))
-            .unwrap_or(0);
-        let oom_kills = self
-            .memory
-            .as_ref()
-            .and_then(|(dir, v2)| {
-                let file = if *v2 {
-                    "memory.events"
-                } else {
-                    "memory.oom_control"
-                };
-                read_key(&dir.join(file), "oom_kill")
-            })
-            .unwrap_or(0);
+        let count = |file: &Option<EventFile>| file.as_ref().and_then(EventFile::read).unwrap_or(0);
         Counters {
-            forks_refused,
-            oom_kills,
+            forks_refused: count(&self.forks_refused),
+            oom_kills: count(&self.oom_kills),
         }
     }
 }
@@ -586,7 +619,10 @@ fn write(path: &Path, value: &str) -> std::io::Result<()> {
 
 /// `key N` from a flat-keyed cgroup file.
 fn read_key(path: &Path, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(path).ok()?;
+    find_key(&std::fs::read_to_string(path).ok()?, key)
+}
+
+fn find_key(text: &str, key: &str) -> Option<u64> {
     text.lines().find_map(|line| {
         let (k, v) = line.split_once(' ')?;
         (k == key).then(|| v.trim().parse().ok()).flatten()
@@ -596,6 +632,22 @@ fn read_key(path: &Path, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_file_kept_open_is_read_afresh_each_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("memory.events");
+        std::fs::write(&path, "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n").expect("write");
+        let file = EventFile::open(&path, "oom_kill").expect("open");
+        assert_eq!(file.read(), Some(1));
+        std::fs::write(&path, "low 0\nhigh 0\nmax 9\noom 3\noom_kill 2\n").expect("rewrite");
+        assert_eq!(file.read(), Some(2), "the same open file, read again");
+        let missing = EventFile {
+            file: std::fs::File::open(&path).expect("open"),
+            key: "nothing",
+        };
+        assert_eq!(missing.read(), None);
+    }
 
     #[test]
     fn mounts_of_a_hybrid_machine() {

@@ -72,6 +72,9 @@ impl WorkerSpec {
             "max_frame_bytes": self.max_frame_bytes,
             "cold": self.cold,
             "server_pid": std::process::id(),
+            // Forked workers can be re-parented to the server only if it is a subreaper; else
+            // the template keeps them as its own children (see `template.rs`).
+            "keep_workers": !reaper::children().is_subreaper(),
             "private_tmp": self.private_tmp,
             "isolation": (!self.isolation.is_empty()).then_some(&*self.isolation),
             "seccomp": self.syscall_filter.as_deref(),
