@@ -137,7 +137,8 @@ async fn a_one_shot_runs_in_the_cgroup_its_worker_waited_in() {
     let (status, reply) = api
         .post(
             "/v1/execute",
-            json!({"code": "print(open('/proc/self/cgroup').read(), end='')"}),
+            // `np`: code that may need the preload, so the main pool's worker (not the lean one's).
+            json!({"code": "np\nprint(open('/proc/self/cgroup').read(), end='')"}),
         )
         .await;
     assert_eq!(status, 200, "{reply}");
