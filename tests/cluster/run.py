@@ -184,12 +184,18 @@ class Node:
 
     def stop(self):
         if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            end(self.proc, signal.SIGTERM, 15)
+
+
+def end(proc, graceful, within):
+    """Asks `proc` to end with the `graceful` signal; kills it if it has not within that many
+    seconds. Either way it is reaped."""
+    proc.send_signal(graceful)
+    try:
+        proc.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _exited(node):
@@ -224,12 +230,7 @@ class Nginx:
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
             # QUIT: graceful; nginx ends its worker processes itself.
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            end(self.proc, signal.SIGQUIT, 10)
 
 
 def nginx_binary():
