@@ -50,7 +50,13 @@ impl Drop for SessionDir {
         let path = std::mem::take(&mut self.path);
         let own_fs = self.own_fs;
         let remove = move || {
-            if own_fs && let Err(e) = mounts::unmount(&path) {
+            // EINVAL: no longer a mount point. At shutdown the sessions directory's own mount
+            // can be detached (with every mount beneath it) before a pooled place's removal
+            // runs on its blocking thread.
+            if own_fs
+                && let Err(e) = mounts::unmount(&path)
+                && e.raw_os_error() != Some(nix::libc::EINVAL)
+            {
                 tracing::warn!("cannot unmount {}: {e}", path.display());
             }
             if let Err(e) = std::fs::remove_dir_all(&path)
