@@ -359,7 +359,7 @@ impl Default for PoolConfig {
             start_timeout_ms: 60_000,
             acquire_timeout_ms: 5_000,
             template: true,
-            lean_workers: 2,
+            lean_workers: 4,
         }
     }
 }
@@ -784,14 +784,17 @@ impl Config {
                 "must be 0 (no budget) or a positive number of seconds",
             ));
         }
+        // Every live session and every bound worker waiting in a pool holds a uid; twice that
+        // leaves room for the one-shots and for uids not reused at once.
+        let holders = self.sessions.max + self.pool.warm_workers + self.pool.lean_workers;
         if let Some((first, last)) = self.sandbox.session_uid_range()?
-            && u64::from(last - first) + 1 < self.sessions.max as u64 * 2
+            && u64::from(last - first) + 1 < holders as u64 * 2
         {
             return Err(ConfigError::field(
                 "sandbox.session_uids",
                 format!(
-                    "{first}-{last} holds fewer than twice sessions.max ({}) uids",
-                    self.sessions.max
+                    "{first}-{last} holds fewer than twice sessions.max + pool.warm_workers + \
+                     pool.lean_workers ({holders}) uids"
                 ),
             ));
         }
