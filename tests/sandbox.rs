@@ -838,16 +838,38 @@ async fn an_ended_sessions_cgroups_are_removed_without_another_session() {
         )
         .await;
     assert_eq!(reply["status"], "ok", "{reply}");
-    assert!(
-        !session_cgroups(&dirs).is_empty(),
-        "the session has no cgroup in {dirs:?}"
+    // The warm pool's workers wait in cgroups of their own beside the sessions' (bound ahead
+    // of need), so the session's are the ones its worker is in.
+    let (status, info) = api.get(&format!("/v1/sessions/{s}")).await;
+    assert_eq!(status, 200, "{info}");
+    let worker = info["pid"].as_u64().expect("the session's worker pid");
+    let membership = std::fs::read_to_string(format!("/proc/{worker}/cgroup")).expect("cgroups");
+    let name = membership
+        .lines()
+        .filter_map(|line| line.split('/').next_back())
+        .find(|leaf| leaf.starts_with('s'))
+        .expect("the worker is in no session cgroup")
+        .to_owned();
+    let session_cgroups_now = || -> Vec<std::path::PathBuf> {
+        session_cgroups(&dirs)
+            .into_iter()
+            .filter(|dir| dir.file_name().is_some_and(|n| *n == *name))
+            .collect()
+    };
+    assert_eq!(
+        session_cgroups_now().len(),
+        dirs.len(),
+        "the session's cgroup {name} is not in each of {dirs:?}"
     );
     assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
-    let removed = common::eventually(Duration::from_secs(10), || {
-        session_cgroups(&dirs).is_empty()
-    })
-    .await;
-    assert!(removed, "left behind: {:?}", session_cgroups(&dirs));
+    let removed =
+        common::eventually(Duration::from_secs(10), || session_cgroups_now().is_empty()).await;
+    assert!(removed, "left behind: {:?}", session_cgroups_now());
+    // And nothing else: what is left is the warm pool's, one worker each.
+    for dir in session_cgroups(&dirs) {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        assert!(procs.lines().count() <= 1, "{dir:?} holds {procs}");
+    }
 }
 
 #[tokio::test]
