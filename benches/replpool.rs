@@ -543,7 +543,18 @@ impl Bench {
         Ok(())
     }
 
+    /// The lean pool of one-shot workers starts at the first one-shot that can use it: one
+    /// untimed, then its pool full, so that no row measures a server still starting.
+    async fn warm_one_shots(&self) -> anyhow::Result<()> {
+        let reply = self
+            .post("/v1/execute", json!({"code": "print(1)"}))
+            .await?;
+        anyhow::ensure!(reply["status"] == "ok", "wrong one-shot reply: {reply}");
+        self.wait_for_pool().await
+    }
+
     async fn step_one_shot(&mut self, n: &Counts) -> anyhow::Result<()> {
+        self.warm_one_shots().await?;
         let samples = self.replpool_one_shots(n.one_shot, true).await?;
         self.push(Figure::latency("one-shot print(1)", "replpool", &samples));
         let samples = self.replpool_one_shots(n.one_shot, false).await?;
@@ -568,6 +579,7 @@ impl Bench {
             })
             .collect();
         let workload = format!("HumanEval-style batch, {} programs", programs.len());
+        self.warm_one_shots().await?;
         let (wall, samples) = self.replpool_one_shot_batch(&jobs, BATCH_IN_FLIGHT).await?;
         self.push(Figure::value(
             &workload,
@@ -732,8 +744,8 @@ impl Bench {
 
     /// Waits until the server's pool holds as many ready workers as it aims to (and its
     /// template, if any, runs): measurements start from a server that has finished starting.
-    /// Every `{ready, target}` under `/healthz`'s `pool` counts, so that a second pool (e.g. of
-    /// one-shot workers) reported there is waited for too.
+    /// Every `{ready, target}` under `/healthz`'s `pool` and `lean_pool` counts, so that a
+    /// second pool (of one-shot workers) is waited for too once it runs.
     async fn wait_for_pool(&self) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -744,7 +756,7 @@ impl Bench {
                 .await?
                 .json()
                 .await?;
-            if pool_full(&health["pool"]) {
+            if pool_full(&health["pool"]) && pool_full(&health["lean_pool"]) {
                 return Ok(());
             }
             anyhow::ensure!(Instant::now() < deadline, "the pool never filled: {health}");
