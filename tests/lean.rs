@@ -57,7 +57,7 @@ async fn health_shows_the_lean_pool() {
     assert_eq!(one_shot_stdout(&api, "print(2 + 2)").await, "4\n");
     let (status, health) = api.get("/healthz").await;
     assert_eq!(status, 200);
-    assert_eq!(health["lean_pool"]["target"], 2, "{health}");
+    assert_eq!(health["lean_pool"]["target"], 4, "{health}");
     assert_eq!(health["pool"]["target"], 2, "{health}");
 }
 

@@ -189,6 +189,7 @@ impl SessionManager {
             template,
             Arc::clone(&places),
             config.pool.warm_workers,
+            1,
             shutdown.clone(),
         );
         let workers = Arc::new(Workers {

@@ -5,9 +5,12 @@
 //! session directory (with its quota filesystem), a uid lease, a cgroup with its limits — moved
 //! into that cgroup and attached there (see [`crate::binding`]). Taking one is a pop, and the
 //! session created with it only records its id; when the pool is empty the caller makes its
-//! own, so a burst of new sessions is slower but never refused. Refills run one at a time: on
-//! a small machine, starting several workers at once would slow the running sessions more
-//! than it helps the new ones.
+//! own, so a burst of new sessions is slower but never refused. A refill is mostly waiting —
+//! the fork, the child's namespaces, and above all the move into the cgroup, which waits for an
+//! RCU grace period (~10–20 ms) — so up to `parallel` run at once, and their waits overlap. The
+//! sessions' pool keeps one at a time (each fork copies the preloaded template, and sessions
+//! come one by one); the lean pool of one-shots, which a judge's batch empties at once, runs as
+//! many as it holds.
 //!
 //! A worker for a place that exists already (a session's reset, a replacement after a death,
 //! a one-shot sharing a directory) is started on demand by [`WarmPool::acquire`].
@@ -38,6 +41,8 @@ pub struct WarmPool {
     /// Makes the places the pool's workers are bound to.
     places: Arc<Places>,
     target: usize,
+    /// Refills that may run at once.
+    parallel: usize,
     ready: Mutex<VecDeque<BoundWorker>>,
     /// Wakes the refill task when a worker was taken.
     taken: Notify,
@@ -64,6 +69,7 @@ impl WarmPool {
         template: Option<Arc<Template>>,
         places: Arc<Places>,
         target: usize,
+        parallel: usize,
         shutdown: CancellationToken,
     ) -> Arc<WarmPool> {
         let pool = Arc::new(WarmPool {
@@ -71,6 +77,7 @@ impl WarmPool {
             template,
             places,
             target,
+            parallel: parallel.max(1),
             ready: Mutex::new(VecDeque::new()),
             taken: Notify::new(),
             last_error: Mutex::new(None),
@@ -163,32 +170,38 @@ impl WarmPool {
 
     async fn refill(self: Arc<Self>, shutdown: CancellationToken) {
         let mut retry_delay = RETRY_DELAY;
+        // Dropped (and with it every start still running, worker and place killed) when the
+        // task ends.
+        let mut starting = tokio::task::JoinSet::new();
         loop {
-            while self.ready.lock().len() < self.target {
-                let started = tokio::select! {
-                    started = self.start_bound() => started,
-                    _ = shutdown.cancelled() => return,
-                };
-                match started {
-                    Ok(bound) => {
-                        *self.last_error.lock() = None;
-                        retry_delay = RETRY_DELAY;
-                        self.ready.lock().push_back(bound);
-                    }
-                    Err(e) => {
-                        tracing::error!(
-                            "cannot start a pool worker (next try in {retry_delay:?}): {e}"
-                        );
-                        *self.last_error.lock() = Some(e);
-                        tokio::select! {
-                            _ = tokio::time::sleep(retry_delay) => {}
-                            _ = shutdown.cancelled() => return,
-                        }
-                        retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
-                    }
-                }
+            while starting.len() < self.parallel
+                && self.ready.lock().len() + starting.len() < self.target
+            {
+                let pool = Arc::clone(&self);
+                starting.spawn(async move { pool.start_bound().await });
             }
             tokio::select! {
+                Some(done) = starting.join_next() => {
+                    let started = done.unwrap_or_else(|e| Err(format!("the start was lost: {e}")));
+                    match started {
+                        Ok(bound) => {
+                            *self.last_error.lock() = None;
+                            retry_delay = RETRY_DELAY;
+                            self.ready.lock().push_back(bound);
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                "cannot start a pool worker (next try in {retry_delay:?}): {e}"
+                            );
+                            *self.last_error.lock() = Some(e);
+                            tokio::select! {
+                                _ = tokio::time::sleep(retry_delay) => {}
+                                _ = shutdown.cancelled() => return,
+                            }
+                            retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+                        }
+                    }
+                }
                 _ = self.taken.notified() => {}
                 _ = shutdown.cancelled() => return,
             }
@@ -251,6 +264,7 @@ impl OnDemandPool {
                 self.spec.clone(),
                 template,
                 Arc::clone(&self.places),
+                self.target,
                 self.target,
                 self.shutdown.clone(),
             )
