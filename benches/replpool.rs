@@ -1224,6 +1224,109 @@ fn peer_row(workload: &str) -> &str {
     }
 }
 
+/// Issue 19's targets beside what this run measured: the row, the figure, the target, and
+/// whether it was met (rows this run did not measure are left out).
+fn targets(figures: &[Figure]) -> String {
+    let find = |workload: &str, system: &str| {
+        figures
+            .iter()
+            .find(|f| f.system == system && f.workload.starts_with(workload))
+    };
+    let p50 = |workload: &str, system: &str| find(workload, system).and_then(|f| f.p50_ms);
+    let value = |workload: &str, system: &str| find(workload, system).and_then(|f| f.value);
+    // (row, measured as text, target as text, met)
+    let mut rows: Vec<(&str, String, &str, bool)> = Vec::new();
+    if let Some(f) = find("session ready", "replpool")
+        && let (Some(p50), Some(p99)) = (f.p50_ms, f.p99_ms)
+    {
+        rows.push((
+            "session ready p50 / p99 (pool full)",
+            format!("{} / {} ms", num(p50), num(p99)),
+            "≤ 2 / ≤ 10 ms",
+            p50 <= 2.0 && p99 <= 10.0,
+        ));
+    }
+    if let Some(v) = p50("warm exec 1+1", "replpool") {
+        rows.push((
+            "warm exec `1+1` over HTTP p50",
+            format!("{} ms", num(v)),
+            "≤ 0.25 ms",
+            v <= 0.25,
+        ));
+    }
+    if let Some(v) = value("CPU per trivial exec: server", "replpool") {
+        rows.push((
+            "server CPU per trivial exec",
+            format!("{} µs", num(v)),
+            "≤ 60 µs",
+            v <= 60.0,
+        ));
+    }
+    if let Some(v) = value("throughput, 32 sessions", "replpool") {
+        rows.push((
+            "throughput, 32 sessions",
+            format!("{} execs/s", num(v)),
+            "≥ 10,000/s",
+            v >= 10_000.0,
+        ));
+    }
+    if let Some(v) = p50("one-shot print(1)", "replpool") {
+        rows.push((
+            "one-shot `print(1)` p50, pool not empty",
+            format!("{} ms", num(v)),
+            "≤ 3 ms",
+            v <= 3.0,
+        ));
+    }
+    if let (Some(ours), Some(bare)) = (
+        value("HumanEval-style batch", "replpool"),
+        value("HumanEval-style batch", "cold"),
+    ) && ours > 0.0
+    {
+        let r = bare / ours;
+        rows.push((
+            "HumanEval-style batch vs bare `python -c`, 4 at once",
+            format!("{}×", num(r)),
+            "≥ 2×",
+            r >= 2.0,
+        ));
+    }
+    if let (Some(ours), Some(jupyter)) = (p50("plot cell", "replpool"), p50("plot cell", "jupyter"))
+        && ours > 0.0
+    {
+        let r = jupyter / ours;
+        rows.push((
+            "plot cell vs Jupyter",
+            format!("{}×", num(r)),
+            "≥ 3×",
+            r >= 3.0,
+        ));
+    }
+    if let Some(v) = p50(
+        "replpool.Pool session ready, beyond warm_workers",
+        "replpool",
+    ) {
+        rows.push((
+            "`replpool.Pool` session ready p50 (beyond warm_workers)",
+            format!("{} ms", num(v)),
+            "≤ 20 ms",
+            v <= 20.0,
+        ));
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from(
+        "\nIssue 19's targets, from the rows above (docs/architecture.md and the issue's notes say \
+         where the time goes where one is not met):\n\n| row | this run | target | met |\n|---|---|---|---|\n",
+    );
+    for (row, measured, target, met) in rows {
+        let met = if met { "yes" } else { "no" };
+        md.push_str(&format!("| {row} | {measured} | {target} | {met} |\n"));
+    }
+    md
+}
+
 /// The Markdown report: one row per workload, the three systems side by side, and the ratios.
 fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     let mut workloads: Vec<&str> = Vec::new();
@@ -1303,6 +1406,7 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
             ratio(ours, jupyter.as_ref())
         ));
     }
+    md.push_str(&targets(figures));
     md.push_str("\nWhat each workload is:\n\n");
     // Only the rows the run has (`--only` runs some steps), each described once.
     let plot = plot_description(&by);
