@@ -23,7 +23,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::binding::BoundWorker;
 use crate::cold::ColdRunner;
 use crate::error::Error;
-use crate::execution::{ExecRequest, Execution, Mode, Status};
+use crate::execution::{Category, ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
 use crate::pool::{OnDemandPool, WarmPool};
 use crate::preload_use::PreloadUse;
@@ -570,8 +570,8 @@ impl Session {
                 if mode == Mode::Warm {
                     self.lose_worker(&mut slot, &format!("lost during an execution: {e}"));
                 }
-                let (status, error) = lost_worker_error(&e, timeout);
-                Execution::without_reply(status, error, count, elapsed)
+                let (status, category, error) = lost_worker_error(&e, timeout);
+                Execution::without_reply(status, category, error, count, elapsed)
             }
         };
         self.check_limits(&mut execution).await;
@@ -606,6 +606,7 @@ impl Session {
                 "the session's processes reached its memory limit ({} MiB) and the kernel killed the worker",
                 self.sandbox.memory_mb()
             );
+            execution.category = Some(Category::Memory);
         }
         let max = self.workers.limits.files.max_total_bytes;
         if self.dir.own_fs() {
@@ -621,6 +622,7 @@ impl Session {
                 error.evalue = format!(
                     "the session's files reached its quota of {max} bytes, so a write failed (No space left on device); delete some to make room"
                 );
+                execution.category = Some(Category::DiskQuota);
             }
             return;
         }
@@ -635,6 +637,7 @@ impl Session {
                 tracing::warn!(used, max, "limit reached: disk quota");
                 if execution.error.is_none() {
                     execution.status = Status::Error;
+                    execution.category = Some(Category::DiskQuota);
                     execution.error = Some(ErrorInfo {
                         ename: "DiskQuotaExceeded".into(),
                         evalue: format!(
@@ -786,7 +789,7 @@ fn end_slot(slot: &mut Slot, why: &str) {
     *slot = Slot::default();
 }
 
-fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) {
+fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, Category, ErrorInfo) {
     let error = |ename: &str, evalue: String| ErrorInfo {
         ename: ename.into(),
         evalue,
@@ -795,6 +798,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
     match e {
         WorkerError::Unresponsive(Interrupt::Deadline, why) => (
             Status::Timeout,
+            Category::Timeout,
             error(
                 "TimeoutError",
                 format!(
@@ -806,6 +810,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
         ),
         WorkerError::Unresponsive(Interrupt::Requested, why) => (
             Status::Error,
+            Category::Interrupted,
             error(
                 "KeyboardInterrupt",
                 format!("the code {}; the worker was killed", ignored(*why)),
@@ -813,6 +818,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
         ),
         WorkerError::CpuCeiling { seconds } => (
             Status::Error,
+            Category::CpuLimit,
             error(
                 "CPUTimeLimitExceeded",
                 format!(
@@ -822,6 +828,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
         ),
         WorkerError::Died { reason, .. } => (
             Status::Error,
+            Category::WorkerDied,
             error(
                 "WorkerDied",
                 format!("the worker process died during the execution ({reason})"),
@@ -829,6 +836,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
         ),
         other => (
             Status::Error,
+            Category::WorkerDied,
             error(
                 "WorkerDied",
                 format!("the worker was lost during the execution: {other}"),

@@ -23,6 +23,8 @@ CELLS = [
 def comparable(execution: replpool.Execution) -> dict:
     fields = dataclasses.asdict(execution)
     del fields["duration_ms"]  # timing differs by nature
+    cpu_ms = fields.pop("cpu_ms")  # so does the CPU time
+    assert cpu_ms is not None and cpu_ms >= 0, execution
     return fields
 
 

@@ -77,6 +77,17 @@ def test_sessions_are_isolated(pool):
         assert r.error["ename"] == "NameError"
 
 
+def test_errors_say_what_kind_and_replies_what_they_used(pool):
+    with pool.session() as s:
+        r = s.execute("x = (")
+        assert (r.status, r.category, r.error["ename"]) == ("error", "syntax", "SyntaxError")
+        r = s.execute("1 / 0")
+        assert (r.status, r.category) == ("error", "runtime")
+        r = s.execute("sum(i * i for i in range(10**6))")
+        assert (r.status, r.category) == ("ok", None)
+        assert r.cpu_ms > 0
+
+
 def test_a_plot_comes_back_as_png(pool):
     with pool.session() as s:
         r = s.execute("plt.plot([1, 4, 9]); plt.title('squares')")
