@@ -579,8 +579,13 @@ impl Session {
         true
     }
 
-    /// Runs one execution after those already queued.
-    #[tracing::instrument(name = "execution", skip_all, fields(session = %self.id))]
+    /// Runs one execution after those already queued. Its log lines carry the session's id
+    /// and the execution's number in it (`execution`, its `execution_count`).
+    #[tracing::instrument(
+        name = "execution",
+        skip_all,
+        fields(session = %self.id, execution = tracing::field::Empty)
+    )]
     pub async fn execute(
         &self,
         request: &ExecRequest,
@@ -605,6 +610,7 @@ impl Session {
         let reset_before = std::mem::take(&mut slot.unreported_reset);
         let reset_reason = slot.reset_reason.take();
         let count = self.execution_count.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::Span::current().record("execution", count);
         let timeout = request
             .timeout
             .unwrap_or(limits.default_timeout)
@@ -687,6 +693,7 @@ impl Session {
         slot.unreported_reset = mode == Mode::Cold;
         self.record(&request.code, started_at, &execution);
         self.executions.fetch_add(1, Ordering::AcqRel);
+        log_end(&execution);
         Ok(execution)
     }
 
@@ -878,6 +885,35 @@ impl Session {
 
     fn enter_queue(&self, depth: usize) -> Result<QueueTicket<'_>, Error> {
         self.queue.enter(depth)
+    }
+}
+
+/// One line per execution: at `info` for one a limit or a failure ended (what an operator
+/// counts), at `debug` for the rest.
+fn log_end(execution: &Execution) {
+    let ename = execution.error.as_ref().map(|e| e.ename.as_str());
+    match execution.category {
+        // The code's own mistakes (and a client's interrupt) are the client's business.
+        Some(Category::Syntax | Category::Runtime | Category::Interrupted) | None => {
+            tracing::debug!(
+                status = ?execution.status,
+                category = execution.category.map(Category::as_str),
+                ename,
+                mode = ?execution.mode,
+                duration_ms = execution.duration_ms,
+                cpu_ms = execution.cpu_ms,
+                "execution done"
+            )
+        }
+        Some(category) => tracing::info!(
+            status = ?execution.status,
+            %category,
+            ename,
+            mode = ?execution.mode,
+            duration_ms = execution.duration_ms,
+            cpu_ms = execution.cpu_ms,
+            "execution ended by a limit or a failure"
+        ),
     }
 }
 
