@@ -60,6 +60,37 @@ class RunCellTest(unittest.TestCase):
         self.assertEqual(second["n"], 40)
 
 
+class ErrorCategoryTest(unittest.TestCase):
+    def category_of(self, code):
+        try:
+            worker.run_cell(code, {}, "<cell-1>")
+        except BaseException as exc:  # noqa: B036 - as the worker catches them
+            return worker.error_category(exc)
+        self.fail(f"{code!r} raised nothing")
+
+    def test_only_a_cell_that_does_not_parse_is_syntax(self):
+        for code in ["x = (", "if 1:\npass", "if 1:\n\tx = 1\n        y = 2", "a\0b"]:
+            self.assertEqual(self.category_of(code), "syntax", code)
+        self.assertEqual(self.category_of("exec('x = (')"), "runtime")
+        self.assertEqual(self.category_of("1 / 0"), "runtime")
+        # Only the server knows whether it sent the interrupt.
+        self.assertEqual(self.category_of("raise KeyboardInterrupt"), "runtime")
+
+    def test_limits_are_named(self):
+        self.assertEqual(self.category_of("raise MemoryError"), "memory")
+        self.assertEqual(worker.error_category(worker.CPUTimeLimitExceeded("x")), "cpu_limit")
+        self.assertEqual(worker.error_category(worker.OutputLimitExceeded("x")), "output_limit")
+        for errno_name in ["ENOSPC", "EDQUOT", "EFBIG"]:
+            code = f"import errno, os\nraise OSError(errno.{errno_name}, os.strerror(errno.{errno_name}))"
+            self.assertEqual(self.category_of(code), "disk_quota", errno_name)
+        self.assertEqual(self.category_of("open('/nonexistent/x')"), "runtime")
+
+    def test_a_bundle_surely_fits_only_when_its_worst_case_does(self):
+        self.assertTrue(worker.surely_fits({"text/plain": "x" * 100}, 2048))
+        self.assertFalse(worker.surely_fits({"text/plain": "x" * 1000}, 2048))
+        self.assertFalse(worker.surely_fits({"application/json": {"a": 1}}, 1 << 20))
+
+
 class ErrorInfoTest(unittest.TestCase):
     def test_a_deep_stack_is_cut_in_the_middle(self):
         limit = sys.getrecursionlimit()

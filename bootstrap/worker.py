@@ -15,6 +15,7 @@ Standard library only: this file must run under whatever interpreter the operato
 import ast
 import base64
 import codecs
+import errno
 import gc
 import io
 import json
@@ -347,6 +348,45 @@ class CPUTimeLimitExceeded(BaseException):
     that `except Exception` in user code does not swallow it)."""
 
 
+class OutputLimitExceeded(Exception):
+    """A displayed output too large to be sent at all (over the protocol's frame limit,
+    `execution.max_frame_bytes`)."""
+
+
+# errnos of a write a limit on files refused: the session's quota (its own filesystem is
+# full, or a disk quota), or the file size limit (RLIMIT_FSIZE).
+FILE_LIMIT_ERRNOS = frozenset(
+    e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EFBIG) if e is not None
+)
+
+
+def surely_fits(bundle, max_frame):
+    """Whether a MIME bundle's frame is sure to be under `max_frame` bytes without encoding
+    it: a character takes at most 6 bytes in the frame's JSON (`\\u001f`)."""
+    size = 1024
+    for mime, value in bundle.items():
+        if not isinstance(value, str):
+            return False
+        size += 6 * (len(mime) + len(value))
+    return size <= max_frame
+
+
+def error_category(exc):
+    """What kind of failure an exception from a cell is (the server's `Category`). An
+    interrupt is `runtime` here: only the server knows whether it sent it (deadline or client)."""
+    if getattr(exc, "_replpool_compiling", False):
+        return "syntax"
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, CPUTimeLimitExceeded):
+        return "cpu_limit"
+    if isinstance(exc, OutputLimitExceeded):
+        return "output_limit"
+    if isinstance(exc, OSError) and exc.errno in FILE_LIMIT_ERRNOS:
+        return "disk_quota"
+    return "runtime"
+
+
 class FormattingInterrupted(BaseException):
     """An interrupt landed while the worker formatted an error: the reply goes out with what
     was made so far (a BaseException, so that `except Exception` in a user's `__str__` does
@@ -393,6 +433,12 @@ class CpuLimit:
     def used(self):
         usage = self.resource.getrusage(self.resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
+
+    def used_with_children(self):
+        """CPU time of this process (every thread) and of the children it waited for."""
+        own = self.resource.getrusage(self.resource.RUSAGE_SELF)
+        children = self.resource.getrusage(self.resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
     def arm(self, seconds):
         if not seconds:
@@ -802,7 +848,13 @@ def run_cell(code, namespace, filename):
     """Runs code like a notebook cell; returns the value of a final expression (or None)."""
     # Registering the source lets tracebacks show the offending lines.
     linecache.cache[filename] = (len(code), None, code.splitlines(True), filename)
-    body, final = COMPILED.get(code, filename)
+    try:
+        body, final = COMPILED.get(code, filename)
+    except (SyntaxError, ValueError) as exc:
+        # The cell does not parse (a null byte is a ValueError before Python 3.12); a
+        # SyntaxError raised later, by code the cell runs, is the cell's runtime error.
+        exc._replpool_compiling = True
+        raise
     UserCode.active = True
     try:
         exec(body, namespace)
@@ -953,9 +1005,19 @@ class Worker:
             self.protocol.send({"op": "stream", "id": rid, "name": name, "text": text})
 
         def emit(bundle):
+            max_frame = self.protocol.max_frame
+            frame = None
+            if streaming or not surely_fits(bundle, max_frame):
+                frame = self.protocol.encode({"op": "display", "id": rid, "data": bundle})
+                if len(frame) > max_frame:
+                    # It could never be sent: an error of the code that showed it, in either mode.
+                    raise OutputLimitExceeded(
+                        f"a displayed output of {len(frame)} bytes is over the limit of "
+                        f"{max_frame} bytes (execution.max_frame_bytes)"
+                    )
             if streaming:
                 self.capture.flush_pending()
-                self.protocol.send({"op": "display", "id": rid, "data": bundle})
+                self.protocol.send_encoded(frame)
             else:
                 displays.append(bundle)
 
@@ -968,7 +1030,8 @@ class Worker:
         self.capture.start(sink)
         cpu_seconds = request.get("cpu_seconds")
         self.cpu.arm(cpu_seconds)
-        status, result, error = "ok", None, None
+        cpu_before = self.cpu.used_with_children()
+        status, result, error, category = "ok", None, None, None
         try:
             value = run_cell(request["code"], self.namespace, filename)
             if value is not None:
@@ -982,9 +1045,9 @@ class Worker:
         except SystemExit as exc:
             # A program's sys.exit(0) is a normal end; any other code is reported, never obeyed.
             if exc.code not in (None, 0):
-                status, error = "error", error_info(exc, filename)
+                status, error, category = "error", error_info(exc, filename), "runtime"
         except BaseException as exc:  # noqa: B036 - user code may raise anything
-            status, error = "error", error_info(exc, filename)
+            status, error, category = "error", error_info(exc, filename), error_category(exc)
         if os.getpid() != self.pid:
             # A process the cell forked (`os.fork()`) came back out of the cell. It is not the
             # worker and must never speak the protocol: it ends here, as a script would.
@@ -999,7 +1062,8 @@ class Worker:
             show_figures()
         except Exception as exc:
             if error is None:
-                status, error = "error", error_info(exc, filename)
+                status, error, category = "error", error_info(exc, filename), error_category(exc)
+        cpu_ms = round((self.cpu.used_with_children() - cpu_before) * 1000, 3)
         Display.emit = None
         stdout, stderr, truncated = self.capture.stop()
         self.stdin.release()
@@ -1013,6 +1077,8 @@ class Worker:
             "display": displays,
             "error": error,
             "truncated": truncated,
+            "category": category,
+            "cpu_ms": max(cpu_ms, 0.0),
         }
         data = self.protocol.encode(reply)
         if len(data) > self.protocol.max_frame:

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use replpool::config::LogFormat;
 use replpool::{Config, SessionManager, api};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -36,6 +37,10 @@ enum Command {
         /// Listen here instead of `server.bind` (e.g. 127.0.0.1:0 for any free port).
         #[arg(long)]
         bind: Option<SocketAddr>,
+        /// Log as lines for people (`text`) or one JSON object a line (`json`), instead of
+        /// `log.format`.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
     },
     /// Check a configuration and print it in full, with defaults and overrides applied.
     Config {
@@ -45,6 +50,21 @@ enum Command {
     /// The watcher the server starts for itself (see src/watcher.rs); not for people.
     #[command(name = "__watch", hide = true)]
     Watch { dirs: Vec<PathBuf> },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> LogFormat {
+        match arg {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -74,20 +94,20 @@ fn main() -> anyhow::Result<()> {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
-        Command::Serve { config, bind } => {
+        Command::Serve {
+            config,
+            bind,
+            log_format,
+        } => {
             let mut config = config.load()?;
             if let Some(bind) = bind {
                 config.server.bind = bind;
                 config.validate()?; // the address is checked like one from the file
             }
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_env("REPLPOOL_LOG")
-                        .unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal())
-                .init();
+            if let Some(format) = log_format {
+                config.log.format = format.into();
+            }
+            init_logging(config.log.format);
             // While the process has one thread (unshare refuses more): the mounts the server
             // makes (a tmpfs per session) stay its own and end with it.
             if nix::unistd::geteuid().is_root()
@@ -102,6 +122,24 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(serve(config))
         }
+    }
+}
+
+/// The log on stderr, at `REPLPOOL_LOG`'s level (`info` by default). As JSON, each line is
+/// one object: the event's fields, and those of every span it happened in (`spans`: the
+/// request's method, path and route, the execution's session and number).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("REPLPOOL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
     }
 }
 

@@ -354,6 +354,8 @@ async fn one_tenant_cannot_evict_another() {
         (429, Some("too_many_sessions")),
         "{body}"
     );
+    // The caller's own limit: its request, not the server's capacity.
+    assert_eq!(body["error"]["category"], "request");
     assert!(
         body["error"]["message"]
             .as_str()

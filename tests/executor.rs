@@ -45,7 +45,9 @@ async fn submit(api: &Api, route: &str, files: &[(&str, &str)], metadata: Value)
         .await
         .expect("sent");
     let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
+    let body = response.json().await.expect("JSON body");
+    common::assert_categorized(status, &body);
+    (status, body)
 }
 
 async fn eval(api: &Api, body: Value) -> Value {

@@ -42,6 +42,7 @@ async fn session_limit_evicts_the_least_recently_used_idle_session() {
     let (status, body) = api.post("/v1/sessions", json!({})).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "too_many_sessions");
+    assert_eq!(body["error"]["category"], "unavailable");
 
     // Queue depth 1: one running, one waiting, the next is refused.
     let waiting = {

@@ -174,6 +174,7 @@ async fn sigterm_drains_the_node_and_finishes_the_running_cell() {
     let (status, refused) = api.post("/v1/sessions", json!({})).await;
     assert_eq!(status, 503, "{refused}");
     assert_eq!(refused["error"]["code"], "draining");
+    assert_eq!(refused["error"]["category"], "unavailable");
     let (status, refused) = api.post("/v1/execute", json!({"code": "1"})).await;
     assert_eq!(
         (status, &refused["error"]["code"]),

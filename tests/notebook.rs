@@ -339,6 +339,11 @@ async fn history_exports_as_a_valid_notebook() {
     assert_eq!(output_types(1), ["execute_result"]);
     assert_eq!(output_types(2), ["display_data"]);
     assert_eq!(output_types(3), ["error"]);
+    // What kind of failure a cell was goes with it, in the cell's metadata (nbformat's error
+    // output has none); a cell that ended well has none.
+    assert_eq!(history[3]["category"], "runtime");
+    assert_eq!(cells[3]["metadata"]["replpool"]["category"], "runtime");
+    assert_eq!(cells[1]["metadata"]["replpool"].get("category"), None);
 
     // The official schema and reader accept it.
     let dir = tempfile::tempdir().expect("tempdir");

@@ -112,6 +112,7 @@ async fn errors() {
     assert_eq!(body["status"], "error");
     assert_eq!(body["error"]["ename"], "ValueError");
     assert_eq!(body["error"]["evalue"], "boom");
+    assert_eq!(body["category"], "runtime");
     for name in ["../etc/passwd", "/etc/passwd", "sub/geometry"] {
         let (status, body) = api
             .post("/python/load", json!({"script_name": name, "alias": "x"}))

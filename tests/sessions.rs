@@ -141,7 +141,7 @@ async fn syntax_errors_and_exceptions_are_reported_without_worker_frames() {
         reply,
         ok_reply(
             1,
-            json!({"status": "error", "error": {
+            json!({"status": "error", "category": "syntax", "error": {
                 "ename": "SyntaxError",
                 "evalue": "invalid syntax (<cell-1>, line 1)",
                 "traceback": ["  File \"<cell-1>\", line 1", "    def f(:", "          ^",

@@ -53,7 +53,7 @@ async fn a_deadline_interrupts_and_keeps_the_state() {
         without_traceback(reply, "KeyboardInterrupt"),
         ok_reply(
             2,
-            json!({"status": "timeout", "error": {"ename": "KeyboardInterrupt", "evalue": ""}})
+            json!({"status": "timeout", "category": "timeout", "error": {"ename": "KeyboardInterrupt", "evalue": ""}})
         )
     );
     assert_eq!(
@@ -79,7 +79,7 @@ async fn code_ignoring_the_interrupt_is_killed_and_the_session_goes_on() {
         reply,
         ok_reply(
             1,
-            json!({"status": "timeout", "session_reset": true, "error": {
+            json!({"status": "timeout", "category": "timeout", "session_reset": true, "error": {
                 "ename": "TimeoutError",
                 "evalue": "execution exceeded 500 ms and ignored the interrupt; the worker was killed",
                 "traceback": [],
@@ -126,7 +126,7 @@ async fn interrupt_on_request() {
         without_traceback(reply, "KeyboardInterrupt"),
         ok_reply(
             1,
-            json!({"status": "error", "error": {"ename": "KeyboardInterrupt", "evalue": ""}})
+            json!({"status": "error", "category": "interrupted", "error": {"ename": "KeyboardInterrupt", "evalue": ""}})
         )
     );
     assert_eq!(api.run(&s, "y").await["result"]["text/plain"], "1");
@@ -140,7 +140,7 @@ async fn a_worker_dying_mid_cell_is_reported_and_replaced() {
         api.run(&s, "import os\nos._exit(3)").await,
         ok_reply(
             1,
-            json!({"status": "error", "session_reset": true, "error": {
+            json!({"status": "error", "category": "worker_died", "session_reset": true, "error": {
                 "ename": "WorkerDied",
                 "evalue": "the worker process died during the execution (exit code 3)",
                 "traceback": [],
@@ -155,7 +155,7 @@ async fn a_worker_dying_mid_cell_is_reported_and_replaced() {
         api.run(&s, "import ctypes\nctypes.string_at(0)").await,
         ok_reply(
             3,
-            json!({"status": "error", "session_reset": true, "error": {
+            json!({"status": "error", "category": "worker_died", "session_reset": true, "error": {
                 "ename": "WorkerDied",
                 "evalue": "the worker process died during the execution (signal 11 (SIGSEGV))",
                 "traceback": [],
@@ -202,7 +202,7 @@ async fn memory_hogs_get_memory_error_and_the_session_lives() {
         without_traceback(reply, "MemoryError"),
         ok_reply(
             2,
-            json!({"status": "error", "error": {"ename": "MemoryError", "evalue": ""}})
+            json!({"status": "error", "category": "memory", "error": {"ename": "MemoryError", "evalue": ""}})
         )
     );
     assert_eq!(api.run(&s, "x").await["result"]["text/plain"], "1");
@@ -239,7 +239,7 @@ async fn file_size_and_cpu_limits_end_the_cell_not_the_session() {
         without_traceback(reply, "OSError: [Errno 27] File too large"),
         ok_reply(
             1,
-            json!({"status": "error", "error": {"ename": "OSError", "evalue": "[Errno 27] File too large"}})
+            json!({"status": "error", "category": "disk_quota", "error": {"ename": "OSError", "evalue": "[Errno 27] File too large"}})
         )
     );
     let reply = api
@@ -255,7 +255,7 @@ async fn file_size_and_cpu_limits_end_the_cell_not_the_session() {
         ),
         ok_reply(
             2,
-            json!({"status": "error", "error": {
+            json!({"status": "error", "category": "cpu_limit", "error": {
                 "ename": "CPUTimeLimitExceeded", "evalue": "CPU time limit of 3 s exceeded"}})
         )
     );
@@ -284,7 +284,7 @@ async fn standard_streams_a_cell_closed_are_back_in_the_next_cell() {
         without_traceback(reply, "OSError: [Errno 9] Bad file descriptor"),
         ok_reply(
             3,
-            json!({"status": "error", "error": {"ename": "OSError", "evalue": "[Errno 9] Bad file descriptor"}})
+            json!({"status": "error", "category": "runtime", "error": {"ename": "OSError", "evalue": "[Errno 9] Bad file descriptor"}})
         )
     );
     assert_eq!(
@@ -373,7 +373,7 @@ async fn a_worker_killed_for_not_stopping_is_told_why() {
         reply,
         ok_reply(
             1,
-            json!({"status": "timeout", "session_reset": true, "error": {
+            json!({"status": "timeout", "category": "timeout", "session_reset": true, "error": {
                 "ename": "TimeoutError",
                 "evalue": "execution exceeded 500 ms and did not stop after the interrupt: the code set SIGINT to be ignored; the worker was killed",
                 "traceback": [],

@@ -51,6 +51,25 @@ pub struct Config {
     pub packages: PackagesConfig,
     pub auth: AuthConfig,
     pub sandbox: SandboxConfig,
+    pub log: LogConfig,
+}
+
+/// The server's own log (stderr). Its level is `REPLPOOL_LOG` (`info` by default).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text`: lines for people. `json`: one JSON object a line, with the fields of the
+    /// spans it happened in (the request's method, path and route, the session id and the
+    /// execution's number), for a log collector.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// What user code is kept from: other sessions' files, the network, the server's user.
@@ -844,7 +863,7 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
     "python",
     "pool",
@@ -858,6 +877,7 @@ const SECTIONS: [&str; 13] = [
     "packages",
     "auth",
     "sandbox",
+    "log",
 ];
 
 /// Variables with [`ENV_PREFIX`] that belong to the program rather than to a config field:
@@ -967,6 +987,22 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn the_log_format_is_text_unless_json_is_asked_for() {
+        assert_eq!(
+            load_str("", &[]).expect("valid").log.format,
+            LogFormat::Text
+        );
+        let from_file = load_str("[log]\nformat = \"json\"\n", &[]).expect("valid");
+        assert_eq!(from_file.log.format, LogFormat::Json);
+        let from_env = load_str("", &[("REPLPOOL_LOG_FORMAT", "json")]).expect("valid");
+        assert_eq!(from_env.log.format, LogFormat::Json);
+        // REPLPOOL_LOG, the level, is not the config's.
+        assert!(load_str("", &[("REPLPOOL_LOG", "debug")]).is_ok());
+        let err = load_str("[log]\nformat = \"xml\"\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("log.format"), "{err}");
     }
 
     #[test]

@@ -166,6 +166,12 @@ impl SessionFiles {
         self.blocking(|files| files.usage_now()).await
     }
 
+    /// Bytes taken by the session's files where that is one `statvfs` (the directory is a
+    /// filesystem of its own); `None` elsewhere, where only a walk could tell.
+    pub fn filesystem_usage(&self) -> Option<u64> {
+        self.own_fs.then(|| self.fs_usage().ok()).flatten()
+    }
+
     /// The quota the session's files must stay under.
     pub fn max_total_bytes(&self) -> u64 {
         self.limits.max_total_bytes

@@ -27,12 +27,17 @@ pub fn to_notebook(entries: &[HistoryEntry], python_version: Option<&str>) -> Va
 
 fn cell(entry: &HistoryEntry) -> Value {
     let ex = &entry.execution;
+    let mut replpool = json!({"status": ex.status, "mode": ex.mode, "duration_ms": ex.duration_ms});
+    // nbformat's `error` output has no metadata: a failed cell's category is the cell's.
+    if let Some(category) = ex.category {
+        replpool["category"] = json!(category);
+    }
     json!({
         "cell_type": "code",
         // nbformat 4.5 wants an id per cell: 1-64 of [a-zA-Z0-9-_].
         "id": format!("cell-{}", ex.execution_count),
         "execution_count": ex.execution_count,
-        "metadata": {"replpool": {"status": ex.status, "mode": ex.mode, "duration_ms": ex.duration_ms}},
+        "metadata": {"replpool": replpool},
         "source": lines(&entry.code),
         "outputs": outputs(ex),
     })

@@ -30,6 +30,9 @@ pub struct Process {
     /// For a worker the template keeps as its own child: the template's socket, on which it
     /// is told to reap the worker once we killed its group (see [`Process::release`]).
     keeper: Option<Arc<UnixDatagram>>,
+    /// What it had used when it ended, read from its zombie before it was reaped (a reaped
+    /// process's counts are gone with its `/proc` entry).
+    exit_usage: Option<Usage>,
 }
 
 impl Process {
@@ -66,11 +69,20 @@ impl Process {
             child,
             reaped: false,
             keeper: None,
+            exit_usage: None,
         })
     }
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// What the process has used: read now, or as it ended (see [`Process::wait`]).
+    pub fn usage(&self) -> Usage {
+        match self.exit_usage {
+            Some(used) => used,
+            None => usage(self.pid),
+        }
     }
 
     /// False once the process has ended (it may have been killed while idle).
@@ -94,6 +106,7 @@ impl Process {
     pub async fn wait(&mut self) -> String {
         if !self.reaped {
             let _ = self.pidfd.readable().await;
+            self.exit_usage = Some(usage(self.pid));
         }
         self.kill_group();
         if self.keeper.is_some() {
@@ -183,11 +196,51 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+    Some((utime + stime) / clock_ticks()?)
+}
+
+/// What a process has used, as far as `/proc` tells.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Usage {
+    /// User + system time of the process and of the children it waited for, seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Its peak resident set (`VmHWM`), bytes.
+    pub memory_peak_bytes: Option<u64>,
+}
+
+/// What `pid` has used: `/proc/<pid>/stat` (utime, stime, cutime, cstime) and `status`.
+pub fn usage(pid: u32) -> Usage {
+    Usage {
+        cpu_seconds: cpu_seconds_with_children(pid),
+        memory_peak_bytes: memory_peak_bytes(pid),
+    }
+}
+
+fn cpu_seconds_with_children(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime: fields 14 to 17.
+    let mut ticks = 0.0;
+    for field in fields.get(11..15)? {
+        ticks += field.parse::<f64>().ok()?;
+    }
+    Some(ticks / clock_ticks()?)
+}
+
+fn memory_peak_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn clock_ticks() -> Option<f64> {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .filter(|t| *t > 0)? as f64;
-    Some((utime + stime) / ticks)
+        .filter(|t| *t > 0)
+        .map(|t| t as f64)
 }
 
 /// Why a process that was sent SIGINT may not have acted on it, as `/proc/<pid>/status`

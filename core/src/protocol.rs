@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
+use crate::execution::Category;
+
 /// A MIME bundle as Jupyter has it: `{"text/plain": "...", "image/png": "<base64>", ...}`.
 pub type MimeBundle = serde_json::Map<String, serde_json::Value>;
 
@@ -111,6 +113,14 @@ pub struct Done {
     pub error: Option<ErrorInfo>,
     #[serde(default)]
     pub truncated: bool,
+    /// The worker's word for what kind of error it was (see [`Category`]): it alone knows
+    /// whether the SyntaxError came from compiling the cell, or which errno an OSError had.
+    #[serde(default)]
+    pub category: Option<Category>,
+    /// CPU time the cell used, as the worker measured it (its own and its waited-for
+    /// children's rusage around the cell).
+    #[serde(default)]
+    pub cpu_ms: Option<f64>,
 }
 
 /// What a worker sends.

@@ -23,7 +23,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::binding::BoundWorker;
 use crate::cold::ColdRunner;
 use crate::error::Error;
-use crate::execution::{ExecRequest, Execution, Mode, Status};
+use crate::execution::{Category, ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
 use crate::pool::{OnDemandPool, WarmPool};
 use crate::preload_use::PreloadUse;
@@ -112,6 +112,18 @@ pub struct Session {
     background: Mutex<BackgroundCpu>,
     /// The disk quota where it is measured rather than enforced by the kernel.
     quota: Arc<QuotaWalks>,
+    /// Executions run to their end.
+    executions: AtomicU64,
+    /// What the session's earlier workers used, read as each was let go: without a cgroup,
+    /// a worker's count goes with it.
+    retired: Mutex<WorkerUsage>,
+}
+
+/// CPU time and peak memory of a session's workers, where no cgroup counts them.
+#[derive(Debug, Default, Clone, Copy)]
+struct WorkerUsage {
+    cpu_seconds: f64,
+    memory_peak_bytes: u64,
 }
 
 /// Where the session directory is not a filesystem of its own, the quota is measured by a
@@ -124,6 +136,31 @@ struct QuotaWalks {
     state: Mutex<WalkState>,
     /// The last walk found the files over the quota.
     over: std::sync::atomic::AtomicBool,
+    /// What the last walk found, bytes (`u64::MAX`: no walk yet), for the session's info.
+    last: MeasuredBytes,
+}
+
+/// A byte count that starts as "not measured yet".
+#[derive(Debug)]
+struct MeasuredBytes(AtomicU64);
+
+impl Default for MeasuredBytes {
+    fn default() -> Self {
+        MeasuredBytes(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl MeasuredBytes {
+    fn get(&self) -> Option<u64> {
+        match self.0.load(Ordering::Acquire) {
+            u64::MAX => None,
+            bytes => Some(bytes),
+        }
+    }
+
+    fn set(&self, bytes: u64) {
+        self.0.store(bytes.min(u64::MAX - 1), Ordering::Release);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -149,9 +186,12 @@ impl QuotaWalks {
         tokio::spawn(async move {
             loop {
                 match files.usage().await {
-                    Ok(used) => walks
-                        .over
-                        .store(used > files.max_total_bytes(), Ordering::Release),
+                    Ok(used) => {
+                        walks.last.set(used);
+                        walks
+                            .over
+                            .store(used > files.max_total_bytes(), Ordering::Release);
+                    }
                     Err(e) => tracing::debug!("cannot measure the session's files: {e}"),
                 }
                 let mut state = walks.state.lock();
@@ -219,6 +259,20 @@ pub struct SessionInfo {
     /// CPU time the session's processes used while none of its cells ran, seconds, since the
     /// session began (sampled about every second).
     pub background_cpu_seconds: f64,
+    /// CPU time all of the session's processes used since it began, seconds: its cgroup's
+    /// count, else its workers' (each one's own and its waited-for children's, the
+    /// replaced ones' included). `null` where neither can be read.
+    pub cpu_seconds: Option<f64>,
+    /// The most memory the session's processes held at once, bytes: its cgroup's peak
+    /// (`memory.peak`, v1 `memory.max_usage_in_bytes`), else the largest of its workers' own
+    /// peaks (`VmHWM`). `null` where neither can be read.
+    pub memory_peak_bytes: Option<u64>,
+    /// Executions the session has run to their end (a reply), failed ones included.
+    pub executions: u64,
+    /// Bytes the session's files take: its own filesystem's usage, or where the quota is
+    /// measured by a walk, what the last walk found (after each execution; `null` before
+    /// the first).
+    pub files_bytes: Option<u64>,
 }
 
 impl SessionInfo {
@@ -362,6 +416,8 @@ impl Session {
             python_version: Mutex::new(None),
             background: Mutex::default(),
             quota: Arc::default(),
+            executions: AtomicU64::new(0),
+            retired: Mutex::default(),
         }
     }
 
@@ -389,12 +445,36 @@ impl Session {
         self.last_used.lock().1
     }
 
-    /// What the session is, without its memory (see [`SessionInfo::with_memory`]).
+    /// What the session is, without its worker's PSS (see [`SessionInfo::with_memory`]).
+    /// The usage counters are small reads of cgroup or `/proc` files and one `statvfs`.
     pub fn info(&self) -> SessionInfo {
         let pending = self.queue.pending();
         let pid = match self.worker_pid.load(Ordering::Acquire) {
             0 => None,
             pid => Some(pid),
+        };
+        let (cgroup_cpu, cgroup_peak) =
+            (self.sandbox.cpu_seconds(), self.sandbox.memory_peak_bytes());
+        // Without a cgroup (or its memory controller), the workers' own counts.
+        let worker = match (cgroup_cpu, cgroup_peak) {
+            (Some(_), Some(_)) => None,
+            _ => pid.map(process::usage),
+        };
+        let retired = *self.retired.lock();
+        let cpu_seconds = cgroup_cpu.or_else(|| {
+            let current = worker.and_then(|w| w.cpu_seconds);
+            (current.is_some() || retired.cpu_seconds > 0.0)
+                .then(|| retired.cpu_seconds + current.unwrap_or(0.0))
+        });
+        let memory_peak_bytes = cgroup_peak.or_else(|| {
+            let current = worker.and_then(|w| w.memory_peak_bytes);
+            (current.is_some() || retired.memory_peak_bytes > 0)
+                .then(|| retired.memory_peak_bytes.max(current.unwrap_or(0)))
+        });
+        let files_bytes = if self.dir.own_fs() {
+            self.files().filesystem_usage()
+        } else {
+            self.quota.last.get()
         };
         SessionInfo {
             session_id: self.id.clone(),
@@ -406,7 +486,28 @@ impl Session {
             pid,
             memory_pss_bytes: None,
             background_cpu_seconds: (self.background.lock().total * 1000.0).round() / 1000.0,
+            cpu_seconds: cpu_seconds.map(|s| (s * 1000.0).round() / 1000.0),
+            memory_peak_bytes,
+            executions: self.executions.load(Ordering::Acquire),
+            files_bytes,
         }
+    }
+
+    /// Keeps what the slot's worker used before it is let go, where no cgroup keeps
+    /// counting it.
+    fn retire_worker(&self, slot: &Slot) {
+        if self.sandbox.cpu_seconds().is_some() && self.sandbox.memory_peak_bytes().is_some() {
+            return;
+        }
+        let Some(worker) = slot.worker.as_ref() else {
+            return;
+        };
+        let used = worker.usage();
+        let mut retired = self.retired.lock();
+        retired.cpu_seconds += used.cpu_seconds.unwrap_or(0.0);
+        retired.memory_peak_bytes = retired
+            .memory_peak_bytes
+            .max(used.memory_peak_bytes.unwrap_or(0));
     }
 
     /// Samples the CPU time the session has used; what an interval without any execution
@@ -464,6 +565,7 @@ impl Session {
              was running, over its budget of {budget} s (limits.background_cpu_seconds_per_minute); \
              its worker and everything it started were ended"
         );
+        self.retire_worker(&slot);
         kill_worker(&mut slot, &why);
         // The worker's own group is gone with it; this ends what left the group too.
         self.sandbox.kill_all();
@@ -477,8 +579,13 @@ impl Session {
         true
     }
 
-    /// Runs one execution after those already queued.
-    #[tracing::instrument(name = "execution", skip_all, fields(session = %self.id))]
+    /// Runs one execution after those already queued. Its log lines carry the session's id
+    /// and the execution's number in it (`execution`, its `execution_count`).
+    #[tracing::instrument(
+        name = "execution",
+        skip_all,
+        fields(session = %self.id, execution = tracing::field::Empty)
+    )]
     pub async fn execute(
         &self,
         request: &ExecRequest,
@@ -503,6 +610,7 @@ impl Session {
         let reset_before = std::mem::take(&mut slot.unreported_reset);
         let reset_reason = slot.reset_reason.take();
         let count = self.execution_count.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::Span::current().record("execution", count);
         let timeout = request
             .timeout
             .unwrap_or(limits.default_timeout)
@@ -570,8 +678,8 @@ impl Session {
                 if mode == Mode::Warm {
                     self.lose_worker(&mut slot, &format!("lost during an execution: {e}"));
                 }
-                let (status, error) = lost_worker_error(&e, timeout);
-                Execution::without_reply(status, error, count, elapsed)
+                let (status, category, error) = lost_worker_error(&e, timeout);
+                Execution::without_reply(status, category, error, count, elapsed)
             }
         };
         self.check_limits(&mut execution).await;
@@ -584,6 +692,8 @@ impl Session {
         // which did not persist, are news for the next reply.
         slot.unreported_reset = mode == Mode::Cold;
         self.record(&request.code, started_at, &execution);
+        self.executions.fetch_add(1, Ordering::AcqRel);
+        log_end(&execution);
         Ok(execution)
     }
 
@@ -606,6 +716,7 @@ impl Session {
                 "the session's processes reached its memory limit ({} MiB) and the kernel killed the worker",
                 self.sandbox.memory_mb()
             );
+            execution.category = Some(Category::Memory);
         }
         let max = self.workers.limits.files.max_total_bytes;
         if self.dir.own_fs() {
@@ -621,6 +732,7 @@ impl Session {
                 error.evalue = format!(
                     "the session's files reached its quota of {max} bytes, so a write failed (No space left on device); delete some to make room"
                 );
+                execution.category = Some(Category::DiskQuota);
             }
             return;
         }
@@ -635,6 +747,7 @@ impl Session {
                 tracing::warn!(used, max, "limit reached: disk quota");
                 if execution.error.is_none() {
                     execution.status = Status::Error;
+                    execution.category = Some(Category::DiskQuota);
                     execution.error = Some(ErrorInfo {
                         ename: "DiskQuotaExceeded".into(),
                         evalue: format!(
@@ -693,6 +806,7 @@ impl Session {
             slot = self.slot.lock() => slot,
             _ = self.closed.cancelled() => return Err(Error::SessionClosed),
         };
+        self.retire_worker(&slot);
         kill_worker(&mut slot, "its session was reset");
         self.worker_pid.store(0, Ordering::Release);
         self.take_replacement(&mut slot).await;
@@ -722,6 +836,7 @@ impl Session {
 
     /// Kills the worker, saying why, and starts preparing another.
     fn lose_worker(&self, slot: &mut Slot, why: &str) {
+        self.retire_worker(slot);
         kill_worker(slot, why);
         slot.unreported_reset = true;
         self.worker_pid.store(0, Ordering::Release);
@@ -773,6 +888,35 @@ impl Session {
     }
 }
 
+/// One line per execution: at `info` for one a limit or a failure ended (what an operator
+/// counts), at `debug` for the rest.
+fn log_end(execution: &Execution) {
+    let ename = execution.error.as_ref().map(|e| e.ename.as_str());
+    match execution.category {
+        // The code's own mistakes (and a client's interrupt) are the client's business.
+        Some(Category::Syntax | Category::Runtime | Category::Interrupted) | None => {
+            tracing::debug!(
+                status = ?execution.status,
+                category = execution.category.map(Category::as_str),
+                ename,
+                mode = ?execution.mode,
+                duration_ms = execution.duration_ms,
+                cpu_ms = execution.cpu_ms,
+                "execution done"
+            )
+        }
+        Some(category) => tracing::info!(
+            status = ?execution.status,
+            %category,
+            ename,
+            mode = ?execution.mode,
+            duration_ms = execution.duration_ms,
+            cpu_ms = execution.cpu_ms,
+            "execution ended by a limit or a failure"
+        ),
+    }
+}
+
 /// Kills the slot's worker, if it has one.
 fn kill_worker(slot: &mut Slot, why: &str) {
     if let Some(worker) = slot.worker.take() {
@@ -786,7 +930,7 @@ fn end_slot(slot: &mut Slot, why: &str) {
     *slot = Slot::default();
 }
 
-fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) {
+fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, Category, ErrorInfo) {
     let error = |ename: &str, evalue: String| ErrorInfo {
         ename: ename.into(),
         evalue,
@@ -795,6 +939,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
     match e {
         WorkerError::Unresponsive(Interrupt::Deadline, why) => (
             Status::Timeout,
+            Category::Timeout,
             error(
                 "TimeoutError",
                 format!(
@@ -806,6 +951,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
         ),
         WorkerError::Unresponsive(Interrupt::Requested, why) => (
             Status::Error,
+            Category::Interrupted,
             error(
                 "KeyboardInterrupt",
                 format!("the code {}; the worker was killed", ignored(*why)),
@@ -813,6 +959,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
         ),
         WorkerError::CpuCeiling { seconds } => (
             Status::Error,
+            Category::CpuLimit,
             error(
                 "CPUTimeLimitExceeded",
                 format!(
@@ -822,6 +969,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
         ),
         WorkerError::Died { reason, .. } => (
             Status::Error,
+            Category::WorkerDied,
             error(
                 "WorkerDied",
                 format!("the worker process died during the execution ({reason})"),
@@ -829,6 +977,7 @@ fn lost_worker_error(e: &WorkerError, timeout: Duration) -> (Status, ErrorInfo) 
         ),
         other => (
             Status::Error,
+            Category::WorkerDied,
             error(
                 "WorkerDied",
                 format!("the worker was lost during the execution: {other}"),

@@ -53,6 +53,9 @@ class Client:
         wait = (timeout_ms or 600_000) / 1000 + _SLACK_SECONDS
         return self._json("POST", f"/v1/sessions/{_q(session)}/execute", body, timeout=wait)
 
+    def session_info(self, session: str) -> dict:
+        return self._json("GET", f"/v1/sessions/{_q(session)}")
+
     def interrupt(self, session: str) -> bool:
         return bool(self._json("POST", f"/v1/sessions/{_q(session)}/interrupt", {})["interrupted"])
 

@@ -12,7 +12,10 @@ class Execution:
     """What running one piece of code gave.
 
     `result` and each entry of `display` are MIME bundles (`{"text/plain": ..., "image/png":
-    <base64>, ...}`); `error` is `{"ename", "evalue", "traceback"}` or None.
+    <base64>, ...}`); `error` is `{"ename", "evalue", "traceback"}` or None. `category` says
+    what kind of failure it was (`syntax`, `runtime`, `timeout`, `interrupted`, `memory`,
+    `cpu_limit`, `output_limit`, `disk_quota`, `worker_died`, `unavailable`), None when the
+    status is ok. `cpu_ms` is the CPU time the code used (None when its worker died).
     """
 
     status: str
@@ -22,7 +25,9 @@ class Execution:
     result: dict[str, Any] | None = None
     display: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
+    category: str | None = None
     duration_ms: float = 0.0
+    cpu_ms: float | None = None
     mode: str = "warm"
     truncated: bool = False
     session_reset: bool = False
@@ -37,7 +42,9 @@ class Execution:
             result=reply.get("result"),
             display=list(reply.get("display") or []),
             error=reply.get("error"),
+            category=reply.get("category"),
             duration_ms=float(reply.get("duration_ms", 0.0)),
+            cpu_ms=None if reply.get("cpu_ms") is None else float(reply["cpu_ms"]),
             mode=reply.get("mode", "warm"),
             truncated=bool(reply.get("truncated", False)),
             session_reset=bool(reply.get("session_reset", False)),

@@ -18,6 +18,7 @@ class Backend(Protocol):
 
     def create_session(self) -> str: ...
     def execute(self, session: str, code: str, stdin: str | None, timeout_ms: int | None) -> str | dict: ...
+    def session_info(self, session: str) -> str | dict: ...
     def interrupt(self, session: str) -> bool: ...
     def reset(self, session: str) -> None: ...
     def delete_session(self, session: str) -> None: ...
@@ -73,6 +74,12 @@ class Session:
         loop = asyncio.get_running_loop()
         call = functools.partial(self.execute, code, stdin, timeout, **kwargs)
         return await loop.run_in_executor(_threads(), call)
+
+    def info(self) -> dict[str, Any]:
+        """What the server's `GET /v1/sessions/{id}` says of the session: its state, and its
+        usage so far (`cpu_seconds`, `memory_peak_bytes`, `executions`, `files_bytes`)."""
+        info = self._backend.session_info(self.id)
+        return info if isinstance(info, dict) else _json(info)
 
     def interrupt(self) -> bool:
         """KeyboardInterrupt in the running code; returns whether something was running."""

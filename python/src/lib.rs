@@ -167,6 +167,14 @@ impl NativePool {
             .map_err(|e| ServerError::new_err(format!("cannot encode the reply: {e}")))
     }
 
+    /// A session's info (as `GET /v1/sessions/{id}` gives it: its usage among it) as JSON.
+    fn session_info(&self, py: Python<'_>, session: String) -> PyResult<String> {
+        let manager = Arc::clone(&self.manager);
+        let info = self.run(py, async move { manager.get(&session).await })?;
+        serde_json::to_string(&info)
+            .map_err(|e| ServerError::new_err(format!("cannot encode the info: {e}")))
+    }
+
     /// Interrupts the running execution; returns whether one was running.
     fn interrupt(&self, session: &str) -> PyResult<bool> {
         self.manager.interrupt(session).map_err(to_py)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
@@ -23,6 +24,8 @@ CELLS = [
 def comparable(execution: replpool.Execution) -> dict:
     fields = dataclasses.asdict(execution)
     del fields["duration_ms"]  # timing differs by nature
+    cpu_ms = fields.pop("cpu_ms")  # so does the CPU time
+    assert cpu_ms is not None and cpu_ms >= 0, execution
     return fields
 
 
@@ -70,3 +73,21 @@ def test_client_files_and_timeout(server_url):
         r = s.execute("import time; time.sleep(30)", timeout=0.5)
         assert r.status == "timeout"
         assert s.execute("1 + 1").text == "2"
+
+
+def test_client_sessions_tell_what_failed_and_what_they_used(server_url):
+    with replpool.Client(server_url).session() as s:
+        r = s.execute("x = (")
+        assert (r.status, r.category, r.error["ename"]) == ("error", "syntax", "SyntaxError")
+        r = s.execute("open('f.bin', 'wb').write(b'x' * 100_000)")
+        assert (r.status, r.category) == ("ok", None)
+        deadline = time.monotonic() + 10
+        info = s.info()
+        # Where the quota is measured by a walk (not root), it follows the reply.
+        while info["files_bytes"] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            info = s.info()
+        assert info["executions"] == 2
+        assert info["files_bytes"] >= 100_000
+        assert info["cpu_seconds"] > 0
+        assert info["memory_peak_bytes"] > 0

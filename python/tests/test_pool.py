@@ -77,6 +77,22 @@ def test_sessions_are_isolated(pool):
         assert r.error["ename"] == "NameError"
 
 
+def test_errors_say_what_kind_and_sessions_what_they_used(pool):
+    with pool.session() as s:
+        r = s.execute("x = (")
+        assert (r.status, r.category, r.error["ename"]) == ("error", "syntax", "SyntaxError")
+        r = s.execute("1 / 0")
+        assert (r.status, r.category) == ("error", "runtime")
+        r = s.execute("sum(i * i for i in range(10**6))")
+        assert (r.status, r.category) == ("ok", None)
+        assert r.cpu_ms > 0
+        info = s.info()
+        assert info["session_id"] == s.id
+        assert info["executions"] == 3
+        assert info["cpu_seconds"] > 0
+        assert info["memory_peak_bytes"] > 0
+
+
 def test_a_plot_comes_back_as_png(pool):
     with pool.session() as s:
         r = s.execute("plt.plot([1, 4, 9]); plt.title('squares')")

@@ -1,5 +1,6 @@
-//! Every service error becomes `{"error": {"code", "message"}}` with its status, here and
-//! nowhere else; every code a client can see is an [`ErrorCode`], written once.
+//! Every service error becomes `{"error": {"code", "message", "category"}}` with its status,
+//! here and nowhere else; every code a client can see is an [`ErrorCode`], written once, with
+//! the [`Category`] it belongs to beside it.
 
 use axum::Json;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
@@ -8,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::Error;
+use crate::execution::Category;
 use crate::files::FileError;
 
 /// The codes of the API's errors: the strings clients see and may match on.
@@ -38,7 +40,11 @@ pub enum ErrorCode {
     SessionNotFound,
     ShuttingDown,
     StdinTooLarge,
+    /// The server's `sessions.max` (503).
     TooManySessions,
+    /// The caller's own `auth.max_sessions_per_token` (429): the same code, but the caller's
+    /// limit, not the server's capacity.
+    TooManySessionsForOwner,
     Unauthorized,
     UnsupportedMediaType,
     WorkerUnavailable,
@@ -82,7 +88,7 @@ impl ErrorCode {
             ErrorCode::SessionNotFound => "session_not_found",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::StdinTooLarge => "stdin_too_large",
-            ErrorCode::TooManySessions => "too_many_sessions",
+            ErrorCode::TooManySessions | ErrorCode::TooManySessionsForOwner => "too_many_sessions",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::WorkerUnavailable => "worker_unavailable",
@@ -97,12 +103,61 @@ impl ErrorCode {
             ErrorCode::InvalidPackageName => "invalid_package_name",
         }
     }
+
+    /// What kind of failure the code is: `request` for every refusal of the caller's request
+    /// (4xx), `unavailable` when the server cannot serve it now (503), `disk_quota` for the
+    /// session's quota (507), `internal` for the server's own failure (500).
+    pub fn category(self) -> Category {
+        use ErrorCode as C;
+        match self {
+            C::BadRequest
+            | C::CodeTooLarge
+            | C::FileNotFound
+            | C::FileTooLarge
+            | C::FilesBusy
+            | C::InvalidJson
+            | C::InvalidPath
+            | C::InvalidQuery
+            | C::InvalidRequest
+            | C::IsADirectory
+            | C::MethodNotAllowed
+            | C::NotARegularFile
+            | C::NotFound
+            | C::PayloadTooLarge
+            | C::PermissionDenied
+            | C::QueueFull
+            | C::RequestTimeout
+            | C::SessionClosed
+            | C::SessionNotFound
+            | C::StdinTooLarge
+            | C::TooManySessionsForOwner
+            | C::Unauthorized
+            | C::UnsupportedMediaType
+            | C::WrongNode
+            | C::UnsupportedLanguage
+            | C::InvalidScriptName
+            | C::InvalidAlias
+            | C::ScriptNotFound
+            | C::AliasNotFound
+            | C::FunctionNotFound
+            | C::InstallDisabled
+            | C::InvalidPackageName => Category::Request,
+            C::Draining
+            | C::SandboxUnavailable
+            | C::ShuttingDown
+            | C::TooManySessions
+            | C::WorkerUnavailable => Category::Unavailable,
+            C::QuotaExceeded => Category::DiskQuota,
+            C::Internal => Category::Internal,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
+    pub category: Category,
     pub message: String,
 }
 
@@ -111,15 +166,17 @@ impl ApiError {
         ApiError {
             status,
             code: code.as_str(),
+            category: code.category(),
             message: message.into(),
         }
     }
 }
 
 impl ApiError {
-    /// `{"error": {"code", "message"}}`: the body of an error reply, or of an SSE `error` event.
+    /// `{"error": {"code", "message", "category"}}`: the body of an error reply, or of an SSE
+    /// `error` event.
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+        json!({"error": {"code": self.code, "message": self.message, "category": self.category}})
     }
 }
 
@@ -137,7 +194,7 @@ impl From<Error> for ApiError {
             Error::SessionNotFound(_) => (StatusCode::NOT_FOUND, C::SessionNotFound),
             Error::TooManySessions { .. } => (StatusCode::SERVICE_UNAVAILABLE, C::TooManySessions),
             Error::TooManySessionsForOwner { .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, C::TooManySessions)
+                (StatusCode::TOO_MANY_REQUESTS, C::TooManySessionsForOwner)
             }
             Error::QueueFull { .. } => (StatusCode::TOO_MANY_REQUESTS, C::QueueFull),
             Error::SessionClosed => (StatusCode::CONFLICT, C::SessionClosed),

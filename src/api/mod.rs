@@ -57,7 +57,18 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &axum::http::Request<_>| {
-                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path())
+                    // The route template (`/v1/sessions/{id}/execute`): what logs group by,
+                    // where the path holds ids. None for a path no route has.
+                    let route = request
+                        .extensions()
+                        .get::<axum::extract::MatchedPath>()
+                        .map(axum::extract::MatchedPath::as_str);
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        route,
+                    )
                 })
                 // A 5xx here is mostly a node saying what it is doing (503 draining on every
                 // readiness probe while it drains, 503 at capacity), not a fault: a warning.

@@ -341,7 +341,12 @@ impl Api {
             .send()
             .await
             .expect("request sent");
-        response.status().as_u16()
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        if let Ok(body) = serde_json::from_str::<Value>(&text) {
+            assert_categorized(status, &body);
+        }
+        status
     }
 
     /// Uploads a file into a session (`PUT …/files/{path}`): the status and the JSON body
@@ -356,7 +361,9 @@ impl Api {
             .expect("upload sent");
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert_categorized(status, &body);
+        (status, body)
     }
 
     /// Sends `request` (one that makes a session and runs a cell held by `blocker`), goes
@@ -416,19 +423,100 @@ async fn decode(response: reqwest::Response) -> (u16, Value) {
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("non-JSON body ({e}): {text}"))
     };
+    assert_categorized(status, &value);
     (status, value)
 }
 
-/// Removes `duration_ms` after checking it is a sane number.
+/// Every kind of failure an error reply may say it was (`category`).
+pub const CATEGORIES: [&str; 12] = [
+    "syntax",
+    "runtime",
+    "timeout",
+    "interrupted",
+    "memory",
+    "cpu_limit",
+    "output_limit",
+    "disk_quota",
+    "worker_died",
+    "unavailable",
+    "request",
+    "internal",
+];
+
+/// That every error in a reply says what kind it was, and nothing else says it failed: every
+/// reply the tests get through [`Api`] passes here, so the whole suite checks it. An HTTP error
+/// (`{"error": {"code", …}}`, python-executor's `{"error": "message"}`) has a `category`;
+/// inside any body, an execution reply (`execution_count`), a script wrapper's `{"status":
+/// "error"}`, a python-executor result that did not exit cleanly and a judge case that timed
+/// out have one, and an execution that ended well has none.
+#[track_caller]
+pub fn assert_categorized(status: u16, body: &Value) {
+    let is_category = |c: &Value| c.as_str().is_some_and(|c| CATEGORIES.contains(&c));
+    if !(200..300).contains(&status) {
+        let category = match &body["error"] {
+            Value::Object(error) => error.get("category"),
+            Value::String(_) => body.get("category"),
+            _ => None,
+        };
+        // `/readyz`'s 503 is a state, not an error reply.
+        if !body["error"].is_null() {
+            assert!(
+                category.is_some_and(is_category),
+                "an error reply ({status}) without a category from the list: {body}"
+            );
+        }
+    }
+    let mut pending = vec![body];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Array(items) => pending.extend(items),
+            Value::Object(object) => {
+                let status = object.get("status").and_then(Value::as_str);
+                let failed = if object.contains_key("execution_count") {
+                    status.map(|s| s != "ok")
+                } else if object.contains_key("execution_id") && status.is_some() {
+                    Some(
+                        matches!(status, Some("failed" | "killed"))
+                            || object.get("exit_code").and_then(Value::as_i64) > Some(0),
+                    )
+                } else if status == Some("error")
+                    || object.get("timed_out") == Some(&Value::Bool(true))
+                {
+                    Some(true)
+                } else {
+                    None
+                };
+                match (failed, object.get("category")) {
+                    (Some(true), category) => assert!(
+                        category.is_some_and(is_category),
+                        "a failure without a category from the list: {value}"
+                    ),
+                    (Some(false), Some(category)) if object.contains_key("execution_count") => {
+                        panic!("an execution that ended well has a category ({category}): {value}")
+                    }
+                    _ => {}
+                }
+                pending.extend(object.values());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Removes `duration_ms` and `cpu_ms` after checking they are sane numbers (`cpu_ms` is null
+/// when the worker did not answer).
 pub fn without_duration(mut reply: Value) -> Value {
     let duration = reply["duration_ms"]
         .as_f64()
         .expect("duration_ms is a number");
     assert!(duration >= 0.0, "duration_ms {duration}");
-    reply
-        .as_object_mut()
-        .expect("reply is an object")
-        .remove("duration_ms");
+    let object = reply.as_object_mut().expect("reply is an object");
+    let cpu_ms = object.remove("cpu_ms").expect("cpu_ms in every reply");
+    assert!(
+        cpu_ms.is_null() || cpu_ms.as_f64().is_some_and(|ms| ms >= 0.0),
+        "cpu_ms {cpu_ms}"
+    );
+    object.remove("duration_ms");
     reply
 }
 

@@ -431,6 +431,19 @@ impl SessionCgroup {
         }
     }
 
+    /// The most memory the session's processes held at once, bytes: v2's `memory.peak`
+    /// (Linux 5.19 on), v1's `memory.max_usage_in_bytes`.
+    pub fn memory_peak_bytes(&self) -> Option<u64> {
+        let (dir, v2) = self.memory.as_ref()?;
+        let file = if *v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
+        };
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
+        text.trim().parse().ok()
+    }
+
     pub fn counters(&self) -> Counters {
         let count = |file: &Option<EventFile>| file.as_ref().and_then(EventFile::read).unwrap_or(0);
         Counters {

@@ -333,6 +333,14 @@ impl SessionSandbox {
         self.cgroup.as_ref().and_then(SessionCgroup::cpu_seconds)
     }
 
+    /// The most memory the session's processes held at once, from its cgroup (`None`
+    /// without one, or without its memory controller).
+    pub fn memory_peak_bytes(&self) -> Option<u64> {
+        self.cgroup
+            .as_ref()
+            .and_then(SessionCgroup::memory_peak_bytes)
+    }
+
     /// What the limits refused since the last call.
     pub fn refusals(&self) -> Refusals {
         let Some(cgroup) = &self.cgroup else {

@@ -166,6 +166,12 @@ impl Worker {
         &self.python_version
     }
 
+    /// The CPU time and peak memory the worker has used (what its zombie showed, once it
+    /// died: a dead worker's peak memory is not known).
+    pub fn usage(&self) -> process::Usage {
+        self.process.usage()
+    }
+
     /// False once the process has exited (it may have been killed while idle).
     pub fn is_alive(&mut self) -> bool {
         self.process.is_alive()

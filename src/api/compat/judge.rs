@@ -20,7 +20,7 @@ use super::python_literal::python_str;
 use crate::api::error::ErrorCode;
 use crate::api::json::Json;
 use crate::api::{ApiError, AppState};
-use crate::execution::{ExecRequest, Execution, Status};
+use crate::execution::{Category, ExecRequest, Execution, Status};
 use crate::{Config, Error, SessionManager};
 
 pub fn routes() -> Router<AppState> {
@@ -49,6 +49,11 @@ struct Output {
     stderr: String,
     time_seconds: f64,
     timed_out: bool,
+    /// replpool's own addition, only where the program (or its compilation) failed: what kind
+    /// of failure (`syntax`, `runtime`, `timeout`, `memory`, …). The judge server's clients
+    /// read the fields above and ignore others.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<Category>,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,6 +71,7 @@ impl Output {
             stderr: String::new(),
             time_seconds,
             timed_out: false,
+            category: None,
         }
     }
 
@@ -81,6 +87,7 @@ impl Output {
                 stderr: "Error: Timed out".into(),
                 time_seconds,
                 timed_out: true,
+                category: Some(Category::Timeout),
             };
         }
         let mut stderr = execution.stderr.clone();
@@ -96,6 +103,7 @@ impl Output {
             stderr,
             time_seconds,
             timed_out: false,
+            category: execution.category,
         }
     }
 }
@@ -182,6 +190,7 @@ async fn python(
                 stderr: syntax.traceback.join("\n"),
                 time_seconds: 0.0,
                 timed_out: false,
+                category: Some(Category::Syntax),
             },
             exec_outputs: Vec::new(),
             all_passed: false,
@@ -236,6 +245,15 @@ async fn cpp(
         },
         time_seconds: compiled.duration_ms / 1000.0,
         timed_out: compiled.status == Status::Timeout,
+        // g++ refusing the program is the C++ program's "does not compile": `syntax`.
+        category: match compiled.status {
+            Status::Ok => None,
+            Status::Timeout => Some(Category::Timeout),
+            Status::Error => Some(match compiled.category {
+                Some(Category::Runtime) | None => Category::Syntax,
+                Some(other) => other,
+            }),
+        },
     };
     if !compile_output.passed {
         return Ok(JudgeResponse {

@@ -4,8 +4,9 @@
 //! A translation onto the core: each alias is a long-lived session of its own, into which the
 //! script is imported as a module; a call is a cell that calls the function and returns its
 //! result as `application/json` (its `repr` when it is not JSON-serialisable). Errors of the
-//! service are the native `{"error": {"code", "message"}}`; a function that raises answers
-//! `{"status": "error", "error": {"ename", "evalue", "traceback"}}`, as a cell would.
+//! service are the native `{"error": {"code", "message", "category"}}`; a function that raises
+//! answers `{"status": "error", "error": {"ename", "evalue", "traceback"}, "category"}`, as a
+//! cell would.
 //!
 //! An alias belongs to the caller that loaded it (with `auth.tokens` on, each token has aliases
 //! of its own, in sessions of its own): another token's alias is unknown to a caller.
@@ -26,7 +27,7 @@ use crate::api::auth::Caller;
 use crate::api::error::ErrorCode;
 use crate::api::json::Json;
 use crate::api::{ApiError, AppState};
-use crate::execution::{ExecRequest, Execution, Status};
+use crate::execution::{Category, ExecRequest, Execution, Status};
 use crate::protocol::ErrorInfo;
 use crate::{Config, SessionManager};
 
@@ -245,9 +246,11 @@ async fn load_alias(
     // A session whose script is not loaded serves nobody: it ends however the load fails.
     let described = match import(manager, &session, &path, alias).await {
         Ok(Ok(described)) => described,
-        Ok(Err(error)) => {
+        Ok(Err((error, category))) => {
             let _ = manager.delete(&session);
-            return Ok(Json(json!({"status": "error", "error": error})));
+            return Ok(Json(
+                json!({"status": "error", "error": error, "category": category}),
+            ));
         }
         Err(e) => {
             let _ = manager.delete(&session);
@@ -279,7 +282,7 @@ async fn import(
     session: &str,
     path: &std::path::Path,
     alias: &str,
-) -> Result<Result<Value, Option<ErrorInfo>>, crate::Error> {
+) -> Result<Result<Value, (Option<ErrorInfo>, Category)>, crate::Error> {
     let run = |code: String| ExecRequest {
         code,
         ..ExecRequest::default()
@@ -288,7 +291,8 @@ async fn import(
         .execute(session, &run(JSON_HELPER.to_owned()), None)
         .await?;
     if defined.status != Status::Ok {
-        return Ok(Err(defined.error));
+        let category = failure(&defined);
+        return Ok(Err((defined.error, category)));
     }
     let loaded = manager
         .execute(
@@ -299,7 +303,13 @@ async fn import(
         .await?;
     Ok(json_result(&loaded)
         .filter(|_| loaded.status == Status::Ok)
-        .ok_or(loaded.error))
+        .ok_or_else(|| (loaded.error.clone(), failure(&loaded))))
+}
+
+/// The category of an execution that did not give what the wrapper wanted: its own, or
+/// `runtime` for a cell that ended well without the JSON value it should have made.
+fn failure(execution: &Execution) -> Category {
+    execution.category.unwrap_or(Category::Runtime)
 }
 
 async fn list(State(state): State<AppState>, caller: Caller) -> Json<Value> {
@@ -376,6 +386,7 @@ async fn call(
         _ => Ok(Json(json!({
             "status": "error",
             "error": execution.error,
+            "category": failure(&execution),
             "stdout": execution.stdout,
             "stderr": execution.stderr,
         }))),
@@ -434,6 +445,7 @@ async fn install_package(
         return Ok(Json(json!({
             "status": "error",
             "error": error,
+            "category": Category::Timeout,
             "timeout_ms": timeout_ms,
             "stdout": execution.stdout,
             "stderr": execution.stderr,
@@ -442,6 +454,7 @@ async fn install_package(
     if execution.status != Status::Ok {
         return Ok(Json(json!({
             "status": "error",
+            "category": failure(&execution),
             "timeout_ms": timeout_ms,
             "stdout": execution.stdout,
             "stderr": execution.stderr,

@@ -1,4 +1,5 @@
-//! python-executor's error shape, `{"error": "message"}`, with the status it answers.
+//! python-executor's error shape, `{"error": "message"}`, with the status it answers, and
+//! replpool's `category` beside it (a field more, which that shape has room for).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -7,18 +8,27 @@ use serde_json::json;
 use crate::Error;
 use crate::api::ApiError;
 use crate::api::json::Rejected;
+use crate::execution::Category;
 
 #[derive(Debug)]
 pub struct ExecutorError {
     pub status: StatusCode,
     pub message: String,
+    pub category: Category,
 }
 
 impl ExecutorError {
+    /// An error of this surface's own: `request` for a 4xx, else `internal` (it makes no
+    /// other status itself; the core's errors keep their category, below).
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ExecutorError {
             status,
             message: message.into(),
+            category: if status.is_client_error() {
+                Category::Request
+            } else {
+                Category::Internal
+            },
         }
     }
 
@@ -33,7 +43,8 @@ impl ExecutorError {
 
 impl IntoResponse for ExecutorError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        let body = json!({ "error": self.message, "category": self.category });
+        (self.status, axum::Json(body)).into_response()
     }
 }
 
@@ -48,6 +59,10 @@ impl From<Rejected> for ExecutorError {
 impl From<Error> for ExecutorError {
     fn from(e: Error) -> Self {
         let api = ApiError::from(e);
-        ExecutorError::new(api.status, api.message)
+        ExecutorError {
+            status: api.status,
+            message: api.message,
+            category: api.category,
+        }
     }
 }

@@ -174,7 +174,7 @@ async fn run(
         Ok(info) => info.session_id,
         Err(e) => {
             let e = ExecutorError::from(e);
-            record.lock().fail(e.message.clone());
+            record.lock().fail(e.message.clone(), e.category);
             return Err(e);
         }
     };
@@ -201,10 +201,10 @@ async fn run(
             r.finish();
         }
         Err(e) if e.status.is_client_error() => {
-            r.fail(e.message.clone());
+            r.fail(e.message.clone(), e.category);
             return Err(e);
         }
-        Err(e) => r.fail(e.message),
+        Err(e) => r.fail(e.message, e.category),
     }
     Ok(())
 }

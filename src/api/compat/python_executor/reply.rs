@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::intake::Job;
-use crate::execution::{Execution, Status};
+use crate::execution::{Category, Execution, Status};
 
 /// What every execution id starts with, as python-executor's do.
 pub const EXECUTION_ID_PREFIX: &str = "exe_";
@@ -27,6 +27,9 @@ pub struct ExecutionResult {
     pub error_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_line: Option<u32>,
+    /// replpool's own addition: what kind of failure, for any outcome but a clean exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<Category>,
     /// With `eval_last_expr`: the repr of the last expression, or null.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
@@ -48,6 +51,7 @@ impl ExecutionResult {
             error: None,
             error_type: None,
             error_line: None,
+            category: None,
             result: None,
             started_at: None,
             finished_at: None,
@@ -60,6 +64,7 @@ impl ExecutionResult {
 pub fn fill(result: &mut ExecutionResult, execution: &Execution, job: &Job) {
     result.stdout = execution.stdout.clone();
     result.stderr = execution.stderr.clone();
+    result.category = execution.category;
     if job.eval_last_expr {
         result.result = Some(
             execution

@@ -11,6 +11,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::reply::{ExecutionResult, now};
+use crate::execution::Category;
 
 pub struct Executions {
     /// This node's name, in every execution id.
@@ -53,10 +54,11 @@ impl Record {
         self.result.finished_at = Some(now());
     }
 
-    /// It ended without a result: `failed`, saying why.
-    pub fn fail(&mut self, reason: impl Into<String>) {
+    /// It ended without a result: `failed`, saying why and what kind of failure it was.
+    pub fn fail(&mut self, reason: impl Into<String>, category: Category) {
         self.result.status = "failed";
         self.result.error = Some(reason.into());
+        self.result.category = Some(category);
         self.finish();
     }
 
@@ -66,6 +68,7 @@ impl Record {
             self.result.status = "killed";
             self.result.exit_code = 137;
             self.result.error = Some("killed on request".into());
+            self.result.category = Some(Category::Interrupted);
             let session = self.session.take();
             self.finish();
             return session;
@@ -148,7 +151,9 @@ mod tests {
         assert!(store.get(&id, Some("token-1")).is_none());
         assert!(store.get(&id, None).is_none());
         assert!(store.get(&id, Some("token-0")).is_some(), "pending stays");
-        record.lock().fail("the session limit (1) is reached");
+        record
+            .lock()
+            .fail("the session limit (1) is reached", Category::Unavailable);
         {
             let r = record.lock();
             assert_eq!(r.result.status, "failed");
