@@ -51,6 +51,16 @@ pub struct Config {
     pub packages: PackagesConfig,
     pub auth: AuthConfig,
     pub sandbox: SandboxConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `GET /metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without a bearer token even when `auth.tokens` are set (for a
+    /// scraper on a network the operator trusts; the figures name no session).
+    pub public: bool,
 }
 
 /// What user code is kept from: other sessions' files, the network, the server's user.
@@ -844,7 +854,7 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 13] = [
+const SECTIONS: [&str; 14] = [
     "server",
     "python",
     "pool",
@@ -858,6 +868,7 @@ const SECTIONS: [&str; 13] = [
     "packages",
     "auth",
     "sandbox",
+    "metrics",
 ];
 
 /// Variables with [`ENV_PREFIX`] that belong to the program rather than to a config field:
