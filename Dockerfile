@@ -25,7 +25,7 @@ ENV CARGO_HOME=/usr/local/cargo CARGO_TERM_PROGRESS_WHEN=never
 # this layer (downloaded and compiled crates). Every workspace member's manifest is needed to
 # resolve the workspace; only the server (-p replpool) is built: the python/ extension needs
 # Python's headers and is not part of the image.
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY core/Cargo.toml core/Cargo.toml
 COPY python/Cargo.toml python/Cargo.toml
 RUN mkdir -p src core/src python/src benches \

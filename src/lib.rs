@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod memory;
+pub mod metrics;
 
 pub use replpool_core::{
     Config, Error, ExecRequest, Execution, SessionManager, cold, config, error, execution, files,

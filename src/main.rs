@@ -149,6 +149,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // workers forked by the template become our children. Before the manager starts.
     replpool::reaper::children().start_sweeping(stop.clone());
     replpool::memory::trim_periodically(stop.clone());
+    // Before the manager starts, so that the pool's first refills and the template's start
+    // are counted.
+    replpool::metrics::keep_up(replpool::metrics::install(), stop.clone());
     let manager = SessionManager::start(&config)?;
     // Kept open until this process is gone, however it goes; see watcher.rs.
     let _watcher = match manager.cgroup_dirs() {

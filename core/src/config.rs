@@ -52,6 +52,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub sandbox: SandboxConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 /// The server's own log (stderr). Its level is `REPLPOOL_LOG` (`info` by default).
@@ -70,6 +71,15 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// `GET /metrics`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` without a bearer token even when `auth.tokens` are set (for a
+    /// scraper on a network the operator trusts; the figures name no session).
+    pub public: bool,
 }
 
 /// What user code is kept from: other sessions' files, the network, the server's user.
@@ -863,7 +873,7 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 14] = [
+const SECTIONS: [&str; 15] = [
     "server",
     "python",
     "pool",
@@ -878,6 +888,7 @@ const SECTIONS: [&str; 14] = [
     "auth",
     "sandbox",
     "log",
+    "metrics",
 ];
 
 /// Variables with [`ENV_PREFIX`] that belong to the program rather than to a config field:

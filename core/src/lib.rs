@@ -11,6 +11,7 @@ pub mod error;
 pub mod execution;
 pub mod files;
 pub mod manager;
+pub mod metrics;
 pub mod node;
 pub mod notebook;
 pub mod pool;

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution};
 use crate::files::{FileLimits, FileListing};
+use crate::metrics::{self, SessionEnd};
 use crate::node;
 use crate::notebook;
 use crate::pool::{OnDemandPool, PoolStatus, WarmPool};
@@ -185,6 +186,7 @@ impl SessionManager {
         let preload_use = PreloadUse::new(&spec.preload);
         let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
         let pool = WarmPool::start(
+            metrics::SESSIONS_POOL,
             spec,
             template,
             Arc::clone(&places),
@@ -288,6 +290,7 @@ impl SessionManager {
         let info = session.info();
         self.sessions.insert(id.clone(), session);
         reservation.keep();
+        metrics::session_created();
         tracing::info!(session = %id, pid = ?info.pid, "session created");
         Ok(info)
     }
@@ -323,7 +326,7 @@ impl SessionManager {
     }
 
     pub fn delete(&self, id: &str) -> Result<(), Error> {
-        self.end(id, "deleted")
+        self.end(id, SessionEnd::Deleted)
     }
 
     /// A fresh namespace (and worker) for the session, keeping its id, files and history.
@@ -375,7 +378,9 @@ impl SessionManager {
     ) -> Result<Execution, Error> {
         self.check_request(request)?;
         let session = self.session(id)?;
-        session.execute(request, events).await
+        let execution = session.execute(request, events).await?;
+        metrics::execution_finished(&execution, false);
+        Ok(execution)
     }
 
     /// Runs code in a fresh worker that is thrown away afterwards: no state is kept.
@@ -414,6 +419,9 @@ impl SessionManager {
         };
         let execution = session.execute(request, events).await;
         session.end("was a one-shot execution, now over");
+        if let Ok(execution) = &execution {
+            metrics::execution_finished(execution, true);
+        }
         execution
     }
 
@@ -476,6 +484,16 @@ impl SessionManager {
             pool,
             lean_pool,
             isolation: self.sandbox.levels().clone(),
+        }
+    }
+
+    /// Sets the metrics that are read rather than counted: the sessions alive, the pools'
+    /// levels and their templates' state (at each scrape of `/metrics`).
+    pub fn record_gauges(&self) {
+        metrics::sessions_live(self.sessions.len());
+        metrics::pool_state(metrics::SESSIONS_POOL, &self.workers.pool.status());
+        if let Some(lean) = self.workers.lean_started() {
+            metrics::pool_state(metrics::LEAN_POOL, &lean.status());
         }
     }
 
@@ -543,7 +561,7 @@ impl SessionManager {
         }
         let ids: Vec<String> = self.sessions.iter().map(|s| s.key().clone()).collect();
         for id in ids {
-            let _ = self.end(&id, "ended at shutdown");
+            let _ = self.end(&id, SessionEnd::Shutdown);
         }
     }
 
@@ -569,12 +587,14 @@ impl SessionManager {
         Ok(dir)
     }
 
-    fn end(&self, id: &str, why: &str) -> Result<(), Error> {
+    fn end(&self, id: &str, reason: SessionEnd) -> Result<(), Error> {
         let (_, session) = self
             .sessions
             .remove(id)
             .ok_or_else(|| Error::SessionNotFound(id.to_owned()))?;
         self.reserved.lock().release(session.owner());
+        metrics::session_ended(reason);
+        let why = reason.why();
         session.end(why);
         tracing::info!(session = %id, "session {why}");
         Ok(())
@@ -642,7 +662,7 @@ impl SessionManager {
             match lru {
                 Some(id) => {
                     // Another create may have ended it first; then look again.
-                    let _ = self.end(&id, "evicted (least recently used, session limit reached)");
+                    let _ = self.end(&id, SessionEnd::Evicted);
                 }
                 None => return Err(refused),
             }
@@ -680,7 +700,7 @@ async fn evict_idle(
             .map(|s| s.key().clone())
             .collect();
         for id in expired {
-            let _ = manager.end(&id, "evicted (idle)");
+            let _ = manager.end(&id, SessionEnd::Idle);
         }
     }
 }

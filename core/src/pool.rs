@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::binding::{BoundWorker, Places};
+use crate::metrics;
 use crate::template::{Template, TemplateStatus};
 use crate::worker::{Worker, WorkerError, WorkerSpec};
 
@@ -36,6 +37,8 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 pub struct WarmPool {
+    /// The pool's `pool` label in the metrics ([`metrics::SESSIONS_POOL`] or [`metrics::LEAN_POOL`]).
+    name: &'static str,
     spec: WorkerSpec,
     template: Option<Arc<Template>>,
     /// Makes the places the pool's workers are bound to.
@@ -65,6 +68,7 @@ pub struct PoolStatus {
 impl WarmPool {
     /// Creates the pool and starts its refill task, which ends with `shutdown`.
     pub fn start(
+        name: &'static str,
         spec: WorkerSpec,
         template: Option<Arc<Template>>,
         places: Arc<Places>,
@@ -73,6 +77,7 @@ impl WarmPool {
         shutdown: CancellationToken,
     ) -> Arc<WarmPool> {
         let pool = Arc::new(WarmPool {
+            name,
             spec,
             template,
             places,
@@ -101,6 +106,7 @@ impl WarmPool {
                 pid = bound.worker.pid(),
                 "idle pooled worker had died; discarded"
             );
+            metrics::worker_died(metrics::WorkerDeath::Idle);
             bound.kill("it died while idle in the pool");
         }
     }
@@ -108,6 +114,9 @@ impl WarmPool {
     /// A fresh worker, not bound to anything, for a place that exists already (the pool's
     /// workers are bound to places of their own): forked from the template, or started.
     pub async fn acquire(&self) -> Result<Worker, WorkerError> {
+        // Every caller that found no bound worker ready ends up here (a session or one-shot
+        // made in a place of its own, a replacement, a reset): this is the pool's miss.
+        metrics::pool_acquire_waited(self.name);
         let started = self.start_worker().await;
         if let Err(e) = &started {
             *self.last_error.lock() = Some(e.to_string());
@@ -185,6 +194,7 @@ impl WarmPool {
                     let started = done.unwrap_or_else(|e| Err(format!("the start was lost: {e}")));
                     match started {
                         Ok(bound) => {
+                            metrics::pool_refilled(self.name);
                             *self.last_error.lock() = None;
                             retry_delay = RETRY_DELAY;
                             self.ready.lock().push_back(bound);
@@ -261,6 +271,7 @@ impl OnDemandPool {
                 .template
                 .then(|| Template::start(self.spec.clone(), self.shutdown.clone()));
             WarmPool::start(
+                metrics::LEAN_POOL,
                 self.spec.clone(),
                 template,
                 Arc::clone(&self.places),

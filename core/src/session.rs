@@ -25,6 +25,7 @@ use crate::cold::ColdRunner;
 use crate::error::Error;
 use crate::execution::{Category, ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
+use crate::metrics::{self, Limit, WorkerDeath};
 use crate::pool::{OnDemandPool, WarmPool};
 use crate::preload_use::PreloadUse;
 use crate::process;
@@ -591,6 +592,7 @@ impl Session {
         request: &ExecRequest,
         events: Option<&EventSender>,
     ) -> Result<Execution, Error> {
+        let arrived = Instant::now();
         let limits = &self.workers.limits;
         let _ticket = self.enter_queue(limits.queue_depth)?;
         let mut slot = tokio::select! {
@@ -601,6 +603,7 @@ impl Session {
             && !worker.is_alive()
         {
             tracing::warn!(pid = worker.pid(), "session worker died while idle");
+            metrics::worker_died(WorkerDeath::Idle);
             self.lose_worker(&mut slot, "it died while idle");
         }
         if slot.worker.is_none() {
@@ -660,6 +663,7 @@ impl Session {
         };
         *self.last_used.lock() = (SystemTime::now(), Instant::now());
         let elapsed = started.elapsed();
+        let mut lost = None;
         let mut execution = match outcome {
             Ok(CellOutcome { done, interrupted }) => {
                 Execution::from_done(done, interrupted, count, elapsed)
@@ -675,6 +679,7 @@ impl Session {
                 // The worker is lost: drop (and so kill) it. The code is never run again
                 // behind the caller's back; the reply says what happened.
                 tracing::warn!("worker lost during execution: {e}");
+                lost = WorkerDeath::of(&e);
                 if mode == Mode::Warm {
                     self.lose_worker(&mut slot, &format!("lost during an execution: {e}"));
                 }
@@ -682,7 +687,14 @@ impl Session {
                 Execution::without_reply(status, category, error, count, elapsed)
             }
         };
-        self.check_limits(&mut execution).await;
+        let oom_killed = self.check_limits(&mut execution).await;
+        if let Some(cause) = lost {
+            metrics::worker_died(if oom_killed { WorkerDeath::Oom } else { cause });
+        }
+        if mode == Mode::Cold {
+            metrics::cold_fallback();
+        }
+        metrics::execution_timed(started.duration_since(arrived), elapsed, arrived.elapsed());
         execution.mode = mode;
         execution.session_reset |= reset_before;
         if reset_before {
@@ -702,21 +714,35 @@ impl Session {
     /// disk quota make the reply an error (the next executions still run, so that code can
     /// clean up; uploads are refused until the session is under its quota again). Where the
     /// quota is measured by a walk, the walk follows the reply (see [`QuotaWalks`]).
-    async fn check_limits(&self, execution: &mut Execution) {
+    /// Returns whether the worker the execution lost was ended by the OOM killer.
+    async fn check_limits(&self, execution: &mut Execution) -> bool {
         let refused = self.sandbox.refusals();
         for refusal in &refused.described {
             tracing::warn!("limit reached: {refusal}");
         }
+        metrics::limit_refused(Limit::Pids, refused.forks_refused);
+        metrics::limit_refused(Limit::Memory, refused.oom_kills);
+        let mut oom_killed = false;
         if refused.oom_kills > 0
             && let Some(error) = execution.error.as_mut()
             && error.ename == "WorkerDied"
         {
+            oom_killed = true;
             error.ename = "MemoryError".into();
             error.evalue = format!(
                 "the session's processes reached its memory limit ({} MiB) and the kernel killed the worker",
                 self.sandbox.memory_mb()
             );
             execution.category = Some(Category::Memory);
+        }
+        match execution.error.as_ref().map(|e| e.ename.as_str()) {
+            // An allocation RLIMIT_AS refused (the OOM killer's were counted above).
+            Some("MemoryError") if !oom_killed => metrics::limit_refused(Limit::Memory, 1),
+            Some("CPUTimeLimitExceeded") => metrics::limit_refused(Limit::Cpu, 1),
+            _ => {}
+        }
+        if execution.truncated {
+            metrics::limit_refused(Limit::OutputTruncated, 1);
         }
         let max = self.workers.limits.files.max_total_bytes;
         if self.dir.own_fs() {
@@ -728,23 +754,25 @@ impl Session {
                 && error.evalue.starts_with("[Errno 28]")
             {
                 tracing::warn!(max, "limit reached: disk quota");
+                metrics::limit_refused(Limit::DiskQuota, 1);
                 error.ename = "DiskQuotaExceeded".into();
                 error.evalue = format!(
                     "the session's files reached its quota of {max} bytes, so a write failed (No space left on device); delete some to make room"
                 );
                 execution.category = Some(Category::DiskQuota);
             }
-            return;
+            return oom_killed;
         }
         // Elsewhere the quota is measured, after the fact, by a walk that does not delay
         // the reply; a session the last walk found over it is measured here and now.
         if !self.quota.over.load(Ordering::Acquire) {
             self.quota.start(self.files());
-            return;
+            return oom_killed;
         }
         match self.files().usage().await {
             Ok(used) if used > max => {
                 tracing::warn!(used, max, "limit reached: disk quota");
+                metrics::limit_refused(Limit::DiskQuota, 1);
                 if execution.error.is_none() {
                     execution.status = Status::Error;
                     execution.category = Some(Category::DiskQuota);
@@ -760,6 +788,7 @@ impl Session {
             Ok(_) => self.quota.over.store(false, Ordering::Release),
             Err(e) => tracing::warn!("cannot measure the session's files: {e}"),
         }
+        oom_killed
     }
 
     fn record(&self, code: &str, started_at: SystemTime, execution: &Execution) {

@@ -1,9 +1,9 @@
 //! Bearer tokens: who is calling, and whether they may.
 //!
 //! With `auth.tokens` set, every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`
-//! (401 otherwise). The caller is then known by the token's name (`token-<index>`, never the
-//! token itself), and sessions belong to the caller that created them. Tokens are compared in
-//! constant time.
+//! (401 otherwise); `/metrics` does too, unless `metrics.public`. The caller is then known by
+//! the token's name (`token-<index>`, never the token itself), and sessions belong to the
+//! caller that created them. Tokens are compared in constant time.
 
 use std::sync::Arc;
 
@@ -73,7 +73,10 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     let tokens: &Arc<Tokens> = &state.tokens;
-    if tokens.0.is_empty() || matches!(request.uri().path(), "/healthz" | "/readyz") {
+    let path = request.uri().path();
+    let open =
+        matches!(path, "/healthz" | "/readyz") || (state.metrics_public && path == "/metrics");
+    if tokens.0.is_empty() || open {
         return next.run(request).await;
     }
     let presented = request

@@ -8,6 +8,7 @@ mod auth;
 mod compat;
 mod error;
 mod json;
+mod metrics;
 mod native;
 mod node;
 mod stream;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 pub use compat::judge::JudgeSettings;
@@ -33,6 +35,10 @@ pub struct AppState {
     /// The script wrapper's loaded scripts.
     pub scripts: Arc<compat::scripts::Scripts>,
     pub tokens: Arc<auth::Tokens>,
+    /// Renders `/metrics` (see `crate::metrics`).
+    pub prometheus: PrometheusHandle,
+    /// `/metrics` is served without a token (`metrics.public`).
+    pub metrics_public: bool,
 }
 
 /// The whole API: the native one and the compatibility surfaces. Request bodies are bounded by
@@ -44,6 +50,8 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
         executions: Arc::new(compat::python_executor::Executions::from_config(config)),
         scripts: Arc::new(compat::scripts::Scripts::from_config(config)),
         tokens: Arc::new(auth::Tokens::new(config.auth.tokens.clone())),
+        prometheus: crate::metrics::install(),
+        metrics_public: config.metrics.public,
     };
     let max_file_bytes = usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX);
     native::routes(max_file_bytes, state.clone())
@@ -53,6 +61,8 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
             state.clone(),
             auth::require_token,
         ))
+        // Outside authentication, so that refusals are counted too.
+        .layer(axum::middleware::from_fn(metrics::count_requests))
         .layer(DefaultBodyLimit::max(config.execution.max_frame_bytes))
         .layer(
             TraceLayer::new_for_http()

@@ -25,6 +25,7 @@ pub fn routes(max_file_bytes: usize, state: AppState) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
         .route("/readyz", get(ready))
+        .route("/metrics", get(super::metrics::scrape))
         .route("/v1/sessions", post(create_session).get(list_sessions))
         .route("/v1/execute", post(execute_once))
         .merge(session_routes(max_file_bytes, state))

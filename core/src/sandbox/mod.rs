@@ -364,6 +364,7 @@ impl SessionSandbox {
             ));
         }
         Refusals {
+            forks_refused: now.forks_refused.saturating_sub(before.forks_refused),
             oom_kills: now.oom_kills - before.oom_kills,
             described: said,
         }
@@ -377,6 +378,8 @@ impl SessionSandbox {
 /// What a session's limits refused over some time.
 #[derive(Debug, Default)]
 pub struct Refusals {
+    /// New processes the pids limit refused.
+    pub forks_refused: u64,
     /// Processes the kernel's OOM killer ended.
     pub oom_kills: u64,
     /// Everything refused, in words (for the log).
