@@ -1,7 +1,8 @@
 //! Bearer tokens: who is calling, and whether they may.
 //!
-//! With `auth.tokens` set, every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`
-//! (401 otherwise). The caller is then known by the token's name (`token-<index>`, never the
+//! With `auth.tokens` set, every route but `/healthz`, `/readyz` and the API's description
+//! (`/openapi.json`, `/docs`: see `openapi.rs`) needs `Authorization: Bearer <token>` (401
+//! otherwise). The caller is then known by the token's name (`token-<index>`, never the
 //! token itself), and sessions belong to the caller that created them. Tokens are compared in
 //! constant time.
 
@@ -73,7 +74,7 @@ pub async fn require_token(
     next: Next,
 ) -> Response {
     let tokens: &Arc<Tokens> = &state.tokens;
-    if tokens.0.is_empty() || matches!(request.uri().path(), "/healthz" | "/readyz") {
+    if tokens.0.is_empty() || super::openapi::is_public(request.uri().path()) {
         return next.run(request).await;
     }
     let presented = request

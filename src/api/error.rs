@@ -10,8 +10,13 @@ use serde_json::json;
 use crate::Error;
 use crate::files::FileError;
 
-/// The codes of the API's errors: the strings clients see and may match on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The codes of the API's errors: the strings clients see and may match on. (The serde names
+/// are the OpenAPI schema's enum of codes; `as_str` is what replies carry, and a test in
+/// `openapi.rs` keeps the two the same.)
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
     CodeTooLarge,
