@@ -122,9 +122,22 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// `{"error": {"code", "message"}}`: the body of an error reply, or of an SSE `error` event.
+    /// `{"error": {"code", "message", "category"}}`: the body of an error reply, or of an SSE
+    /// `error` event.
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"code": self.code, "message": self.message}})
+        json!({"error": {"code": self.code, "message": self.message, "category": self.category()}})
+    }
+
+    /// The kind of failure, by status: a refused request is `request`, a fault `internal`, a
+    /// full disk quota `disk_quota`, anything else the server could not do `unavailable`.
+    /// (A stand-in until slice A's categories, which the lead merges in its place.)
+    fn category(&self) -> &'static str {
+        match self.status {
+            StatusCode::INSUFFICIENT_STORAGE => "disk_quota",
+            StatusCode::INTERNAL_SERVER_ERROR => "internal",
+            status if status.is_server_error() => "unavailable",
+            _ => "request",
+        }
     }
 }
 
