@@ -298,7 +298,8 @@ async fn delete_session(
                     "result": {"text/plain": "2"}, "display": [], "error": null,
                     "duration_ms": 1.4, "mode": "warm", "truncated": false, "session_reset": false
                 })),
-                (String = "text/event-stream"),
+                // Events, not one value: no schema (each event's `data` is described above).
+                ("text/event-stream"),
             ),
         ),
         (status = 400, description = "`invalid_json`, `invalid_query`", body = ErrorBody),
