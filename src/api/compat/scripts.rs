@@ -205,7 +205,7 @@ struct ScriptReply {
     script_name: Option<String>,
     functions: Option<Vec<String>>,
     /// A call's return value (its `repr` when it is not JSON).
-    #[schema(value_type = Value)]
+    #[schema(value_type = Value, required = false)]
     result: Option<Value>,
     /// Whether `result` is a `repr`.
     repr: Option<bool>,
@@ -215,7 +215,7 @@ struct ScriptReply {
     timeout_ms: Option<u64>,
     /// The exception the script raised (`{"ename", "evalue", "traceback"}`), or, for an
     /// install, what went wrong.
-    #[schema(value_type = Value)]
+    #[schema(value_type = Value, required = false)]
     error: Option<Value>,
 }
 
