@@ -144,7 +144,8 @@ def main():
             ]
             started = time.monotonic()
             try:
-                ran = subprocess.run(command, timeout=args.budget)
+                # In the temporary directory: schemathesis keeps a `.schemathesis/` where it runs.
+                ran = subprocess.run(command, timeout=args.budget, cwd=tmp)
             except subprocess.TimeoutExpired:
                 print(f"schemathesis did not finish within {args.budget} s", file=sys.stderr)
                 return 1
