@@ -35,7 +35,8 @@ $(BENCH_STAMP): benches/requirements.txt $(VENV_STAMP)
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r benches/requirements.txt
 	touch $(BENCH_STAMP)
 
-# What the integration tests need beyond the workers' packages (nbformat).
+# What the integration tests need beyond the workers' packages (nbformat, openapi-spec-validator,
+# schemathesis).
 $(TEST_STAMP): tests/requirements.txt $(VENV_STAMP)
 	@echo "==> installing the tests' packages from tests/requirements.txt"
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r tests/requirements.txt
@@ -61,6 +62,8 @@ serve: venv build
 test: venv $(TEST_STAMP) $(BENCH_STAMP) build package
 	cargo build --locked --all-targets
 	cargo test --locked
+	@echo "==> schemathesis against a live server, from its /openapi.json (bounded: a few minutes)"
+	$(VENV_PY) tests/fuzz/run.py --binary target/release/replpool
 	$(VENV_PY) -m unittest discover -s bootstrap -p 'test_*.py'
 	@echo "==> deploy/k8s, validated offline: yamllint and the Kubernetes schemas"
 	$(VENV_PY) -m unittest discover -s tests/k8s -p 'test_*.py'

@@ -19,6 +19,7 @@ pub struct ExecRequest {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
@@ -31,6 +32,7 @@ pub enum Status {
 /// is not `ok`, and every HTTP error (`request` and `internal` are for those: the caller's
 /// request was refused, or the server failed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ErrorCategory))]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     /// The code does not parse: SyntaxError (IndentationError, TabError) compiling the cell.
@@ -103,6 +105,7 @@ impl std::fmt::Display for Category {
 
 /// Where the code ran: a preloaded session worker, or a fresh interpreter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     Warm,
@@ -111,13 +114,19 @@ pub enum Mode {
 
 /// The reply to an execute, the same for every front end.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Execution {
     pub status: Status,
     pub execution_count: u64,
     pub stdout: String,
     pub stderr: String,
+    /// The value of the last expression, as a MIME bundle (`text/plain`, `text/html`, …).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>, required = true))]
     pub result: Option<MimeBundle>,
+    /// What the code displayed, MIME bundles in order (plots as `image/png`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub display: Vec<MimeBundle>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub error: Option<ErrorInfo>,
     /// What kind of failure it was; absent when the status is `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -71,6 +71,7 @@ impl From<Errno> for FileError {
 
 /// One entry of a listing.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileInfo {
     /// Relative to the session directory, `/`-separated.
     pub path: String,
@@ -80,6 +81,7 @@ pub struct FileInfo {
 
 /// A listing: the regular files found, at most `files.max_list_entries` of them.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileListing {
     pub files: Vec<FileInfo>,
     /// More files exist than were listed (the cap was reached, or a directory was too deep

@@ -70,6 +70,7 @@ const BLOCKING_PROBE: Duration = Duration::from_secs(2);
 
 /// What `/healthz` reports.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     /// This node's name (`server.node`).
     pub node: String,

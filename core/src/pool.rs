@@ -57,6 +57,7 @@ pub struct WarmPool {
 
 /// A snapshot for `/healthz`.
 #[derive(Debug, Clone, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolStatus {
     pub ready: usize,
     pub target: usize,

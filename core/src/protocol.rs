@@ -90,6 +90,7 @@ pub enum DoneStatus {
 
 /// An exception from user code, as the worker reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorInfo {
     pub ename: String,
     pub evalue: String,

@@ -226,6 +226,7 @@ struct CpuSample {
 
 /// One execution as the history keeps it: the code and the reply.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryEntry {
     pub code: String,
     pub started_at: String,
@@ -247,6 +248,7 @@ struct Slot {
 
 /// What `GET /v1/sessions/{id}` shows.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     pub session_id: String,
     pub state: &'static str,

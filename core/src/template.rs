@@ -95,6 +95,7 @@ impl Drop for Farewell {
 
 /// What `/healthz` shows of the template.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TemplateStatus {
     /// `starting`, `running` or `down`.
     pub state: &'static str,

@@ -1,9 +1,10 @@
 //! Bearer tokens: who is calling, and whether they may.
 //!
-//! With `auth.tokens` set, every route but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`
-//! (401 otherwise); `/metrics` does too, unless `metrics.public`. The caller is then known by
-//! the token's name (`token-<index>`, never the token itself), and sessions belong to the
-//! caller that created them. Tokens are compared in constant time.
+//! With `auth.tokens` set, every route but `/healthz`, `/readyz` and the API's description
+//! (`/openapi.json`, `/docs`: see `openapi.rs`) needs `Authorization: Bearer <token>` (401
+//! otherwise); `/metrics` does too, unless `metrics.public`. The caller is then known by the
+//! token's name (`token-<index>`, never the token itself), and sessions belong to the caller
+//! that created them. Tokens are compared in constant time.
 
 use std::sync::Arc;
 
@@ -74,8 +75,7 @@ pub async fn require_token(
 ) -> Response {
     let tokens: &Arc<Tokens> = &state.tokens;
     let path = request.uri().path();
-    let open =
-        matches!(path, "/healthz" | "/readyz") || (state.metrics_public && path == "/metrics");
+    let open = super::openapi::is_public(path) || (state.metrics_public && path == "/metrics");
     if tokens.0.is_empty() || open {
         return next.run(request).await;
     }

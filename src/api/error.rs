@@ -12,8 +12,13 @@ use crate::Error;
 use crate::execution::Category;
 use crate::files::FileError;
 
-/// The codes of the API's errors: the strings clients see and may match on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The codes of the API's errors: the strings clients see and may match on. (The serde names
+/// are the OpenAPI schema's enum of codes; `as_str` is what replies carry, and a test in
+/// `openapi.rs` keeps the two the same.)
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
     CodeTooLarge,
@@ -43,7 +48,9 @@ pub enum ErrorCode {
     /// The server's `sessions.max` (503).
     TooManySessions,
     /// The caller's own `auth.max_sessions_per_token` (429): the same code, but the caller's
-    /// limit, not the server's capacity.
+    /// limit, not the server's capacity. (Not in the schema's enum of codes, where the string
+    /// is `TooManySessions`'.)
+    #[serde(skip)]
     TooManySessionsForOwner,
     Unauthorized,
     UnsupportedMediaType,

@@ -14,6 +14,18 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What is read rather than counted is read now; then everything is rendered. The reads are
 /// of `/proc/self` and of in-memory counts: nothing here waits on a disk or another process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "probes",
+    responses((
+        status = 200,
+        description = "Prometheus' text format (0.0.4): every family is listed in docs/architecture.md, \"Metrics\"",
+        content_type = "text/plain; version=0.0.4; charset=utf-8",
+        body = String
+    ))
+)]
 pub async fn scrape(State(state): State<AppState>) -> Response {
     state.manager.record_gauges();
     metrics::record_process();

@@ -11,14 +11,17 @@ mod json;
 mod metrics;
 mod native;
 mod node;
+mod openapi;
 mod stream;
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::{Extension, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use compat::judge::JudgeSettings;
 pub use error::ApiError;
@@ -41,8 +44,9 @@ pub struct AppState {
     pub metrics_public: bool,
 }
 
-/// The whole API: the native one and the compatibility surfaces. Request bodies are bounded by
-/// `execution.max_frame_bytes`, file uploads by `files.max_bytes` (413 above them).
+/// The whole API: the native one, the compatibility surfaces, and its own description
+/// (`/openapi.json`, `/docs`). Request bodies are bounded by `execution.max_frame_bytes`, file
+/// uploads by `files.max_bytes` (413 above them).
 pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
     let state = AppState {
         manager,
@@ -54,9 +58,10 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
         metrics_public: config.metrics.public,
     };
     let max_file_bytes = usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX);
-    native::routes(max_file_bytes, state.clone())
-        .merge(compat::routes(state.clone()))
+    let (routes, document) = routes(max_file_bytes, state.clone());
+    routes
         .fallback(error::not_found)
+        .layer(Extension(openapi::Document::new(&document)))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -85,4 +90,20 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
         .with_state(state)
+}
+
+/// Every route, and the document describing them, from one list: each surface's
+/// `OpenApiRouter`. The native API answers a method a route does not take with its own 405
+/// (the compatibility surfaces keep axum's, as the services they stand in for had theirs).
+fn routes(max_file_bytes: usize, state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (native, native_document) = native::routes(max_file_bytes, state.clone()).split_for_parts();
+    let native = native.method_not_allowed_fallback(native::method_not_allowed);
+    let (router, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(OpenApiRouter::from(native))
+        .merge(compat::routes(state))
+        .merge(openapi::routes())
+        .split_for_parts();
+    document.merge(native_document);
+    openapi::add_common_responses(&mut document);
+    (router, document)
 }

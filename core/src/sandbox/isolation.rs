@@ -53,6 +53,7 @@ impl Isolation {
 
 /// What is in force, as `/healthz` and the start-up log say it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Levels {
     /// `per-session` (a uid each) or `shared` (one uid for all sessions).
     pub users: &'static str,

@@ -9,40 +9,50 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::python_literal::python_str;
 use crate::api::error::ErrorCode;
 use crate::api::json::Json;
+use crate::api::openapi::ErrorBody;
 use crate::api::{ApiError, AppState};
 use crate::execution::{Category, ExecRequest, Execution, Status};
 use crate::{Config, Error, SessionManager};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/execute", post(execute))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(execute))
 }
 
 const SUPPORTED: &str = "'python', 'cpp'";
 
-#[derive(Debug, Deserialize)]
+/// A program and its test cases.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(examples(json!({
+    "code": "print(int(input()) * 2)",
+    "stdin_stdout": [{"stdin": "2\n", "stdout": "4\n"}],
+    "language": "python"
+})))]
 struct JudgeRequest {
     code: String,
     stdin_stdout: Vec<Case>,
+    /// `python` or `cpp` (any case).
     language: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One case: what the program reads, and what it must print (compared stripped).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 struct Case {
     stdin: String,
     stdout: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 struct Output {
     passed: bool,
     stdout: String,
@@ -56,7 +66,8 @@ struct Output {
     category: Option<Category>,
 }
 
-#[derive(Debug, Serialize)]
+/// The verdict: the compilation's output (Python's is its syntax check), then each case's.
+#[derive(Debug, Serialize, ToSchema)]
 struct JudgeResponse {
     compile_output: Output,
     exec_outputs: Vec<Output>,
@@ -108,6 +119,22 @@ impl Output {
     }
 }
 
+/// Runs a program against stdin/stdout cases: each case a one-shot execution.
+#[utoipa::path(
+    post,
+    path = "/execute",
+    operation_id = "judge_execute",
+    tag = "judge",
+    request_body = JudgeRequest,
+    responses(
+        (status = 200, description = "The verdict", body = JudgeResponse),
+        (status = 400, description = "`unsupported_language`, `invalid_json`", body = ErrorBody),
+        (status = 413, description = "`code_too_large`, `stdin_too_large`, `payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`", body = ErrorBody),
+        (status = 503, description = "`worker_unavailable`, `sandbox_unavailable`, `shutting_down`, `draining`", body = ErrorBody),
+    ),
+)]
 async fn execute(
     State(state): State<AppState>,
     Json(request): Json<JudgeRequest>,

@@ -12,13 +12,13 @@ pub mod python_executor;
 mod python_literal;
 pub mod scripts;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use super::AppState;
 
 /// Every compatibility surface's routes.
-pub fn routes(state: AppState) -> Router<AppState> {
-    Router::new()
+pub fn routes(state: AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(judge::routes())
         .merge(python_executor::routes(state))
         .merge(scripts::routes())

@@ -14,29 +14,31 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::python_literal::{python_literal, python_str};
 use crate::api::auth::Caller;
 use crate::api::error::ErrorCode;
 use crate::api::json::Json;
+use crate::api::openapi::ErrorBody;
 use crate::api::{ApiError, AppState};
 use crate::execution::{Category, ExecRequest, Execution, Status};
 use crate::protocol::ErrorInfo;
 use crate::{Config, SessionManager};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/python/load", post(load))
-        .route("/python/list", get(list))
-        .route("/python/call", post(call))
-        .route("/python/installPackage", post(install_package))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(load))
+        .routes(routes!(list))
+        .routes(routes!(call))
+        .routes(routes!(install_package))
 }
 
 /// How long `pip install` may take, as the script wrapper's clients expect; a server whose
@@ -59,12 +61,14 @@ fn key(caller: &Caller, alias: &str) -> AliasKey {
     (caller.owner().map(str::to_owned), alias.to_owned())
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A loaded script.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 struct Loaded {
     alias: String,
     script_name: String,
     functions: Vec<String>,
     /// What the script's `get_tool_info()` returned, if it has one.
+    #[schema(value_type = Value)]
     info: Value,
     #[serde(skip)]
     session: String,
@@ -82,26 +86,31 @@ impl Scripts {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"script_name": "geometry.py", "alias": "geometry"})))]
 struct LoadRequest {
     script_name: String,
     alias: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"alias": "geometry", "function_name": "scale", "args": [[1, 2]], "kwargs": {"factor": 3}})))]
 struct CallRequest {
     alias: String,
     function_name: String,
     #[serde(default)]
+    #[schema(value_type = Vec<Value>)]
     args: Vec<Value>,
     #[serde(default)]
+    #[schema(value_type = Object)]
     kwargs: serde_json::Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"package_name": "tabulate==0.9.0"})))]
 struct InstallRequest {
     package_name: String,
 }
@@ -187,6 +196,54 @@ fn json_result(execution: &Execution) -> Option<Value> {
         .cloned()
 }
 
+/// The reply of a load, a call or an install: `status` says which shape it is.
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // a schema only: the handlers build these replies with `json!`
+struct ScriptReply {
+    /// `success` or `error`.
+    status: String,
+    alias: Option<String>,
+    script_name: Option<String>,
+    functions: Option<Vec<String>>,
+    /// A call's return value (its `repr` when it is not JSON).
+    #[schema(value_type = Value, required = false)]
+    result: Option<Value>,
+    /// Whether `result` is a `repr`.
+    repr: Option<bool>,
+    package_name: Option<String>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+    timeout_ms: Option<u64>,
+    /// The exception the script raised (`{"ename", "evalue", "traceback"}`), or, for an
+    /// install, what went wrong.
+    #[schema(value_type = Value, required = false)]
+    error: Option<Value>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[allow(dead_code)] // a schema only: `list` builds it with `json!`
+struct ScriptList {
+    scripts: Vec<Loaded>,
+}
+
+/// Loads a script of the scripts directory under an alias (a session of its own), replacing
+/// what the alias held.
+#[utoipa::path(
+    post,
+    path = "/python/load",
+    operation_id = "python_load",
+    tag = "scripts",
+    request_body = LoadRequest,
+    responses(
+        (status = 200, description = "Loaded (`status: success`), or the script raised (`status: error`)", body = ScriptReply),
+        (status = 400, description = "`invalid_script_name`, `invalid_alias`, `invalid_json`", body = ErrorBody),
+        (status = 404, description = "`script_not_found`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`", body = ErrorBody),
+        (status = 429, description = "`too_many_sessions`, `queue_full`", body = ErrorBody),
+        (status = 503, description = "`too_many_sessions`, `worker_unavailable`, `sandbox_unavailable`, `shutting_down`, `draining`", body = ErrorBody),
+    ),
+)]
 async fn load(
     State(state): State<AppState>,
     caller: Caller,
@@ -312,6 +369,14 @@ fn failure(execution: &Execution) -> Category {
     execution.category.unwrap_or(Category::Runtime)
 }
 
+/// The caller's loaded scripts.
+#[utoipa::path(
+    get,
+    path = "/python/list",
+    operation_id = "python_list",
+    tag = "scripts",
+    responses((status = 200, description = "The caller's scripts, by alias", body = ScriptList)),
+)]
 async fn list(State(state): State<AppState>, caller: Caller) -> Json<Value> {
     let mut scripts: Vec<Loaded> = state
         .scripts
@@ -324,6 +389,25 @@ async fn list(State(state): State<AppState>, caller: Caller) -> Json<Value> {
     Json(json!({ "scripts": scripts }))
 }
 
+/// Calls a function of a loaded script with JSON arguments.
+#[utoipa::path(
+    post,
+    path = "/python/call",
+    operation_id = "python_call",
+    tag = "scripts",
+    request_body = CallRequest,
+    responses(
+        (status = 200, description = "Its result (`status: success`), or what it raised (`status: error`)", body = ScriptReply),
+        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 404, description = "`alias_not_found`, `function_not_found`", body = ErrorBody),
+        (status = 409, description = "`session_closed`", body = ErrorBody),
+        (status = 413, description = "`code_too_large`, `payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`", body = ErrorBody),
+        (status = 429, description = "`queue_full`", body = ErrorBody),
+        (status = 503, description = "`worker_unavailable`, `sandbox_unavailable`, `shutting_down`", body = ErrorBody),
+    ),
+)]
 async fn call(
     State(state): State<AppState>,
     caller: Caller,
@@ -393,6 +477,23 @@ async fn call(
     }
 }
 
+/// Installs a package with pip (when `packages.allow_install`), then restarts the template so
+/// that new workers see it.
+#[utoipa::path(
+    post,
+    path = "/python/installPackage",
+    operation_id = "python_install_package",
+    tag = "scripts",
+    request_body = InstallRequest,
+    responses(
+        (status = 200, description = "Installed (`status: success`), or pip failed or took too long (`status: error`)", body = ScriptReply),
+        (status = 400, description = "`invalid_package_name`, `invalid_json`", body = ErrorBody),
+        (status = 403, description = "`install_disabled`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`invalid_request`", body = ErrorBody),
+        (status = 503, description = "`worker_unavailable`, `sandbox_unavailable`, `shutting_down`, `draining`", body = ErrorBody),
+    ),
+)]
 async fn install_package(
     State(state): State<AppState>,
     Json(request): Json<InstallRequest>,

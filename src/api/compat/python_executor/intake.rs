@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::extract::Multipart;
 use axum::http::StatusCode;
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::error::ExecutorError;
 use crate::SessionManager;
@@ -32,7 +33,13 @@ pub struct Job {
     pub eval_last_expr: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// Code to run: `code` (run as `main.py`), or `files` with an `entrypoint`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(examples(json!({"code": "print(sum(range(10)))"}), json!({
+    "files": [{"name": "main.py", "content": "import util\nprint(util.x)"}, {"name": "util.py", "content": "x = 1"}],
+    "entrypoint": "main.py",
+    "config": {"timeout_seconds": 10}
+})))]
 pub struct EvalRequest {
     #[serde(default)]
     code: Option<String>,
@@ -42,6 +49,7 @@ pub struct EvalRequest {
     entrypoint: Option<String>,
     #[serde(default)]
     stdin: Option<String>,
+    /// `3.10` to `3.13`: must be the workers' own.
     #[serde(default)]
     python_version: Option<String>,
     #[serde(default)]
@@ -50,13 +58,13 @@ pub struct EvalRequest {
     config: Option<RunConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct EvalFile {
     name: String,
     content: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 struct RunConfig {
     #[serde(default)]
     timeout_seconds: Option<u64>,

@@ -17,13 +17,13 @@ mod store;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{Multipart, Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use parking_lot::Mutex;
-use serde_json::{Value, json};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use reply::EXECUTION_ID_PREFIX;
 pub use store::Executions;
@@ -35,21 +35,19 @@ use self::store::Record;
 use crate::api::AppState;
 use crate::api::auth::Caller;
 use crate::api::json::{Json, Rejected};
+use crate::api::openapi::ExecutorErrorBody;
 use crate::execution::{ExecRequest, Execution, Status};
 use crate::{Error, SessionManager};
 
-pub fn routes(state: AppState) -> Router<AppState> {
-    Router::new()
-        .route("/health", get(health))
-        .route("/api/v1/eval", post(eval))
-        .route("/api/v1/exec/sync", post(exec_sync))
-        .route("/api/v1/exec/async", post(exec_async))
+pub fn routes(state: AppState) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(eval))
+        .routes(routes!(exec_sync))
+        .routes(routes!(exec_async))
         .merge(
-            Router::new()
-                .route(
-                    "/api/v1/executions/{id}",
-                    get(get_execution).delete(kill_execution),
-                )
+            OpenApiRouter::new()
+                .routes(routes!(get_execution, kill_execution))
                 .route_layer(axum::middleware::from_fn_with_state(
                     state,
                     crate::api::node::refuse_other_nodes,
@@ -57,10 +55,59 @@ pub fn routes(state: AppState) -> Router<AppState> {
         )
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(json!({"status": "ok"}))
+/// `{"status": ...}`: python-executor's health and kill replies.
+#[derive(Serialize, ToSchema)]
+struct StatusReply {
+    #[schema(value_type = String)]
+    status: &'static str,
 }
 
+/// An execution started in the background.
+#[derive(Serialize, ToSchema)]
+struct Accepted {
+    execution_id: String,
+}
+
+/// A multipart request of `/api/v1/exec/*`: a tar of the files, and the run's metadata.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the handlers read the parts from `Multipart`
+struct ExecForm {
+    /// A tar archive of the program's files (regular files and directories only).
+    #[schema(value_type = String, format = Binary, content_media_type = "application/x-tar")]
+    tar: Vec<u8>,
+    /// JSON: `{"entrypoint", "stdin"?, "env_vars"?: ["K=v"], "script_args"?, "config"?:
+    /// {"timeout_seconds"}}` (`docker_image`, `requirements_txt` and `pre_commands` are refused).
+    #[schema(examples("{\"entrypoint\": \"main.py\"}"))]
+    metadata: String,
+}
+
+/// python-executor's health check.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "executor_health",
+    tag = "python-executor",
+    responses((status = 200, description = "Up", body = StatusReply, example = json!({"status": "ok"}))),
+)]
+async fn health() -> Json<StatusReply> {
+    Json(StatusReply { status: "ok" })
+}
+
+/// Runs code (or files) to the end and answers with the result.
+#[utoipa::path(
+    post,
+    path = "/api/v1/eval",
+    operation_id = "executor_eval",
+    tag = "python-executor",
+    request_body = EvalRequest,
+    responses(
+        (status = 200, description = "The execution's result (a program that raised completed: see `exit_code`)", body = ExecutionResult),
+        (status = 400, description = "A request python-executor refuses, or replpool cannot honour", body = ExecutorErrorBody),
+        (status = 413, description = "More than 100 KB of code", body = ExecutorErrorBody),
+        (status = 429, description = "Too many sessions of the caller's", body = ExecutorErrorBody),
+        (status = 503, description = "No session could be had", body = ExecutorErrorBody),
+    ),
+)]
 async fn eval(
     State(state): State<AppState>,
     caller: Caller,
@@ -72,6 +119,20 @@ async fn eval(
     run_to_the_end(&state, &caller, job).await
 }
 
+/// Runs a tar of files to the end and answers with the result.
+#[utoipa::path(
+    post,
+    path = "/api/v1/exec/sync",
+    operation_id = "executor_exec_sync",
+    tag = "python-executor",
+    request_body(content = ExecForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The execution's result", body = ExecutionResult),
+        (status = 400, description = "A request python-executor refuses, or replpool cannot honour", body = ExecutorErrorBody),
+        (status = 429, description = "Too many sessions of the caller's", body = ExecutorErrorBody),
+        (status = 503, description = "No session could be had", body = ExecutorErrorBody),
+    ),
+)]
 async fn exec_sync(
     State(state): State<AppState>,
     caller: Caller,
@@ -108,11 +169,28 @@ async fn run_to_the_end(
     Ok(Json(result))
 }
 
+/// Starts a tar of files in the background: poll `/api/v1/executions/{id}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/exec/async",
+    operation_id = "executor_exec_async",
+    tag = "python-executor",
+    request_body(content = ExecForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 202, description = "Started", body = Accepted,
+            links(
+                ("get_execution" = (operation_id = "executor_get_execution", parameters(("id" = "$response.body#/execution_id")), description = "Its status and result")),
+                ("kill_execution" = (operation_id = "executor_kill_execution", parameters(("id" = "$response.body#/execution_id")), description = "Kill it")),
+            ),
+        ),
+        (status = 400, description = "A request python-executor refuses, or replpool cannot honour", body = ExecutorErrorBody),
+    ),
+)]
 async fn exec_async(
     State(state): State<AppState>,
     caller: Caller,
     multipart: Multipart,
-) -> Result<(StatusCode, Json<Value>), ExecutorError> {
+) -> Result<(StatusCode, Json<Accepted>), ExecutorError> {
     let job = intake::job_from_multipart(multipart)
         .await?
         .capped_at(state.executions.max_timeout());
@@ -124,9 +202,21 @@ async fn exec_async(
         // However it ends, the record says so: there is nobody to answer here.
         let _ = run(&manager, owner.as_deref(), job, &record).await;
     });
-    Ok((StatusCode::ACCEPTED, Json(json!({ "execution_id": id }))))
+    Ok((StatusCode::ACCEPTED, Json(Accepted { execution_id: id })))
 }
 
+/// An execution's status, and its result once it has one.
+#[utoipa::path(
+    get,
+    path = "/api/v1/executions/{id}",
+    operation_id = "executor_get_execution",
+    tag = "python-executor",
+    params(("id" = String, Path, description = "The execution's id (`exe_…`)")),
+    responses(
+        (status = 200, description = "The execution", body = ExecutionResult),
+        (status = 404, description = "No such execution of the caller's", body = ExecutorErrorBody),
+    ),
+)]
 async fn get_execution(
     State(state): State<AppState>,
     caller: Caller,
@@ -140,11 +230,23 @@ async fn get_execution(
     Ok(Json(result))
 }
 
+/// Kills an execution (its session ends).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/executions/{id}",
+    operation_id = "executor_kill_execution",
+    tag = "python-executor",
+    params(("id" = String, Path, description = "The execution's id (`exe_…`)")),
+    responses(
+        (status = 200, description = "Killed", body = StatusReply, example = json!({"status": "killed"})),
+        (status = 404, description = "No such execution of the caller's", body = ExecutorErrorBody),
+    ),
+)]
 async fn kill_execution(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ExecutorError> {
+) -> Result<Json<StatusReply>, ExecutorError> {
     let record = state
         .executions
         .get(&id, caller.owner())
@@ -153,7 +255,7 @@ async fn kill_execution(
     if let Some(session) = session {
         let _ = state.manager.delete(&session);
     }
-    Ok(Json(json!({"status": "killed"})))
+    Ok(Json(StatusReply { status: "killed" }))
 }
 
 /// Runs a job in a session of its own (`owner`'s) and writes the outcome into `record`,

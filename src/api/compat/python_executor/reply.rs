@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::intake::Job;
 use crate::execution::{Category, Execution, Status};
@@ -13,10 +14,11 @@ use crate::execution::{Category, Execution, Status};
 pub const EXECUTION_ID_PREFIX: &str = "exe_";
 
 /// python-executor's ExecutionResult.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ExecutionResult {
     pub execution_id: String,
     /// `pending`, `running`, `completed`, `failed` or `killed`.
+    #[schema(value_type = String)]
     pub status: &'static str,
     pub stdout: String,
     pub stderr: String,
@@ -32,6 +34,7 @@ pub struct ExecutionResult {
     pub category: Option<Category>,
     /// With `eval_last_expr`: the repr of the last expression, or null.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
     pub result: Option<Value>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
