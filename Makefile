@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 TEST_STAMP := $(VENV)/.tests-installed
 PACKAGE_STAMP := $(VENV)/.package-tools-installed
 
-.PHONY: serve test bench venv build package clean image test-image test-cluster k8s-nginx
+.PHONY: serve test bench venv build package clean image test-image test-cluster k8s-nginx soak
 
 # matplotlib's font list, built once into the venv (worker.py's `font_cache_dir`) rather than
 # by every template and worker at its start. Delete the directory to rebuild it (new fonts).
@@ -76,6 +76,13 @@ test: venv $(TEST_STAMP) $(BENCH_STAMP) build package
 # package: the run checks what the Python Client raises for a session of a dead node.
 test-cluster: venv build package
 	$(VENV_PY) tests/cluster/run.py
+
+# 64 clients for SOAK_SECS seconds (10 minutes by default) of a mixed workload against the
+# release server on loopback; writes docs/soak.md and docs/soak.png (tests/soak/run.py). Not in
+# `make test`: it takes the machine for that long. `SOAK_SECS=60 make soak` is a quick check.
+SOAK_SECS ?= 600
+soak: venv build
+	SOAK_SECS=$(SOAK_SECS) $(VENV_PY) tests/soak/run.py
 
 # deploy/k8s/nginx.conf: deploy/nginx rendered for deploy/k8s (its namespace, Services, the
 # image's config.toml). Run after changing any of them; `make test` fails while they differ.

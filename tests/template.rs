@@ -101,6 +101,30 @@ async fn sessions_keep_coming_while_the_template_is_dead_and_it_comes_back() {
     );
 }
 
+/// A fork whose caller gave up halfway (a session deleted while its lost worker's replacement
+/// was being forked) leaves no answer behind for the next fork to take as its own: that made
+/// the template look stuck, and it was restarted, again and again under churn (found by the
+/// soak).
+#[tokio::test]
+async fn a_fork_abandoned_by_a_deleted_session_does_not_derail_the_next() {
+    // No pool: every session's worker, and every replacement, is forked on demand.
+    let server = Server::start("[pool]\nwarm_workers = 0\n");
+    let api = Api::new(&server.base);
+    for _ in 0..10 {
+        let s = api.session().await;
+        let reply = api.run(&s, "import os\nos._exit(1)").await;
+        assert_eq!(reply["error"]["ename"], "WorkerDied", "{reply}");
+        // At once, while the replacement is being forked.
+        assert_eq!(api.delete(&format!("/v1/sessions/{s}")).await, 204);
+    }
+    let s = api.session().await;
+    assert_eq!(api.run(&s, "6 * 7").await["result"]["text/plain"], "42");
+    let (_, health) = api.get("/healthz").await;
+    let template = &health["pool"]["template"];
+    assert_eq!(template["state"], "running", "{health}");
+    assert_eq!(template["restarts"], 0, "{health}");
+}
+
 #[tokio::test]
 async fn three_hundred_forked_sessions_leave_nothing_behind() {
     let server = Server::start("[pool]\nwarm_workers = 2\n");

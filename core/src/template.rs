@@ -150,32 +150,16 @@ impl Template {
     pub async fn fork(&self) -> Result<Worker, WorkerError> {
         let instance = self.running_instance().await?;
         let asked = std::time::Instant::now();
-        let forked = {
-            let _turn = instance.turn.lock().await;
-            tokio::select! {
-                forked = tokio::time::timeout(FORK_TIMEOUT, request_fork(&instance.socket)) => forked,
-                _ = instance.gone.cancelled() => return Err(WorkerError::TemplateDown),
-            }
-        };
-        let (pid, ours) = match forked {
-            Ok(Ok(forked)) => forked,
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {FORK_TIMEOUT:?}"),
-                };
-                // A template that cannot fork is restarted.
-                instance.gone.cancel();
-                return Err(WorkerError::Protocol(format!("fork failed: {why}")));
-            }
-        };
+        // The request runs in a task of its own, which its caller cannot cancel halfway: a
+        // caller that gives up (a session deleted while its lost worker's replacement is
+        // forked aborts that task) would leave the template's answer on the socket, for the
+        // next request to take as its own, and the template restarted as stuck. The worker of
+        // an answer nobody claims is killed when the task's result is dropped.
+        let (pid, process, ours) = tokio::spawn(request_worker(instance))
+            .await
+            .map_err(|e| WorkerError::Protocol(format!("fork request failed: {e}")))??;
         self.status.lock().forks += 1;
         let forked_after = asked.elapsed();
-        let process = match &instance.keeper {
-            Some(keeper) => Process::kept_by_template(pid, Arc::clone(keeper)),
-            None => Process::forked(pid),
-        }
-        .map_err(WorkerError::io(format!("cannot watch forked worker {pid}")))?;
         let stderr_tail = new_stderr_tail();
         let log = tokio::net::unix::pipe::Receiver::from_owned_fd(ours.log)
             .map_err(WorkerError::io("log pipe"))?;
@@ -335,6 +319,35 @@ impl Template {
             ))),
         }
     }
+}
+
+/// One fork request to `instance`, in turn with the others, and the new worker's process
+/// watched; a template that cannot fork is restarted.
+async fn request_worker(instance: Arc<Instance>) -> Result<(u32, Process, OurEnds), WorkerError> {
+    let forked = {
+        let _turn = instance.turn.lock().await;
+        tokio::select! {
+            forked = tokio::time::timeout(FORK_TIMEOUT, request_fork(&instance.socket)) => forked,
+            _ = instance.gone.cancelled() => return Err(WorkerError::TemplateDown),
+        }
+    };
+    let (pid, ours) = match forked {
+        Ok(Ok(forked)) => forked,
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e.to_string(),
+                _ => format!("no answer within {FORK_TIMEOUT:?}"),
+            };
+            instance.gone.cancel();
+            return Err(WorkerError::Protocol(format!("fork failed: {why}")));
+        }
+    };
+    let process = match &instance.keeper {
+        Some(keeper) => Process::kept_by_template(pid, Arc::clone(keeper)),
+        None => Process::forked(pid),
+    }
+    .map_err(WorkerError::io(format!("cannot watch forked worker {pid}")))?;
+    Ok((pid, process, ours))
 }
 
 /// The server's ends of a new worker's pipes.
