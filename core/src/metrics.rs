@@ -399,7 +399,11 @@ mod tests {
             (Status::Error, Some(Category::OutputLimit), "limit"),
         ];
         for (status, category, expected) in cases {
-            assert_eq!(outcome(&execution(status, category)), expected, "{category:?}");
+            assert_eq!(
+                outcome(&execution(status, category)),
+                expected,
+                "{category:?}"
+            );
             assert!(OUTCOMES.contains(&expected));
         }
     }
