@@ -88,8 +88,20 @@ class Protocol:
         return json.loads(body)
 
     def encode(self, message):
+        # JSON made already (a table's, a chart's) goes in as it is, not decoded and encoded
+        # again: it is written as a marker, then the marker's text is replaced by it.
+        texts = []
+
+        def as_marker(value):
+            if isinstance(value, JsonText):
+                texts.append(value.text)
+                return f"\0{JSON_TEXT_NONCE}:{len(texts) - 1}\0"
+            raise TypeError(f"{type(value).__name__} is not JSON")
+
         # A lone surrogate (from a repr, say) is not UTF-8; replace it rather than fail the frame.
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=as_marker)
+        for i, text in enumerate(texts):
+            data = data.replace(f'"\\u0000{JSON_TEXT_NONCE}:{i}\\u0000"', text, 1)
         return data.encode("utf-8", "replace")
 
     def send(self, message):
@@ -367,8 +379,8 @@ def surely_fits(bundle, max_frame):
     for mime, value in bundle.items():
         if isinstance(value, str):
             size += 6 * (len(mime) + len(value))
-        elif isinstance(value, SizedJson):
-            size += 6 * len(mime) + value.size
+        elif isinstance(value, JsonText):
+            size += 6 * len(mime) + len(value.text)
         else:
             return False
     return size <= max_frame
@@ -685,11 +697,19 @@ class RichData:
     max_bytes = 16 << 20
 
 
-class SizedJson(dict):
-    """A JSON object whose encoded size is known (or bounded) where it was made, so that
-    `surely_fits` need not encode it again to know a frame fits."""
+class JsonText:
+    """A JSON value encoded where it was made (ASCII only), put into frames as it is: a table
+    is not decoded from pandas' text to be encoded again, and `surely_fits` knows its size."""
 
-    __slots__ = ("size",)
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+
+# What marks a JsonText's place in a frame while it is encoded (see Protocol.encode): random,
+# so that no string a cell makes is taken for one.
+JSON_TEXT_NONCE = os.urandom(8).hex()
 
 
 def table_resource(obj):
@@ -709,28 +729,26 @@ def table_resource(obj):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            text = table_json(obj, rows, total)
-        if text is None:
-            return None
-        resource = json.loads(text, object_hook=SizedJson)
+            text, rows = table_json(obj, rows, total)
     except Exception:
         return None
-    resource["truncated"] = len(resource.get("data", ())) < total
-    resource["total_rows"] = total
-    # pandas escapes non-ASCII (6 bytes a character, at least as long as the frame's UTF-8)
-    # and writes JSON as compactly as the frame does.
-    resource.size = len(text) + 64
-    return resource
+    if text is None or not text.endswith("}"):
+        return None
+    # pandas' object, with our two keys after its own (pandas escapes non-ASCII: the text is
+    # ASCII, as JsonText wants).
+    truncated = "true" if rows < total else "false"
+    return JsonText(f'{text[:-1]},"truncated":{truncated},"total_rows":{total}}}')
 
 
 def table_json(obj, rows, total):
-    """pandas' table JSON of the first `rows` rows, cut further while over `RichData.max_bytes`."""
+    """pandas' table JSON of the first `rows` rows, cut further while over `RichData.max_bytes`;
+    with the rows it has."""
     while True:
         text = (obj.head(rows) if rows < total else obj).to_json(orient="table")
         if len(text) <= RichData.max_bytes:
-            return text
+            return text, rows
         if rows == 0:
-            return None
+            return None, 0
         # Proportionally fewer rows, at least one fewer: a couple of rounds at most.
         rows = min(rows - 1, rows * RichData.max_bytes // len(text))
 
@@ -924,14 +942,13 @@ def read_figure_chart(figure):
         for ax in figure.get_axes()
         if ax.get_visible() and getattr(ax, "_colorbar", None) is None
     ]
-    chart = SizedJson(
-        title=(suptitle.get_text() or None) if suptitle is not None else None,
-        charts=charts,
-        truncated=any(c["truncated"] for c in charts),
-    )
+    chart = {
+        "title": (suptitle.get_text() or None) if suptitle is not None else None,
+        "charts": charts,
+        "truncated": any(c["truncated"] for c in charts),
+    }
     # NaN has no JSON: refused here (no chart) rather than in the frame.
-    chart.size = len(json.dumps(chart, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
-    return chart
+    return JsonText(json.dumps(chart, separators=(",", ":"), allow_nan=False))
 
 
 # =================================================================================================
