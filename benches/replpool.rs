@@ -34,6 +34,11 @@ const SETUP_DF: &str =
     "df = pd.DataFrame({'k': np.random.randint(0, 100, 100_000), 'v': np.random.rand(100_000)})";
 const DATA_CELL: &str = "df.groupby('k')['v'].mean()";
 const PLOT_CELL: &str = "plt.plot(np.arange(1000), np.random.rand(1000))";
+/// The table of the data-beside-pictures rows: 1,000 rows (`execution.max_table_rows`' default,
+/// so none is cut) of an integer, a float and a string column.
+const SETUP_TABLE: &str = "df = pd.DataFrame({'i': np.arange(1000), 'x': np.random.rand(1000), 's': [f'row {i}' for i in range(1000)]})";
+const TABLE_MIME: &str = "application/vnd.dataresource+json";
+const CHART_MIME: &str = "application/vnd.replpool.chart+json";
 const JUDGE_PROGRAM: &str = "n = int(input())\nprint(sum(i * i for i in range(n)))";
 /// What a cold run of a cell imports: only what the cell uses (the preload list has more), so
 /// that the peer does no work the workload does not need.
@@ -60,6 +65,10 @@ const STEPS: &[(&str, &str)] = &[
     ),
     ("data", "data cell (groupby on 100,000 rows)"),
     ("plot", "plot cell (1,000-point line plot as PNG)"),
+    (
+        "data_outputs",
+        "data beside pictures (1,000-row DataFrame and plot cells, data on and off)",
+    ),
     (
         "throughput",
         "throughput (trivial execs/s over parallel sessions)",
@@ -334,6 +343,7 @@ impl Bench {
                 "cpu" => self.step_cpu(n).await?,
                 "data" => self.step_data(n).await?,
                 "plot" => self.step_plot(n).await?,
+                "data_outputs" => self.step_data_outputs(n).await?,
                 "throughput" => self.step_throughput(n).await?,
                 "memory" => self.step_memory(n).await?,
                 "oneshot" => self.step_one_shot(n).await?,
@@ -477,6 +487,58 @@ impl Bench {
             }
         }
         self.push(figure);
+        Ok(())
+    }
+
+    /// The cost of tables and charts beside pictures: the same cell with `"data"` on (the
+    /// default) and off, alternating in one session so that both see the same machine.
+    async fn step_data_outputs(&mut self, n: &Counts) -> anyhow::Result<()> {
+        for (workload, setup, code, data_at) in [
+            ("table result", SETUP_TABLE, "df", "/result"),
+            ("plot", "", PLOT_CELL, "/display/0"),
+        ] {
+            let mime = if setup.is_empty() {
+                CHART_MIME
+            } else {
+                TABLE_MIME
+            };
+            let id = self.create_session().await?;
+            if !setup.is_empty() {
+                self.exec(&id, setup).await?;
+            }
+            let mut on = Vec::with_capacity(n.plot);
+            let mut off = Vec::with_capacity(n.plot);
+            let warm_up = (n.plot / 10).clamp(1, 100);
+            for i in 0..(warm_up + n.plot) {
+                for data in [true, false] {
+                    let started = Instant::now();
+                    let reply = self
+                        .post(
+                            &format!("/v1/sessions/{id}/execute"),
+                            json!({"code": code, "data": data}),
+                        )
+                        .await?;
+                    let took = started.elapsed();
+                    anyhow::ensure!(reply["status"] == "ok", "cell failed: {reply}");
+                    let bundle = reply.pointer(data_at).cloned().unwrap_or_default();
+                    anyhow::ensure!(
+                        bundle.get(mime).is_some() == data,
+                        "{mime} with data {data}: {bundle}"
+                    );
+                    if i >= warm_up {
+                        if data { &mut on } else { &mut off }.push(took);
+                    }
+                }
+            }
+            self.delete_session(&id).await?;
+            let off = Figure::latency(&format!("{workload}, data off"), "replpool", &off);
+            let mut on = Figure::latency(&format!("{workload}, data on"), "replpool", &on);
+            if let (Some(with), Some(without)) = (on.p50_ms, off.p50_ms) {
+                on.note = Some(format!("{:+.2} ms p50 for the data", with - without));
+            }
+            self.push(on);
+            self.push(off);
+        }
         Ok(())
     }
 
@@ -1413,7 +1475,7 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     let pool = format!(
         "- **replpool.Pool session ready**: the `replpool` package's `Pool(warm_workers={POOL_WARM_WORKERS})` inside a Python process (benches/peers/pool_peer.py; no server): `pool.session()` + first `1+1`, timed by the caller. In rounds of warm_workers + 1 sessions made one after the other and kept open, each round starting with the pool full (its processes all started and idle, read from `/proc`; untimed): the first warm_workers of a round take a ready worker (**within**), the last finds none and waits for a worker started for it (**beyond**; one per round, as a second would often get one the pool's refill finished meanwhile). Compared with *session ready*'s peers."
     );
-    let descriptions: [(&str, &str); 13] = [
+    let descriptions: [(&str, &str); 15] = [
         (
             "session ready",
             "- **session ready**: replpool `POST /v1/sessions` + first `1+1`, each sample starting with the warm pool full (the server refills it between samples, untimed); cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.",
@@ -1439,6 +1501,14 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
             "- **data cell**: `df.groupby('k')['v'].mean()` on a 100,000-row DataFrame made earlier in the session (cold: `python -c` importing numpy and pandas only, making it in the same run).",
         ),
         ("plot cell", &plot),
+        (
+            "table result, data",
+            "- **table result, data on / off**: a 1,000-row DataFrame (an integer, a float and a string column) made earlier in the session as the cell's value: its `text/plain` and `text/html`, and with data on (the default) its rows as `application/vnd.dataresource+json` (pandas' `to_json(orient=\"table\")`); off: `\"data\": false` in the request. On and off alternate in one session; the data-on cell says what the data cost at p50. No peer.",
+        ),
+        (
+            "plot, data",
+            "- **plot, data on / off**: the plot cell's 1,000-point line plot as PNG, and with data on its chart as `application/vnd.replpool.chart+json` (1,000 points), alternating as above. No peer.",
+        ),
         (
             "throughput",
             "- **throughput**: trivial execs per second, one closed-loop client per session, all sessions at once. replpool's CPU: each side's CPU time over the run (`/proc/<pid>/stat`) as a share of the machine (cores × wall time): the client (this benchmark: reqwest on tokio, on the same machine), the server, the sessions' workers.",

@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import os
 import signal
 import sys
@@ -11,6 +12,13 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import worker  # noqa: E402
+
+try:
+    import pandas  # noqa: F401
+
+    HAVE_PANDAS = True
+except ImportError:
+    HAVE_PANDAS = False
 
 
 class RunCellTest(unittest.TestCase):
@@ -235,6 +243,67 @@ class ProbeTest(unittest.TestCase):
 class ParentPidTest(unittest.TestCase):
     def test_outside_a_pid_namespace_it_is_getppid(self):
         self.assertEqual(worker.parent_pid(), os.getppid())
+
+
+class JsonTextTest(unittest.TestCase):
+    def test_made_json_goes_into_a_frame_as_it_is(self):
+        protocol = worker.Protocol(0, 1, 1 << 20)
+        made = worker.JsonText('{"a":[1,2.5,null]}')
+        frame = protocol.encode({"data": {"x": made, "y": made}, "s": "\x00tail"})
+        self.assertEqual(
+            json.loads(frame),
+            {"data": {"x": {"a": [1, 2.5, None]}, "y": {"a": [1, 2.5, None]}}, "s": "\x00tail"},
+        )
+
+    def test_a_string_like_a_marker_is_left_alone(self):
+        protocol = worker.Protocol(0, 1, 1 << 20)
+        lookalike = f"\x00{worker.JSON_TEXT_NONCE[:-1]}x:0\x00"
+        frame = protocol.encode({"s": lookalike, "t": worker.JsonText("1")})
+        self.assertEqual(json.loads(frame), {"s": lookalike, "t": 1})
+
+    def test_its_size_is_known_without_encoding(self):
+        self.assertTrue(worker.surely_fits({"text/plain": "x", "a/b+json": worker.JsonText("[" * 100)}, 2048))
+        self.assertFalse(worker.surely_fits({"text/plain": "x", "a/b+json": worker.JsonText("[" * 2000)}, 2048))
+
+
+@unittest.skipUnless(HAVE_PANDAS, "pandas is not installed")
+class TableResourceTest(unittest.TestCase):
+    def setUp(self):
+        worker.RichData.enabled, worker.RichData.max_rows = True, 3
+        worker.RichData.max_bytes = 1 << 20
+
+    def tearDown(self):
+        worker.RichData.enabled, worker.RichData.max_rows = False, 1000
+
+    def test_a_frame_is_pandas_table_cut_to_max_rows(self):
+        import pandas
+
+        frame = pandas.DataFrame({"a": range(5), "b": list("vwxyz")})
+        bundle = worker.mime_bundle(frame)
+        table = json.loads(bundle[worker.TABLE_MIME].text)
+        expected = json.loads(frame.head(3).to_json(orient="table"))
+        self.assertEqual(table, dict(expected, truncated=True, total_rows=5))
+        self.assertIn("text/html", bundle)
+
+    def test_a_table_over_max_bytes_has_fewer_rows(self):
+        import pandas
+
+        worker.RichData.max_bytes = 300
+        table = json.loads(worker.table_resource(pandas.Series(["x" * 50] * 3)).text)
+        self.assertLess(len(table["data"]), 3)
+        self.assertTrue(table["truncated"])
+
+    def test_without_data_there_is_no_table(self):
+        import pandas
+
+        worker.RichData.enabled = False
+        self.assertNotIn(worker.TABLE_MIME, worker.mime_bundle(pandas.Series([1])))
+
+    def test_what_pandas_cannot_make_a_table_of_has_none(self):
+        import pandas
+
+        frame = pandas.DataFrame([[1]], columns=pandas.MultiIndex.from_tuples([("a", "b")]))
+        self.assertNotIn(worker.TABLE_MIME, worker.mime_bundle(frame))
 
 
 class FigurePngTest(unittest.TestCase):

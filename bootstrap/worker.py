@@ -88,8 +88,20 @@ class Protocol:
         return json.loads(body)
 
     def encode(self, message):
+        # JSON made already (a table's, a chart's) goes in as it is, not decoded and encoded
+        # again: it is written as a marker, then the marker's text is replaced by it.
+        texts = []
+
+        def as_marker(value):
+            if isinstance(value, JsonText):
+                texts.append(value.text)
+                return f"\0{JSON_TEXT_NONCE}:{len(texts) - 1}\0"
+            raise TypeError(f"{type(value).__name__} is not JSON")
+
         # A lone surrogate (from a repr, say) is not UTF-8; replace it rather than fail the frame.
-        data = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=as_marker)
+        for i, text in enumerate(texts):
+            data = data.replace(f'"\\u0000{JSON_TEXT_NONCE}:{i}\\u0000"', text, 1)
         return data.encode("utf-8", "replace")
 
     def send(self, message):
@@ -365,9 +377,12 @@ def surely_fits(bundle, max_frame):
     it: a character takes at most 6 bytes in the frame's JSON (`\\u001f`)."""
     size = 1024
     for mime, value in bundle.items():
-        if not isinstance(value, str):
+        if isinstance(value, str):
+            size += 6 * (len(mime) + len(value))
+        elif isinstance(value, JsonText):
+            size += 6 * len(mime) + len(value.text)
+        else:
             return False
-        size += 6 * (len(mime) + len(value))
     return size <= max_frame
 
 
@@ -460,13 +475,13 @@ PLAIN_TYPES = frozenset((int, float, complex, bool, str, bytes, list, tuple, dic
 
 def mime_bundle(obj):
     """A Jupyter-style MIME bundle for a value: text/plain always, richer forms when offered."""
-    bundle = {"text/plain": repr(obj)}
+    text = repr(obj)
+    bundle = {"text/plain": text}
     if isinstance(obj, type) or type(obj) in PLAIN_TYPES:
         return bundle
-    figure = figure_png(obj)
-    if figure is not None:
-        bundle["image/png"] = figure
-        return bundle
+    figure_module = sys.modules.get("matplotlib.figure")
+    if figure_module is not None and isinstance(obj, figure_module.Figure):
+        return figure_bundle(obj, text)
     for method, mime in (
         ("_repr_html_", "text/html"),
         ("_repr_markdown_", "text/markdown"),
@@ -490,7 +505,25 @@ def mime_bundle(obj):
         if isinstance(data, bytes):
             data = base64.b64encode(data).decode("ascii")
         bundle[mime] = data
+    if RichData.enabled:
+        table = table_resource(obj)
+        if table is not None:
+            bundle[TABLE_MIME] = table
     return bundle
+
+
+def figure_bundle(figure, text):
+    """A figure's bundle: its PNG and, with data on, its chart (read before the PNG closes it)."""
+    chart = figure_chart(figure) if RichData.enabled else None
+    bundle = {"text/plain": text, "image/png": figure_png(figure)}
+    if chart is not None:
+        bundle[CHART_MIME] = chart
+    return bundle
+
+
+def without_data(bundle):
+    """The bundle without its data keys (the pictures and text stay)."""
+    return {mime: value for mime, value in bundle.items() if mime not in DATA_MIMES}
 
 
 # zlib level of figures' PNGs. Level 1 encodes a typical plot in half the time of the default
@@ -600,8 +633,7 @@ def open_figures():
     bundles = []
     for number in pyplot.get_fignums():
         figure = pyplot.figure(number)
-        text = repr(figure)
-        bundles.append({"text/plain": text, "image/png": figure_png(figure)})
+        bundles.append(figure_bundle(figure, repr(figure)))
     return bundles
 
 
@@ -633,10 +665,290 @@ def show_figures(*_args, **_kwargs):
 
 
 def hook_pyplot():
-    """Points `plt.show` at `show_figures` once pyplot is imported (by the preload or a cell)."""
+    """Points `plt.show` at `show_figures` once pyplot is imported (by the preload or a cell), and
+    has box plots keep their statistics (`record_boxes`)."""
     pyplot = sys.modules.get("matplotlib.pyplot")
     if pyplot is not None and pyplot.show is not show_figures:
         pyplot.show = show_figures
+    record_boxes()
+
+
+# =================================================================================================
+# Data beside pictures
+# A DataFrame's or Series' rows as the Table Schema resource pandas itself makes
+# (`application/vnd.dataresource+json`), and a figure's chart as data
+# (`application/vnd.replpool.chart+json`): JSON values added to the bundle, never strings.
+# =================================================================================================
+
+
+TABLE_MIME = "application/vnd.dataresource+json"
+CHART_MIME = "application/vnd.replpool.chart+json"
+DATA_MIMES = (TABLE_MIME, CHART_MIME)
+
+
+class RichData:
+    """Whether the running cell's bundles carry data, and its bounds (from the exec request):
+    `max_rows` rows of a table, points of a series, bars, wedges or boxes of a chart;
+    `max_bytes` of a table's JSON (a share of the frame, so a wide table is cut further
+    rather than make the reply too large). Off outside a cell."""
+
+    enabled = False
+    max_rows = 1000
+    max_bytes = 16 << 20
+
+
+class JsonText:
+    """A JSON value encoded where it was made (ASCII only), put into frames as it is: a table
+    is not decoded from pandas' text to be encoded again, and `surely_fits` knows its size."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+
+# What marks a JsonText's place in a frame while it is encoded (see Protocol.encode): random,
+# so that no string a cell makes is taken for one.
+JSON_TEXT_NONCE = os.urandom(8).hex()
+
+
+def table_resource(obj):
+    """The Table Schema data resource of a DataFrame or Series, as pandas' own
+    `to_json(orient="table")` makes it, cut to `RichData.max_rows` rows (and further while
+    its JSON is over `RichData.max_bytes`); None for anything else, or what pandas cannot
+    make a table of (MultiIndex columns, index names clashing with columns).
+
+    Beside pandas' `schema` and `data`: `truncated` (rows were cut) and `total_rows`."""
+    pandas = sys.modules.get("pandas")
+    if pandas is None or not isinstance(obj, (pandas.DataFrame, pandas.Series)):
+        return None
+    import warnings
+
+    total = len(obj)
+    rows = min(total, RichData.max_rows)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            text, rows = table_json(obj, rows, total)
+    except Exception:
+        return None
+    if text is None or not text.endswith("}"):
+        return None
+    # pandas' object, with our two keys after its own (pandas escapes non-ASCII: the text is
+    # ASCII, as JsonText wants).
+    truncated = "true" if rows < total else "false"
+    return JsonText(f'{text[:-1]},"truncated":{truncated},"total_rows":{total}}}')
+
+
+def table_json(obj, rows, total):
+    """pandas' table JSON of the first `rows` rows, cut further while over `RichData.max_bytes`;
+    with the rows it has."""
+    while True:
+        text = (obj.head(rows) if rows < total else obj).to_json(orient="table")
+        if len(text) <= RichData.max_bytes:
+            return text, rows
+        if rows == 0:
+            return None, 0
+        # Proportionally fewer rows, at least one fewer: a couple of rounds at most.
+        rows = min(rows - 1, rows * RichData.max_bytes // len(text))
+
+
+def finite(value):
+    """A float for JSON: NaN and infinities (which JSON has not) become null."""
+    value = float(value)
+    return value if value - value == 0.0 else None
+
+
+def axis_reader(axis):
+    """Turns the axis' numbers back into what the code plotted: ISO 8601 strings on a date
+    axis, the category on a categorical one, else the number. Returns (scale, read)."""
+    get_converter = getattr(axis, "get_converter", None)
+    converter = get_converter() if get_converter is not None else getattr(axis, "converter", None)
+    module = type(converter).__module__ if converter is not None else ""
+    if module == "matplotlib.dates":
+        from matplotlib import dates
+
+        def read_date(value):
+            value = finite(value)
+            return None if value is None else dates.num2date(value).isoformat()
+
+        return "datetime", read_date
+    if module == "matplotlib.category":
+        names = {index: name for name, index in getattr(axis.units, "_mapping", {}).items()}
+
+        def read_category(value):
+            value = finite(value)
+            if value is None:
+                return None
+            nearest = round(value)
+            return names.get(nearest, value) if abs(value - nearest) < 1e-9 else value
+
+        return "categorical", read_category
+    return axis.get_scale(), finite
+
+
+def label_of(artist):
+    """The label the code gave an artist; None for matplotlib's own (`_child0`, `_nolegend_`)."""
+    label = artist.get_label()
+    return None if not label or label.startswith("_") else str(label)
+
+
+def points_of(xy, read_x, read_y, limit):
+    """At most `limit` (x, y) pairs of an N×2 array, and whether some were left out."""
+    import numpy
+
+    cut = len(xy) > limit
+    # A scatter masks a whole point where one coordinate is NaN: the values themselves are
+    # kept, each NaN becoming null.
+    values = numpy.asarray(numpy.ma.getdata(xy[:limit]), dtype=float)
+    if read_x is finite and read_y is finite and numpy.isfinite(values).all():
+        return values.tolist(), cut
+    return [[read_x(x), read_y(y)] for x, y in values.tolist()], cut
+
+
+def box_elements(ax, limit):
+    """Boxes `Axes.bxp` drew on `ax` (recorded by `record_boxes`) from the statistics it drew
+    them from; None when it drew none that are still there."""
+    recorded = [(stats, positions, artists) for stats, positions, artists in getattr(ax, "_replpool_boxes", ())
+                if any(line.axes is ax for line in list(artists.get("medians", ())) + list(artists.get("boxes", ())))]
+    if not recorded:
+        return None
+    elements, cut = [], False
+    for stats, positions, _ in recorded:
+        for position, box in zip(positions, stats):
+            fliers = [finite(v) for v in list(box.get("fliers", ()))[:limit]]
+            cut = cut or len(box.get("fliers", ())) > limit
+            elements.append(
+                {
+                    "label": str(box["label"]) if box.get("label") is not None else str(position),
+                    "min": finite(box["whislo"]),
+                    "q1": finite(box["q1"]),
+                    "median": finite(box["med"]),
+                    "q3": finite(box["q3"]),
+                    "max": finite(box["whishi"]),
+                    "outliers": fliers,
+                }
+            )
+    return elements[:limit], cut or len(elements) > limit
+
+
+def record_boxes():
+    """Wraps `Axes.bxp` (what `boxplot` draws with) once, so that a box plot's statistics are
+    kept on its axes: its lines alone cannot be told from a line plot's."""
+    axes_module = sys.modules.get("matplotlib.axes")
+    if axes_module is None:
+        return
+    axes_class = axes_module.Axes
+    if getattr(axes_class.bxp, "_replpool", False):
+        return
+    draw_boxes = axes_class.bxp
+
+    def bxp(self, bxpstats, positions=None, *args, **kwargs):
+        artists = draw_boxes(self, bxpstats, positions, *args, **kwargs)
+        try:
+            stats = list(bxpstats)
+            where = list(positions) if positions is not None else list(range(1, len(stats) + 1))
+            self.__dict__.setdefault("_replpool_boxes", []).append((stats, where, artists))
+        except Exception:
+            pass
+        return artists
+
+    bxp._replpool = True
+    bxp.__wrapped__ = draw_boxes
+    bxp.__doc__ = draw_boxes.__doc__
+    axes_class.bxp = bxp
+
+
+def axes_chart(ax, limit):
+    """One axes (subplot) as a chart: its type, title, axes and elements."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.container import BarContainer
+    from matplotlib.patches import Wedge
+
+    scale_x, read_x = axis_reader(ax.xaxis)
+    scale_y, read_y = axis_reader(ax.yaxis)
+    chart = {
+        "type": "unknown",
+        "title": ax.get_title() or ax.get_title("left") or ax.get_title("right") or None,
+        "x_label": ax.get_xlabel() or None,
+        "y_label": ax.get_ylabel() or None,
+        "x_scale": scale_x,
+        "y_scale": scale_y,
+        "elements": [],
+        "truncated": False,
+    }
+    boxes = box_elements(ax, limit)
+    wedges = [p for p in ax.patches if isinstance(p, Wedge) and p.get_visible()]
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    if boxes is not None:
+        chart["type"] = "box"
+        chart["elements"], chart["truncated"] = boxes
+    elif wedges:
+        chart["type"] = "pie"
+        chart["elements"] = [
+            {"label": label_of(w), "fraction": finite((w.theta2 - w.theta1) / 360.0)} for w in wedges[:limit]
+        ]
+        chart["truncated"] = len(wedges) > limit
+    elif bars:
+        chart["type"] = "bar"
+        for container in bars:
+            group = label_of(container)
+            horizontal = getattr(container, "orientation", None) == "horizontal"
+            for rect in container.patches:
+                if len(chart["elements"]) == limit:
+                    chart["truncated"] = True
+                    break
+                if horizontal:
+                    where, value = read_y(rect.get_y() + rect.get_height() / 2), rect.get_width()
+                else:
+                    where, value = read_x(rect.get_x() + rect.get_width() / 2), rect.get_height()
+                chart["elements"].append({"group": group, "label": where, "value": finite(value)})
+    else:
+        # Lines drawn in data coordinates only: `axhline` and the like span the axes instead.
+        lines = [line for line in ax.get_lines() if line.get_visible() and line.get_transform() is ax.transData]
+        scatters = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_visible()]
+        if lines and not scatters:
+            chart["type"] = "line"
+        elif scatters and not lines:
+            chart["type"] = "scatter"
+        series = [(label_of(line), line.get_xydata()) for line in lines]
+        series += [(label_of(c), c.get_offsets()) for c in scatters if c.get_offset_transform() is ax.transData]
+        for label, xy in series[:limit]:
+            points, cut = points_of(xy, read_x, read_y, limit)
+            chart["elements"].append({"label": label, "points": points})
+            chart["truncated"] = chart["truncated"] or cut
+        chart["truncated"] = chart["truncated"] or len(series) > limit
+    return chart
+
+
+def figure_chart(figure):
+    """A matplotlib figure as chart data: one chart per axes (colorbars left out), the
+    figure's own title; None when it cannot be read."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # Reading a figure must not add to the cell's stderr.
+            warnings.simplefilter("ignore")
+            return read_figure_chart(figure)
+    except Exception:
+        return None
+
+
+def read_figure_chart(figure):
+    suptitle = getattr(figure, "_suptitle", None)
+    charts = [
+        axes_chart(ax, RichData.max_rows)
+        for ax in figure.get_axes()
+        if ax.get_visible() and getattr(ax, "_colorbar", None) is None
+    ]
+    chart = {
+        "title": (suptitle.get_text() or None) if suptitle is not None else None,
+        "charts": charts,
+        "truncated": any(c["truncated"] for c in charts),
+    }
+    # NaN has no JSON: refused here (no chart) rather than in the frame.
+    return JsonText(json.dumps(chart, separators=(",", ":"), allow_nan=False))
 
 
 # =================================================================================================
@@ -1009,6 +1321,10 @@ class Worker:
             frame = None
             if streaming or not surely_fits(bundle, max_frame):
                 frame = self.protocol.encode({"op": "display", "id": rid, "data": bundle})
+                if len(frame) > max_frame and any(mime in bundle for mime in DATA_MIMES):
+                    # The data is an extra: the picture or text goes without it.
+                    bundle = without_data(bundle)
+                    frame = self.protocol.encode({"op": "display", "id": rid, "data": bundle})
                 if len(frame) > max_frame:
                     # It could never be sent: an error of the code that showed it, in either mode.
                     raise OutputLimitExceeded(
@@ -1027,6 +1343,9 @@ class Worker:
         self.stdio.install()
         hook_pyplot()
         Display.emit = emit
+        RichData.enabled = bool(request.get("data", True))
+        RichData.max_rows = max(0, int(request.get("max_table_rows", 1000)))
+        RichData.max_bytes = self.protocol.max_frame // 4
         self.capture.start(sink)
         cpu_seconds = request.get("cpu_seconds")
         self.cpu.arm(cpu_seconds)
@@ -1065,6 +1384,7 @@ class Worker:
                 status, error, category = "error", error_info(exc, filename), error_category(exc)
         cpu_ms = round((self.cpu.used_with_children() - cpu_before) * 1000, 3)
         Display.emit = None
+        RichData.enabled = False
         stdout, stderr, truncated = self.capture.stop()
         self.stdin.release()
         reply = {
@@ -1081,6 +1401,14 @@ class Worker:
             "cpu_ms": max(cpu_ms, 0.0),
         }
         data = self.protocol.encode(reply)
+        if len(data) > self.protocol.max_frame and (
+            any(mime in bundle for bundle in [result or {}, *displays] for mime in DATA_MIMES)
+        ):
+            # The data keys are extras: the pictures and reprs go without them first.
+            reply["result"] = without_data(result) if result else None
+            reply["display"] = [without_data(bundle) for bundle in displays]
+            reply["truncated"] = True
+            data = self.protocol.encode(reply)
         if len(data) > self.protocol.max_frame:
             # The rich parts are what can be huge; keep the status, the (capped) output, the error.
             reply["result"] = {"text/plain": "<result too large to return>"} if result else None
@@ -1186,7 +1514,9 @@ def use_font_cache(own_tmp):
 
 def warm_up():
     """Pays once, in the template, what a first cell would otherwise pay in every worker: the
-    first DataFrame repr, the first figure drawn to PNG, the cell machinery itself."""
+    first DataFrame repr and table, the first figure drawn to PNG and read as a chart, the cell
+    machinery itself."""
+    RichData.enabled = True
     try:
         run_cell("_ = 1 + 1", {}, "<warm-up>")
         error_info(ValueError("warm-up"))
@@ -1198,12 +1528,15 @@ def warm_up():
             frame.groupby("a")["a"].count()
         pyplot = sys.modules.get("matplotlib.pyplot")
         if pyplot is not None:
+            hook_pyplot()
             pyplot.plot([1, 2, 3])
             open_figures()
         _libc_fflush()
         import resource  # noqa: F401  (CpuLimit)
     except Exception:
         traceback.print_exc()
+    finally:
+        RichData.enabled = False
 
 
 def common_setup(log):

@@ -580,6 +580,9 @@ pub struct ExecutionConfig {
     pub max_code_bytes: usize,
     /// Largest protocol frame between server and worker, either way.
     pub max_frame_bytes: usize,
+    /// Rows of a DataFrame's or Series' table (`application/vnd.dataresource+json`), and
+    /// points of a series (bars, wedges, boxes) of a chart, kept in a bundle's data.
+    pub max_table_rows: usize,
 }
 
 impl Default for ExecutionConfig {
@@ -591,6 +594,7 @@ impl Default for ExecutionConfig {
             max_output_bytes: 1 << 20,
             max_code_bytes: 1 << 20,
             max_frame_bytes: 64 << 20,
+            max_table_rows: 1000,
         }
     }
 }
@@ -683,6 +687,7 @@ impl Config {
             ("execution.max_timeout_ms", ex.max_timeout_ms),
             ("execution.max_output_bytes", ex.max_output_bytes as u64),
             ("execution.max_code_bytes", ex.max_code_bytes as u64),
+            ("execution.max_table_rows", ex.max_table_rows as u64),
             ("pool.start_timeout_ms", self.pool.start_timeout_ms),
             ("pool.acquire_timeout_ms", self.pool.acquire_timeout_ms),
             ("sessions.max", self.sessions.max as u64),

@@ -8,7 +8,7 @@ use crate::protocol::{Done, DoneStatus, ErrorInfo, MimeBundle};
 use crate::worker::Interrupt;
 
 /// One execute request, after the front end has parsed it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ExecRequest {
     pub code: String,
     pub stdin: Option<String>,
@@ -16,6 +16,20 @@ pub struct ExecRequest {
     pub timeout: Option<Duration>,
     /// The file name tracebacks give the code, for code that is a script (default `<cell-N>`).
     pub filename: Option<String>,
+    /// Tables and charts as data beside their pictures (on unless a request turns it off).
+    pub data: bool,
+}
+
+impl Default for ExecRequest {
+    fn default() -> Self {
+        ExecRequest {
+            code: String::new(),
+            stdin: None,
+            timeout: None,
+            filename: None,
+            data: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

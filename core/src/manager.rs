@@ -205,6 +205,7 @@ impl SessionManager {
                 max_timeout: Duration::from_millis(ex.max_timeout_ms),
                 interrupt_grace: Duration::from_millis(ex.interrupt_grace_ms),
                 max_output_bytes: ex.max_output_bytes,
+                max_table_rows: ex.max_table_rows,
                 cpu_seconds: config.limits.per_cell_cpu_seconds(),
                 queue_depth: config.sessions.queue_depth,
                 acquire_timeout: Duration::from_millis(config.pool.acquire_timeout_ms),
@@ -943,6 +944,7 @@ mod tests {
             stdin: None,
             timeout: None,
             filename: None,
+            data: true,
         };
         let execution = manager.execute(id, &request, None).await.expect("runs");
         assert_eq!(execution.status, crate::execution::Status::Ok);

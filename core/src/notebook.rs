@@ -90,6 +90,9 @@ fn data(bundle: &MimeBundle) -> Value {
             ("application/json", other) => json!({"value": other}),
             (m, Value::String(s)) if m.starts_with("text/") || m == "image/svg+xml" => lines(s),
             (_, Value::String(_)) => value.clone(),
+            // nbformat takes any JSON value for `application/*+json` (a table's or a chart's
+            // data): kept as the value it is, not its text.
+            (m, _) if m.starts_with("application/") && m.ends_with("+json") => value.clone(),
             (_, other) => Value::String(other.to_string()),
         };
         out.insert(mime.clone(), converted);

@@ -41,6 +41,12 @@ pub enum Request<'a> {
         /// The file name tracebacks give the code (default `<cell-N>`).
         #[serde(skip_serializing_if = "Option::is_none")]
         filename: Option<&'a str>,
+        /// Add data to bundles: a DataFrame's or Series' table
+        /// (`application/vnd.dataresource+json`), a figure's chart
+        /// (`application/vnd.replpool.chart+json`).
+        data: bool,
+        /// Rows of a table, and points, bars, wedges or boxes of a chart, kept in that data.
+        max_table_rows: usize,
     },
     /// Make `cwd` the worker's working directory and, with `user`, become that user: binds
     /// the worker to a session.
@@ -185,12 +191,15 @@ mod tests {
             max_output_bytes: 10,
             cpu_seconds: None,
             filename: None,
+            data: true,
+            max_table_rows: 1000,
         };
         let json = serde_json::to_value(&req).expect("serializes");
         assert_eq!(
             json,
             serde_json::json!({"op": "exec", "id": 7, "code": "1+1", "count": 2,
-                               "stream": false, "max_output_bytes": 10})
+                               "stream": false, "max_output_bytes": 10,
+                               "data": true, "max_table_rows": 1000})
         );
     }
 }

@@ -41,6 +41,8 @@ pub struct Limits {
     pub max_timeout: Duration,
     pub interrupt_grace: Duration,
     pub max_output_bytes: usize,
+    /// `execution.max_table_rows`: rows of a table, points of a chart's series.
+    pub max_table_rows: usize,
     pub cpu_seconds: Option<u64>,
     pub queue_depth: usize,
     /// How long an execution waits for a warm worker before it runs cold.
@@ -629,6 +631,8 @@ impl Session {
             interrupt_grace: limits.interrupt_grace,
             cpu_seconds: limits.cpu_seconds,
             filename: request.filename.as_deref(),
+            data: request.data,
+            max_table_rows: limits.max_table_rows,
         };
         let started = Instant::now();
         let started_at = SystemTime::now();

@@ -159,6 +159,7 @@ impl NativePool {
             stdin,
             timeout: timeout_ms.map(Duration::from_millis),
             filename: None,
+            data: true,
         };
         let execution = self.run(py, async move {
             manager.execute(&session, &request, None).await

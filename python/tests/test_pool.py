@@ -101,6 +101,18 @@ def test_a_plot_comes_back_as_png(pool):
         assert images[0].startswith(PNG_MAGIC)
 
 
+def test_tables_and_charts_come_back_as_data_beside_pictures(pool):
+    with pool.session() as s:
+        r = s.execute("plt.bar(['a', 'b'], [1, 2]); pd.DataFrame({'x': [1, 2]})")
+        table = r.result["application/vnd.dataresource+json"]
+        assert table["data"] == [{"index": 0, "x": 1}, {"index": 1, "x": 2}]
+        assert table["truncated"] is False
+        chart = r.display[0]["application/vnd.replpool.chart+json"]
+        assert chart["charts"][0]["type"] == "bar"
+        assert [e["label"] for e in chart["charts"][0]["elements"]] == ["a", "b"]
+        assert r.images()[0].startswith(PNG_MAGIC)
+
+
 def test_a_timeout_leaves_the_session_usable(pool):
     with pool.session() as s:
         s.execute("kept = 'yes'")

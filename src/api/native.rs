@@ -69,7 +69,7 @@ struct ExecuteQuery {
 /// What to run.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(examples(json!({"code": "import pandas as pd\npd.DataFrame({'a': [1, 2]})"}), json!({"code": "print(input())", "stdin": "hello\n", "timeout_ms": 5000})))]
+#[schema(examples(json!({"code": "import pandas as pd\npd.DataFrame({'a': [1, 2]})"}), json!({"code": "print(input())", "stdin": "hello\n", "timeout_ms": 5000}), json!({"code": "plt.plot([1, 2, 3])", "data": false})))]
 struct ExecuteBody {
     /// Python source: one cell. The value of its last expression is the reply's `result`.
     code: String,
@@ -81,6 +81,11 @@ struct ExecuteBody {
     #[serde(default)]
     #[schema(minimum = 1)]
     timeout_ms: Option<u64>,
+    /// Add data beside pictures (default true): a DataFrame's or Series' rows as
+    /// `application/vnd.dataresource+json`, a matplotlib figure's chart as
+    /// `application/vnd.replpool.chart+json`, in the same bundles. `false` leaves both out.
+    #[serde(default)]
+    data: Option<bool>,
 }
 
 impl TryFrom<ExecuteBody> for ExecRequest {
@@ -99,6 +104,7 @@ impl TryFrom<ExecuteBody> for ExecRequest {
             stdin: body.stdin,
             timeout: body.timeout_ms.map(Duration::from_millis),
             filename: None,
+            data: body.data.unwrap_or(true),
         })
     }
 }

@@ -48,6 +48,9 @@ pub struct Cell<'a> {
     /// CPU-time limit of the cell, enforced by the worker.
     pub cpu_seconds: Option<u64>,
     pub filename: Option<&'a str>,
+    /// Tables and charts as data beside their pictures (`"data"` of the request).
+    pub data: bool,
+    pub max_table_rows: usize,
 }
 
 /// Why a running cell was sent SIGINT.
@@ -204,6 +207,8 @@ impl Worker {
             max_output_bytes: cell.max_output_bytes,
             cpu_seconds: cell.cpu_seconds,
             filename: cell.filename,
+            data: cell.data,
+            max_table_rows: cell.max_table_rows,
         })
         .await?;
         let deadline = Instant::now() + cell.timeout;

@@ -199,6 +199,8 @@ async fn python(
             stdin: Some(case.stdin.clone()),
             timeout: Some(judge.run_timeout),
             filename: None,
+            // A judge reads stdout: no table or chart to make.
+            data: false,
         }
     })
     .await?;
@@ -257,6 +259,7 @@ async fn cpp(
                 stdin: None,
                 timeout: Some(judge.compile_timeout),
                 filename: None,
+                data: false,
             },
             None,
             Some(dir.path()),
@@ -303,6 +306,7 @@ async fn cpp(
             stdin: Some(case.stdin.clone()),
             timeout: Some(judge.run_timeout),
             filename: None,
+            data: false,
         },
     )
     .await?;

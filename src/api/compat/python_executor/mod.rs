@@ -351,6 +351,8 @@ async fn execute_job(
                 stdin: job.stdin.clone(),
                 timeout: Some(job.timeout),
                 filename: Some(job.entrypoint.clone()),
+                // Its result is read as `text/plain` only: no table or chart to make.
+                data: false,
             },
             None,
         )
