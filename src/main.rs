@@ -60,8 +60,8 @@ enum Command {
         /// running Python here. Plain HTTP.
         #[arg(long, value_name = "URL")]
         url: Option<String>,
-        /// The bearer token for --url (one of the server's `auth.tokens`).
-        #[arg(long, env = "REPLPOOL_TOKEN", hide_env_values = true, requires = "url")]
+        /// The bearer token for --url (one of the server's `auth.tokens`); ignored without it.
+        #[arg(long, env = "REPLPOOL_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
     /// Check a configuration and print it in full, with defaults and overrides applied.
@@ -123,6 +123,7 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             if let Some(url) = url {
+                let token = token.filter(|t| !t.is_empty());
                 return runtime.block_on(mcp_stdio::bridge(&url, token));
             }
             let config = config.load()?;

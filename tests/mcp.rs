@@ -184,6 +184,25 @@ async fn the_tools_work_over_stdio_with_the_core_in_process() {
     assert_tour(&out);
 }
 
+/// `replpool mcp --url`: the SDK's stdio client, through the bridge, to the shared server's
+/// `/mcp` (its sessions, the token's).
+#[tokio::test]
+async fn the_tools_work_over_stdio_bridged_to_a_server() {
+    let url = format!("{}/mcp", base());
+    let binary = env!("CARGO_BIN_EXE_replpool");
+    let out = client(&[
+        "tour",
+        "--stdio",
+        binary,
+        "--bridge-url",
+        &url,
+        "--token",
+        TOKEN_A,
+    ])
+    .await;
+    assert_tour(&out);
+}
+
 #[tokio::test]
 async fn a_large_figure_is_a_resource_link_that_resources_read_returns() {
     let out = over_http(TOKEN_A, &["large_figure"]).await;

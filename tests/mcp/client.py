@@ -80,15 +80,19 @@ def text_of(r):
 
 @contextlib.asynccontextmanager
 async def connect(args):
-    if args.url:
+    if args.url and not args.stdio:
         headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
         async with create_mcp_http_client(headers=headers) as http:
             async with streamable_http_client(args.url, http_client=http) as (read, write, *_):
                 async with ClientSession(read, write) as session:
                     yield session
     else:
+        if args.config:
+            server_args = ["mcp", "--config", args.config]
+        else:  # a bridge to a running server's /mcp
+            server_args = ["mcp", "--url", args.bridge_url]
         params = StdioServerParameters(
-            command=args.stdio, args=["mcp", "--config", args.config]
+            command=args.stdio, args=server_args, env={"REPLPOOL_TOKEN": args.token} if args.token else None
         )
         async with stdio_client(params) as (read, write, *_):
             async with ClientSession(read, write) as session:
@@ -191,7 +195,8 @@ async def main():
     parser.add_argument("--url")
     parser.add_argument("--token")
     parser.add_argument("--stdio", help="the replpool binary, for `replpool mcp`")
-    parser.add_argument("--config")
+    parser.add_argument("--config", help="`replpool mcp --config`: the core in-process")
+    parser.add_argument("--bridge-url", help="`replpool mcp --url`: a bridge to a server")
     parser.add_argument("--tool")
     parser.add_argument("--arguments", default="{}")
     args = parser.parse_args()
