@@ -81,6 +81,10 @@ const STEPS: &[(&str, &str)] = &[
         "pool",
         "replpool.Pool session ready (in-process, no server)",
     ),
+    (
+        "mcp",
+        "run_python over MCP (streamable HTTP) beside the native API",
+    ),
 ];
 
 struct Counts {
@@ -103,6 +107,8 @@ struct Counts {
     judge_cases: usize,
     /// Rounds of the Pool's session ready: warm_workers samples within, one beyond, each.
     pool_rounds: usize,
+    /// `run_python` calls over MCP per cell, and native execs beside them.
+    mcp: usize,
 }
 
 impl Counts {
@@ -126,6 +132,7 @@ impl Counts {
             humaneval: humaneval::HUMANEVAL_SIZE,
             judge_cases: 100,
             pool_rounds: 20,
+            mcp: 2000,
         }
     }
 
@@ -149,6 +156,7 @@ impl Counts {
             humaneval: 24,
             judge_cases: 10,
             pool_rounds: 1,
+            mcp: 50,
         }
     }
 }
@@ -350,11 +358,61 @@ impl Bench {
                 "humaneval" => self.step_humaneval(n).await?,
                 "judge" => self.step_judge(n).await?,
                 "pool" => self.step_pool(n)?,
+                "mcp" => self.step_mcp(n).await?,
                 other => anyhow::bail!("no step {other}"),
             }
             // What keeps `--quick` (run by `make test`) short is seen step by step.
             eprintln!("    ({name}: {:.1} s)", started.elapsed().as_secs_f64());
         }
+        Ok(())
+    }
+
+    /// `run_python` over `/mcp` with rmcp's own client (a dependency already, for `replpool
+    /// mcp --url`): what MCP costs the server, without a Python SDK's own time in the figure.
+    /// The native API's warm exec in the same run beside it.
+    async fn step_mcp(&mut self, n: &Counts) -> anyhow::Result<()> {
+        use rmcp::ServiceExt;
+        use rmcp::model::CallToolRequestParams;
+
+        let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(self.url("/mcp"));
+        let client = ().serve(transport).await?;
+        let call = |name: &'static str, arguments: Value| {
+            let params = CallToolRequestParams::new(name)
+                .with_arguments(arguments.as_object().cloned().unwrap_or_default());
+            client.call_tool(params)
+        };
+        let created = call("create_session", json!({})).await?;
+        let id = created
+            .structured_content
+            .as_ref()
+            .and_then(|s| s["session_id"].as_str())
+            .ok_or_else(|| anyhow::anyhow!("create_session answered {created:?}"))?
+            .to_owned();
+        for (workload, code) in [
+            ("run_python 1+1 over MCP", "1+1"),
+            ("run_python print over MCP", "print('hello')"),
+        ] {
+            let arguments = json!({"session_id": id, "code": code});
+            for _ in 0..(n.mcp / 10).clamp(1, 100) {
+                call("run_python", arguments.clone()).await?; // warm-up, not recorded
+            }
+            let mut samples = Vec::with_capacity(n.mcp);
+            for _ in 0..n.mcp {
+                let started = Instant::now();
+                let result = call("run_python", arguments.clone()).await?;
+                samples.push(started.elapsed());
+                anyhow::ensure!(result.is_error != Some(true), "{code}: {result:?}");
+            }
+            self.push(Figure::latency(workload, "replpool", &samples));
+        }
+        call("close_session", json!({"session_id": id})).await?;
+        client.cancel().await?;
+        let (samples, _) = self.replpool_cells(n.mcp, "", "1+1", false).await?;
+        self.push(Figure::latency(
+            "native warm exec 1+1 beside MCP",
+            "replpool",
+            &samples,
+        ));
         Ok(())
     }
 
@@ -1280,7 +1338,10 @@ fn peer_row(workload: &str) -> &str {
         "session ready, back to back"
         | "replpool.Pool session ready, within warm_workers"
         | "replpool.Pool session ready, beyond warm_workers" => "session ready",
-        "warm exec 1+1, in-process Pool" => "warm exec 1+1",
+        "warm exec 1+1, in-process Pool"
+        | "run_python 1+1 over MCP"
+        | "run_python print over MCP"
+        | "native warm exec 1+1 beside MCP" => "warm exec 1+1",
         "one-shot print(1), back to back" => "one-shot print(1)",
         other => other,
     }
@@ -1475,7 +1536,7 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     let pool = format!(
         "- **replpool.Pool session ready**: the `replpool` package's `Pool(warm_workers={POOL_WARM_WORKERS})` inside a Python process (benches/peers/pool_peer.py; no server): `pool.session()` + first `1+1`, timed by the caller. In rounds of warm_workers + 1 sessions made one after the other and kept open, each round starting with the pool full (its processes all started and idle, read from `/proc`; untimed): the first warm_workers of a round take a ready worker (**within**), the last finds none and waits for a worker started for it (**beyond**; one per round, as a second would often get one the pool's refill finished meanwhile). Compared with *session ready*'s peers."
     );
-    let descriptions: [(&str, &str); 15] = [
+    let descriptions: [(&str, &str); 16] = [
         (
             "session ready",
             "- **session ready**: replpool `POST /v1/sessions` + first `1+1`, each sample starting with the warm pool full (the server refills it between samples, untimed); cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.",
@@ -1530,6 +1591,10 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
             "- **judge**: one program against N stdin/stdout cases, each a one-shot `POST /v1/execute` (fresh worker) vs. `python -c` with the bare interpreter (the program imports nothing), as many at once as the machine has cores; and the same cases in one request to the code judge's own `POST /execute`.",
         ),
         ("replpool.Pool session ready", &pool),
+        (
+            "run_python",
+            "- **run_python over MCP**: the MCP tool `run_python` with `1+1`, and with `print('hello')`, in a session made by `create_session`, over `/mcp` (streamable HTTP: a POST per call, answered as JSON or one SSE event) with rmcp's own client (the Rust SDK the server uses; no Python SDK's time in the figure), one call at a time after an untimed tenth; **native warm exec 1+1 beside MCP** is `POST /v1/sessions/{id}/execute` with `1+1` in the same run, for the cost of the protocol. Compared with *warm exec 1+1*'s peers.",
+        ),
     ];
     for (key, text) in descriptions {
         if workloads.iter().any(|w| w.starts_with(key)) {

@@ -4,6 +4,7 @@
 //! re-exported here so that the server's code names them as its own.
 
 pub mod api;
+pub mod mcp;
 pub mod memory;
 pub mod metrics;
 

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 mod http;
+mod mcp_stdio;
 mod watcher;
 
 /// replpool keeps Python warm: per-session Python workers with numpy, pandas and matplotlib
@@ -41,6 +42,27 @@ enum Command {
         /// `log.format`.
         #[arg(long, value_enum)]
         log_format: Option<LogFormatArg>,
+    },
+    /// Serve MCP (Model Context Protocol) on stdin/stdout, for an assistant that starts its
+    /// tools as subprocesses.
+    ///
+    /// Without --url, Python runs in this process's own sessions (the configuration's pools,
+    /// sandbox and limits), which end with it. With --url, messages are carried to a running
+    /// server's /mcp (its sessions, the token's). stdout is the protocol's: logs go to
+    /// stderr (REPLPOOL_LOG sets their level).
+    ///
+    /// Example (an assistant's MCP configuration):
+    ///   {"mcpServers": {"python": {"command": "replpool", "args": ["mcp", "--config", "/etc/replpool/config.toml"]}}}
+    Mcp {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// A running server's MCP endpoint (http://HOST:PORT/mcp) to connect to instead of
+        /// running Python here. Plain HTTP.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// The bearer token for --url (one of the server's `auth.tokens`); ignored without it.
+        #[arg(long, env = "REPLPOOL_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Check a configuration and print it in full, with defaults and overrides applied.
     Config {
@@ -93,6 +115,26 @@ fn main() -> anyhow::Result<()> {
             let config = config.load()?;
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
+        }
+        Command::Mcp { config, url, token } => {
+            // Text on stderr: whoever started us reads stderr as a person would.
+            init_logging(LogFormat::Text);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            if let Some(url) = url {
+                let token = token.filter(|t| !t.is_empty());
+                return runtime.block_on(mcp_stdio::bridge(&url, token));
+            }
+            let config = config.load()?;
+            if nix::unistd::geteuid().is_root()
+                && let Err(e) = replpool::sandbox::mounts::enter_private_namespace()
+            {
+                tracing::warn!(
+                    "no mount namespace of our own ({e}): session disk quotas are measured, not enforced"
+                );
+            }
+            runtime.block_on(serve_mcp(config))
         }
         Command::Serve {
             config,
@@ -210,6 +252,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `replpool mcp` without `--url`: the core in this process, as `serve` starts it, until the
+/// MCP client closes stdin (or a signal).
+async fn serve_mcp(config: Config) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    replpool::reaper::children().start_sweeping(stop.clone());
+    let manager = SessionManager::start(&config)?;
+    let _watcher = match manager.cgroup_dirs() {
+        dirs if dirs.is_empty() => None,
+        dirs => Some(watcher::start(&dirs).context("cannot start the cgroup watcher")?),
+    };
+    let served = tokio::select! {
+        served = mcp_stdio::serve_in_process(manager.clone(), &config) => served,
+        _ = shutdown_signal() => Ok(()),
+    };
+    manager.shutdown();
+    stop.cancel();
+    served
 }
 
 /// Returns once no execution is running or waiting. Polled: executions end in many ways

@@ -53,6 +53,7 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub mcp: McpConfig,
 }
 
 /// The server's own log (stderr). Its level is `REPLPOOL_LOG` (`info` by default).
@@ -80,6 +81,33 @@ pub struct MetricsConfig {
     /// Serve `/metrics` without a bearer token even when `auth.tokens` are set (for a
     /// scraper on a network the operator trusts; the figures name no session).
     pub public: bool,
+}
+
+/// The MCP server (`/mcp` and `replpool mcp`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpConfig {
+    /// A figure (PNG) larger than this, bytes of the image, is answered as a resource link
+    /// (`replpool://sessions/{id}/outputs/{n}`) instead of inline image content: big inline
+    /// images break clients and fill a model's context.
+    pub max_inline_image_bytes: usize,
+    /// How often a running `run_python` tells a client that asked for progress (a
+    /// `progressToken`) that it is still running, milliseconds: clients drop calls that stay
+    /// silent for minutes.
+    pub progress_interval_ms: u64,
+    /// `Host` headers `/mcp` accepts (names or `name:port`), against DNS rebinding of a
+    /// server on a developer's machine. Empty: any host (the bearer tokens guard the server).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            max_inline_image_bytes: 512 * 1024,
+            progress_interval_ms: 5_000,
+            allowed_hosts: Vec::new(),
+        }
+    }
 }
 
 /// What user code is kept from: other sessions' files, the network, the server's user.
@@ -705,6 +733,7 @@ impl Config {
                 self.server.keep_alive_timeout_ms,
             ),
             ("server.max_connections", self.server.max_connections as u64),
+            ("mcp.progress_interval_ms", self.mcp.progress_interval_ms),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -878,7 +907,7 @@ fn is_import_spec(spec: &str) -> bool {
     }
 }
 
-const SECTIONS: [&str; 15] = [
+const SECTIONS: [&str; 16] = [
     "server",
     "python",
     "pool",
@@ -894,6 +923,7 @@ const SECTIONS: [&str; 15] = [
     "sandbox",
     "log",
     "metrics",
+    "mcp",
 ];
 
 /// Variables with [`ENV_PREFIX`] that belong to the program rather than to a config field:

@@ -8,6 +8,7 @@ mod auth;
 mod compat;
 mod error;
 mod json;
+mod mcp;
 mod metrics;
 mod native;
 mod node;
@@ -23,8 +24,9 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use auth::Caller;
 pub use compat::judge::JudgeSettings;
-pub use error::ApiError;
+pub use error::{ApiError, ErrorCode};
 
 use crate::{Config, SessionManager};
 
@@ -44,8 +46,8 @@ pub struct AppState {
     pub metrics_public: bool,
 }
 
-/// The whole API: the native one, the compatibility surfaces, and its own description
-/// (`/openapi.json`, `/docs`). Request bodies are bounded by `execution.max_frame_bytes`, file
+/// The whole API: the native one, the compatibility surfaces, MCP (`/mcp`), and its own
+/// description (`/openapi.json`, `/docs`). Request bodies are bounded by `execution.max_frame_bytes`, file
 /// uploads by `files.max_bytes` (413 above them).
 pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
     let state = AppState {
@@ -59,7 +61,7 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
     };
     let max_file_bytes = usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX);
     let (routes, document) = routes(max_file_bytes, state.clone());
-    routes
+    mcp::mount(routes, Arc::clone(&state.manager), config)
         .fallback(error::not_found)
         .layer(Extension(openapi::Document::new(&document)))
         .layer(axum::middleware::from_fn_with_state(

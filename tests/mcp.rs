@@ -1,0 +1,329 @@
+//! The MCP server, driven by a real client: the official MCP Python SDK (`mcp` from PyPI,
+//! tests/mcp/client.py) against `/mcp` on the real server (streamable HTTP) and against
+//! `replpool mcp` on stdio, which the SDK's stdio client starts. The client prints what it
+//! saw as JSON; the assertions are here.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Api, shared_with};
+use serde_json::{Value, json};
+
+const TOKEN_A: &str = "mcp-token-a-0123456789";
+const TOKEN_B: &str = "mcp-token-b-0123456789";
+/// Two owners; a small inline limit, so that a noisy 800×800 plot is linked and a tiny one is
+/// not; progress every 200 ms.
+const CONFIG: &str = "[pool]\nwarm_workers = 2\n\n[auth]\ntokens = [\"mcp-token-a-0123456789\", \"mcp-token-b-0123456789\"]\n\n[mcp]\nmax_inline_image_bytes = 20000\nprogress_interval_ms = 200\n";
+
+fn base() -> &'static str {
+    shared_with(CONFIG)
+}
+
+/// The interpreter with the `mcp` SDK: `REPLPOOL_TEST_CHECK_PYTHON` when set, else the
+/// tests' (`.venv`, where `make test` installs tests/requirements.txt).
+fn client_python() -> PathBuf {
+    std::env::var_os("REPLPOOL_TEST_CHECK_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(common::python)
+}
+
+/// Runs tests/mcp/client.py with `args`; what it printed, as JSON. Killed if the test ends
+/// first.
+async fn client(args: &[&str]) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/client.py");
+    let run = tokio::process::Command::new(client_python())
+        .arg(&script)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("the MCP client finished within 4 minutes")
+        .expect("the MCP client ran");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "client.py {args:?}: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("client.py printed ({e}): {stdout}"))
+}
+
+async fn over_http(token: &str, args: &[&str]) -> Value {
+    let url = format!("{}/mcp", base());
+    let mut all = vec![args[0], "--url", &url, "--token", token];
+    all.extend_from_slice(&args[1..]);
+    client(&all).await
+}
+
+/// The text of a tool result's content.
+fn text(result: &Value) -> String {
+    result["content"]
+        .as_array()
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter_map(|b| b["text"].as_str())
+                .collect::<Vec<_>>()
+                .join("")
+        })
+        .unwrap_or_default()
+}
+
+fn types(result: &Value) -> Vec<&str> {
+    result["content"]
+        .as_array()
+        .map(|blocks| blocks.iter().filter_map(|b| b["type"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+/// What tests/mcp/client.py's `tour` saw, the same over HTTP and stdio.
+fn assert_tour(out: &Value) {
+    assert_eq!(out["server"], "replpool", "{out}");
+    let tools = out["tools"].as_object().expect("tools");
+    let mut names: Vec<&str> = tools.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "close_session",
+            "create_session",
+            "list_files",
+            "read_file",
+            "reset_session",
+            "run_python",
+            "upload_file"
+        ]
+    );
+    for (name, tool) in tools {
+        assert!(
+            tool["description"].as_str().is_some_and(|d| d.len() > 20),
+            "{name}: {tool}"
+        );
+        assert_eq!(tool["schema"]["type"], "object", "{name}: {tool}");
+    }
+    let run = &tools["run_python"]["schema"];
+    assert_eq!(run["required"], json!(["code"]), "{run}");
+    for field in ["session_id", "code", "timeout_s"] {
+        assert!(
+            run["properties"][field]["description"].is_string(),
+            "{field}: {run}"
+        );
+    }
+
+    let session_id = out["session_id"].as_str().expect("create_session's id");
+    assert!(text(&out["create"]).contains(session_id), "{out}");
+    assert_eq!(out["first"]["is_error"], false, "{out}");
+    let second = text(&out["second"]);
+    assert!(
+        second.contains("x is 41") && second.contains("result:\n42"),
+        "{second}"
+    );
+    assert_eq!(types(&out["plot"]), ["text", "image"], "{}", out["plot"]);
+    let image = &out["plot"]["content"][1];
+    assert_eq!(
+        (&image["mimeType"], &image["png"]),
+        (&json!("image/png"), &json!(true)),
+        "{image}"
+    );
+
+    assert_eq!(out["error"]["is_error"], true, "{out}");
+    let error = text(&out["error"]);
+    assert!(
+        error.contains("error (runtime)") && error.contains("ZeroDivisionError: division by zero"),
+        "{error}"
+    );
+    assert_eq!(out["timeout"]["is_error"], true, "{out}");
+    assert!(
+        text(&out["timeout"]).contains("error (timeout)"),
+        "{}",
+        out["timeout"]
+    );
+    assert!(text(&out["one_shot"]).contains("42"), "{}", out["one_shot"]);
+
+    assert_eq!(out["upload"]["is_error"], false, "{out}");
+    assert!(
+        text(&out["list"]).contains("data/hello.txt\t11 bytes"),
+        "{out}"
+    );
+    assert_eq!(text(&out["read"]), "hello, file");
+    assert_eq!(out["reset"]["is_error"], false, "{out}");
+    // A fresh interpreter: `x` is gone.
+    assert!(
+        text(&out["after_reset"]).contains("NameError"),
+        "{}",
+        out["after_reset"]
+    );
+    assert_eq!(out["close"]["is_error"], false, "{out}");
+    assert_eq!(out["closed"]["is_error"], true, "{out}");
+    assert_eq!(
+        out["closed"]["structured"]["error"]["code"], "session_not_found",
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn the_tools_work_over_streamable_http() {
+    let out = over_http(TOKEN_A, &["tour"]).await;
+    assert_tour(&out);
+}
+
+#[tokio::test]
+async fn the_tools_work_over_stdio_with_the_core_in_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::write_config(
+        dir.path(),
+        "[pool]\nwarm_workers = 1\n\n[mcp]\nmax_inline_image_bytes = 20000\n",
+    );
+    let binary = env!("CARGO_BIN_EXE_replpool");
+    let config = config.display().to_string();
+    let out = client(&["tour", "--stdio", binary, "--config", &config]).await;
+    assert_tour(&out);
+}
+
+/// `replpool mcp --url`: the SDK's stdio client, through the bridge, to the shared server's
+/// `/mcp` (its sessions, the token's).
+#[tokio::test]
+async fn the_tools_work_over_stdio_bridged_to_a_server() {
+    let url = format!("{}/mcp", base());
+    let binary = env!("CARGO_BIN_EXE_replpool");
+    let out = client(&[
+        "tour",
+        "--stdio",
+        binary,
+        "--bridge-url",
+        &url,
+        "--token",
+        TOKEN_A,
+    ])
+    .await;
+    assert_tour(&out);
+}
+
+#[tokio::test]
+async fn a_large_figure_is_a_resource_link_that_resources_read_returns() {
+    let out = over_http(TOKEN_A, &["large_figure"]).await;
+    let run = &out["run"];
+    assert_eq!(types(run), ["text", "resource_link"], "{run}");
+    let link = &run["content"][1];
+    let session_id = out["session_id"].as_str().expect("session id");
+    let uri = link["uri"].as_str().expect("uri");
+    assert!(
+        uri.starts_with(&format!("replpool://sessions/{session_id}/outputs/1/")),
+        "{uri}"
+    );
+    assert_eq!(link["mimeType"], "image/png", "{link}");
+    let size = link["size"].as_u64().expect("size");
+    assert!(size > 20_000, "{link}");
+    assert_eq!(
+        out["read"],
+        json!([{"uri": uri, "mimeType": "image/png", "png": true, "bytes": size}]),
+        "{out}"
+    );
+    // resource_not_found, JSON-RPC's code for it.
+    assert_eq!(out["missing"]["code"], -32002, "{out}");
+
+    // An ordinary session of the token's owner: listed for it, not for the other token.
+    let listed = |sessions: &Value| {
+        sessions["sessions"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|s| s["session_id"] == session_id))
+    };
+    let (status, mine) = Api::with_token(base(), TOKEN_A).get("/v1/sessions").await;
+    assert_eq!(status, 200);
+    assert!(listed(&mine), "{mine}");
+    let (_, theirs) = Api::with_token(base(), TOKEN_B).get("/v1/sessions").await;
+    assert!(!listed(&theirs), "{theirs}");
+}
+
+#[tokio::test]
+async fn cancelling_a_call_interrupts_its_cell_after_progress_was_reported() {
+    let out = over_http(TOKEN_A, &["cancel"]).await;
+    let progress = out["progress"].as_array().expect("progress");
+    assert!(!progress.is_empty(), "{out}");
+    assert!(out.get("call").is_none(), "the call was abandoned: {out}");
+    assert!(text(&out["after"]).contains("after"), "{out}");
+    let session_id = out["session_id"].as_str().expect("session id");
+    let (status, history) = Api::with_token(base(), TOKEN_A)
+        .get(&format!("/v1/sessions/{session_id}/history"))
+        .await;
+    assert_eq!(status, 200, "{history}");
+    let cells = history["history"].as_array().expect("history");
+    assert_eq!(cells.len(), 2, "{history}");
+    assert_eq!(cells[0]["category"], "interrupted", "{history}");
+    assert_eq!(cells[1]["status"], "ok", "{history}");
+}
+
+#[tokio::test]
+async fn another_owners_session_is_not_found() {
+    let theirs = Api::with_token(base(), TOKEN_B).session().await;
+    let arguments = json!({"session_id": theirs, "code": "1 + 1"}).to_string();
+    let out = over_http(
+        TOKEN_A,
+        &["call", "--tool", "run_python", "--arguments", &arguments],
+    )
+    .await;
+    let result = &out["result"];
+    assert_eq!(result["is_error"], true, "{out}");
+    assert_eq!(
+        result["structured"]["error"],
+        json!({
+            "code": "session_not_found",
+            "category": "request",
+            "message": format!("no session with id `{theirs}`"),
+        }),
+        "{out}"
+    );
+    assert!(
+        text(result).starts_with("session_not_found (request)"),
+        "{out}"
+    );
+}
+
+/// Without a token, `/mcp` is refused like every route; with one, the same `initialize` is
+/// answered by replpool's MCP server.
+#[tokio::test]
+async fn mcp_needs_the_token() {
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "0"}},
+    });
+    let response = reqwest::Client::new()
+        .post(format!("{}/mcp", base()))
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status().as_u16(), 401);
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    assert_eq!(body["error"]["category"], "request", "{body}");
+
+    let response = Api::with_token(base(), TOKEN_A)
+        .http
+        .post(format!("{}/mcp", base()))
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status().as_u16(), 200);
+    let body = response.text().await.expect("body");
+    // One JSON-RPC message, as JSON or as the data of one SSE event.
+    let message: Value = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .chain(std::iter::once(body.as_str()))
+        .find_map(|data| serde_json::from_str(data.trim()).ok())
+        .unwrap_or_else(|| panic!("no JSON-RPC message in {body}"));
+    assert_eq!(message["id"], 1, "{message}");
+    assert_eq!(
+        message["result"]["serverInfo"]["name"], "replpool",
+        "{message}"
+    );
+}
