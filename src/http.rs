@@ -103,12 +103,13 @@ async fn serve_connection(
     app: Router,
     limits: Arc<Limits>,
     draining: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         stream,
         activity: activity.clone(),
+        _slot: slot,
     });
     let service = {
         let activity = activity.clone();
@@ -130,7 +131,10 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read + limits.keep_alive);
-    let mut connection = std::pin::pin!(builder.serve_connection(io, service));
+    // With upgrades: a Jupyter kernel's websocket (`101 Switching Protocols`) goes on past this
+    // function, on the same socket, without the deadlines below (an idle websocket is a
+    // notebook left open); its connection slot goes with the socket.
+    let mut connection = std::pin::pin!(builder.serve_connection(io, service).with_upgrades());
     let mut drained = std::pin::pin!(draining.cancelled());
     let mut watchdog = std::pin::pin!(tokio::time::sleep(limits.keep_alive));
     let mut armed: Option<Instant> = None;
@@ -253,6 +257,8 @@ impl Drop for InProgress {
 struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
+    /// The connection's place under `server.max_connections`, held as long as the socket.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl AsyncRead for Watched {
