@@ -96,6 +96,7 @@ pub struct ExecutorErrorBody {
         (name = "python-executor", description = "python-executor's API, for its clients"),
         (name = "judge", description = "The code judge's API, for its clients"),
         (name = "scripts", description = "The script wrapper's API, for its clients"),
+        (name = "jupyter", description = "The Jupyter kernel API (REST and the channels' websocket), for Jupyter front ends and gateway clients"),
     )
 )]
 pub struct ApiDoc;
