@@ -452,3 +452,186 @@ async fn jupyter_server_in_gateway_mode_lists_the_spec_and_runs_a_cell() {
     assert_eq!(status, 404, "{body}");
     drop(jupyter);
 }
+
+/// (channel, msg_type) of what a request was answered with, in order.
+fn kinds(seen: &Value) -> Vec<(String, String)> {
+    seen.as_array()
+        .expect("a list of messages")
+        .iter()
+        .map(|m| {
+            (
+                m[0].as_str().unwrap_or_default().to_owned(),
+                m[1].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The content of the one message of that type.
+fn content<'a>(seen: &'a Value, msg_type: &str) -> &'a Value {
+    let found: Vec<&Value> = seen
+        .as_array()
+        .expect("a list of messages")
+        .iter()
+        .filter(|m| m[1] == msg_type)
+        .collect();
+    assert_eq!(found.len(), 1, "one {msg_type} in {seen}");
+    &found[0][2]
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(c, t)| ((*c).to_owned(), (*t).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn each_channel_message_is_answered_as_a_kernel_would() {
+    let base = shared().to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    let url = base.clone();
+    let r = tokio::task::spawn_blocking(move || run_clients("protocol", &url, "-", &path))
+        .await
+        .expect("the client ran");
+    let busy_reply_idle =
+        |reply: &str| pairs(&[("iopub", "status"), ("shell", reply), ("iopub", "status")]);
+
+    let info = content(&r["kernel_info_request"], "kernel_info_reply");
+    assert_eq!(info["status"], "ok", "{info}");
+    assert_eq!(info["implementation"], "replpool", "{info}");
+    assert_eq!(info["protocol_version"], "5.3", "{info}");
+    assert_eq!(info["language_info"]["name"], "python", "{info}");
+    for (request, reply, want) in [
+        (
+            "comm_info_request",
+            "comm_info_reply",
+            json!({"status": "ok", "comms": {}}),
+        ),
+        (
+            "complete_request",
+            "complete_reply",
+            json!({"status": "ok", "matches": [], "cursor_start": 3, "cursor_end": 3, "metadata": {}}),
+        ),
+        (
+            "inspect_request",
+            "inspect_reply",
+            json!({"status": "ok", "found": false, "data": {}, "metadata": {}}),
+        ),
+        (
+            "is_complete_request",
+            "is_complete_reply",
+            json!({"status": "unknown"}),
+        ),
+    ] {
+        assert_eq!(kinds(&r[request]), busy_reply_idle(reply), "{}", r[request]);
+        assert_eq!(content(&r[request], reply), &want, "{}", r[request]);
+    }
+
+    assert_eq!(
+        kinds(&r["execute"]),
+        pairs(&[
+            ("iopub", "status"),
+            ("iopub", "execute_input"),
+            ("iopub", "execute_result"),
+            ("shell", "execute_reply"),
+            ("iopub", "status"),
+        ]),
+        "{}",
+        r["execute"]
+    );
+    assert_eq!(
+        content(&r["execute"], "execute_input"),
+        &json!({"code": "x = 1\nx + 1", "execution_count": 1})
+    );
+    assert_eq!(
+        content(&r["execute"], "execute_result"),
+        &json!({"execution_count": 1, "data": {"text/plain": "2"}, "metadata": {}})
+    );
+    assert_eq!(
+        content(&r["execute"], "execute_reply"),
+        &json!({"status": "ok", "execution_count": 1, "user_expressions": {}, "payload": []})
+    );
+
+    // silent: output, but no execute_input and no execute_result.
+    assert_eq!(
+        kinds(&r["silent"]),
+        pairs(&[
+            ("iopub", "status"),
+            ("iopub", "stream"),
+            ("shell", "execute_reply"),
+            ("iopub", "status"),
+        ]),
+        "{}",
+        r["silent"]
+    );
+    assert_eq!(
+        content(&r["silent"], "stream"),
+        &json!({"name": "stdout", "text": "quiet\n"})
+    );
+
+    // input(): stdin is not connected.
+    assert_eq!(
+        content(&r["input"], "error")["ename"],
+        "EOFError",
+        "{}",
+        r["input"]
+    );
+    assert_eq!(content(&r["input"], "execute_reply")["status"], "error");
+
+    assert_eq!(
+        content(&r["history_request"], "history_reply"),
+        &json!({"status": "ok", "history": [[0, 2, "print('quiet')\n5"], [0, 3, "input()"]]})
+    );
+
+    let failed = content(&r["failing"], "execute_reply");
+    assert_eq!(failed["status"], "error", "{failed}");
+    assert_eq!(failed["ename"], "ValueError", "{failed}");
+    assert_eq!(failed["category"], "runtime", "{failed}");
+    assert_eq!(kinds(&r["aborted"]), busy_reply_idle("execute_reply"));
+    assert_eq!(
+        content(&r["aborted"], "execute_reply"),
+        &json!({"status": "aborted", "execution_count": null})
+    );
+
+    assert_eq!(
+        kinds(&r["interrupt_request"]),
+        pairs(&[
+            ("iopub", "status"),
+            ("control", "interrupt_reply"),
+            ("iopub", "status")
+        ])
+    );
+    let interrupted = content(&r["interrupted"], "execute_reply");
+    assert_eq!(interrupted["ename"], "KeyboardInterrupt", "{interrupted}");
+    assert_eq!(interrupted["category"], "interrupted", "{interrupted}");
+
+    assert_eq!(
+        content(&r["restart"], "shutdown_reply"),
+        &json!({"status": "ok", "restart": true})
+    );
+    assert_eq!(
+        content(&r["after_restart"], "error")["ename"],
+        "NameError",
+        "{}",
+        r["after_restart"]
+    );
+
+    assert_eq!(
+        kinds(&r["shutdown"]),
+        pairs(&[
+            ("iopub", "status"),
+            ("control", "shutdown_reply"),
+            ("iopub", "status")
+        ])
+    );
+    assert_eq!(
+        content(&r["shutdown"], "shutdown_reply"),
+        &json!({"status": "ok", "restart": false})
+    );
+    assert_eq!(r["closed"], true);
+    let api = Api::new(&base);
+    let kernel = r["kernel_id"].as_str().expect("kernel_id");
+    let (status, body) = api.get(&format!("/api/kernels/{kernel}")).await;
+    assert_jupyter_error(status, &body, 404, "kernel_not_found", "Not Found");
+}

@@ -8,6 +8,9 @@
         Against a `jupyter server --gateway-url=<replpool>`: its kernel specs (as that server
         lists them from replpool), then a kernel started through it and a cell run over its
         own websocket (jupyter-kernel-client); prints what it saw as JSON.
+    clients.py protocol REPLPOOL_URL -
+        Each message of the channels with a plain websocket client (websocket-client);
+        prints what each was answered with as JSON.
 
 TOKEN "-" means none. Exits non-zero, with the reason on stderr, when a client fails.
 """
@@ -114,12 +117,117 @@ def run_gateway(url, token):
     }
 
 
+def run_protocol(url, token):
+    """The channels' messages one by one, with a plain websocket client: what each request is
+    answered with, interrupt, stop_on_error, restart and shutdown over the control channel."""
+    import urllib.request
+    import uuid
+
+    import websocket
+
+    def rest(method, path, body=None):
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(url + path, data=data, method=method, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    kernel = rest("POST", "/api/kernels", {"name": "python3"})
+    ws = websocket.create_connection(
+        url.replace("http://", "ws://", 1) + f"/api/kernels/{kernel['id']}/channels", timeout=60
+    )
+
+    def send(msg_type, content, channel="shell"):
+        header = {"msg_id": uuid.uuid4().hex, "msg_type": msg_type, "session": "test",
+                  "username": "test", "date": "", "version": "5.3"}
+        ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {},
+                            "content": content, "channel": channel, "buffers": []}))
+        return header["msg_id"]
+
+    def until(msg_id, done):
+        """The messages parented to msg_id, up to the one `done` accepts, as (channel, type,
+        content)."""
+        seen = []
+        while True:
+            msg = json.loads(ws.recv())
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            seen.append((msg["channel"], msg["header"]["msg_type"], msg["content"]))
+            if done(msg):
+                return seen
+
+    def reply_and_idle(msg_id):
+        got = {"reply": False, "idle": False}
+
+        def done(msg):
+            if msg["header"]["msg_type"].endswith("_reply"):
+                got["reply"] = True
+            if msg["header"]["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                got["idle"] = True
+            return got["reply"] and got["idle"]
+
+        return until(msg_id, done)
+
+    result = {}
+    for msg_type, content in [
+        ("kernel_info_request", {}),
+        ("comm_info_request", {}),
+        ("complete_request", {"code": "pri", "cursor_pos": 3}),
+        ("inspect_request", {"code": "print", "cursor_pos": 5, "detail_level": 0}),
+        ("is_complete_request", {"code": "for x in y:"}),
+    ]:
+        result[msg_type] = reply_and_idle(send(msg_type, content))
+    result["execute"] = reply_and_idle(send("execute_request", {"code": "x = 1\nx + 1", "silent": False}))
+    result["silent"] = reply_and_idle(send("execute_request", {"code": "print('quiet')\n5", "silent": True}))
+    result["input"] = reply_and_idle(send("execute_request", {"code": "input()", "allow_stdin": True}))
+    result["history_request"] = reply_and_idle(send("history_request", {"hist_access_type": "tail", "n": 2, "output": False, "raw": True}))
+
+    # stop_on_error: what was queued behind a failing cell is aborted. The cell fails only once
+    # the kernel has read the request queued behind it: a control request sent after it is
+    # answered (messages are read in order), then a file the cell waits for is written.
+    node_hex, random = kernel["id"].split("_")
+    session = bytes.fromhex(node_hex).decode() + "." + random.replace("-", "")
+    failing = send("execute_request", {
+        "code": "import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.01)\nraise ValueError('no')",
+        "stop_on_error": True,
+    })
+    queued = send("execute_request", {"code": "y = 1"})
+    reply_and_idle(send("kernel_info_request", {}, channel="control"))
+    rest("PUT", f"/v1/sessions/{session}/files/go", {})
+    result["failing"] = reply_and_idle(failing)
+    result["aborted"] = reply_and_idle(queued)
+
+    # Interrupt over control, once the cell is seen running (its first output).
+    running = send("execute_request", {"code": "import time\nprint('started', flush=True)\ntime.sleep(60)"})
+    until(running, lambda m: m["header"]["msg_type"] == "stream")
+    result["interrupt_request"] = reply_and_idle(send("interrupt_request", {}, channel="control"))
+    result["interrupted"] = reply_and_idle(running)
+
+    # Restart over control: the namespace is gone, the kernel is the same.
+    result["restart"] = reply_and_idle(send("shutdown_request", {"restart": True}, channel="control"))
+    result["after_restart"] = reply_and_idle(send("execute_request", {"code": "x"}))
+
+    # Shutdown over control: the reply, `dead`, then the socket closes and the kernel is gone.
+    shutdown = send("shutdown_request", {"restart": False}, channel="control")
+    result["shutdown"] = until(shutdown, lambda m: m["header"]["msg_type"] == "status" and m["content"]["execution_state"] == "dead")
+    try:
+        while ws.recv():
+            pass
+        result["closed"] = True
+    except websocket.WebSocketConnectionClosedException:
+        result["closed"] = True
+    result["kernel_id"] = kernel["id"]
+    return result
+
+
 def main():
     mode, url, token = sys.argv[1:4]
     if mode == "nbclient":
         result = run_nbclient(url, token)
     elif mode == "gateway":
         result = run_gateway(url, token)
+    elif mode == "protocol":
+        result = run_protocol(url, token)
     else:
         sys.exit(f"unknown mode {mode}")
     print(json.dumps(result))
