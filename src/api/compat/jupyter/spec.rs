@@ -79,6 +79,17 @@ fn display_name(preload: &[String]) -> String {
     }
 }
 
+fn banner(version: &str, preload: &[String]) -> String {
+    if preload.is_empty() {
+        format!("Python {version} on replpool")
+    } else {
+        format!(
+            "Python {version} on replpool, with {} preloaded",
+            preload.join(", ")
+        )
+    }
+}
+
 /// `kernel_info_reply`'s content.
 pub fn kernel_info(python_version: Option<&str>, preload: &[String]) -> Value {
     let version = python_version.unwrap_or("3");
@@ -96,7 +107,7 @@ pub fn kernel_info(python_version: Option<&str>, preload: &[String]) -> Value {
             "codemirror_mode": {"name": "ipython", "version": 3},
             "nbconvert_exporter": "python",
         },
-        "banner": format!("Python {version} on replpool: {}", display_name(preload)),
+        "banner": banner(version, preload),
         "help_links": [],
         "debugger": false,
     })
