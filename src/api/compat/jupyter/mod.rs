@@ -240,7 +240,15 @@ async fn list_kernels(State(state): State<AppState>, caller: Caller) -> Json<Vec
     tag = "jupyter",
     request_body(content = Option<StartKernel>, description = "Empty, or `{\"name\": \"python3\"}` (`env`, `path` and other fields are ignored)", content_type = "application/json"),
     responses(
-        (status = 201, description = "The kernel", body = Kernel, headers(("location" = String, description = "`/api/kernels/{id}`"))),
+        (status = 201, description = "The kernel", body = Kernel, headers(("location" = String, description = "`/api/kernels/{id}`")),
+            links(
+                ("jupyter_get_kernel" = (operation_id = "jupyter_get_kernel", parameters(("id" = "$response.body#/id")), description = "The kernel")),
+                ("jupyter_delete_kernel" = (operation_id = "jupyter_delete_kernel", parameters(("id" = "$response.body#/id")), description = "Shut it down")),
+                ("jupyter_interrupt_kernel" = (operation_id = "jupyter_interrupt_kernel", parameters(("id" = "$response.body#/id")), description = "Interrupt its cell")),
+                ("jupyter_restart_kernel" = (operation_id = "jupyter_restart_kernel", parameters(("id" = "$response.body#/id")), description = "Restart it")),
+                ("jupyter_channels" = (operation_id = "jupyter_channels", parameters(("id" = "$response.body#/id")), description = "Its channels")),
+            ),
+        ),
         (status = 400, description = "`invalid_json`", body = JupyterErrorBody),
         (status = 404, description = "`kernel_spec_not_found`: a `name` other than `python3`", body = JupyterErrorBody),
         (status = 422, description = "`invalid_request`: not an object of that shape", body = JupyterErrorBody),
