@@ -55,6 +55,9 @@ const BATCH_IN_FLIGHT: usize = 4;
 /// `replpool.Pool(warm_workers=…)` of the Pool's session-ready rows (the package's default).
 const POOL_WARM_WORKERS: usize = 2;
 
+/// The Jupyter kernel API's row (`jupyter_api`).
+const JUPYTER_API_ROW: &str = "kernel start + first cell, Jupyter API";
+
 /// The steps, in the order they run; `--only` picks some by name.
 const STEPS: &[(&str, &str)] = &[
     ("ready", "session ready (create + first 1+1)"),
@@ -84,6 +87,10 @@ const STEPS: &[(&str, &str)] = &[
     (
         "mcp",
         "run_python over MCP (streamable HTTP) beside the native API",
+    ),
+    (
+        "jupyter_api",
+        "kernel start + first cell through the Jupyter API (REST + websocket)",
     ),
 ];
 
@@ -359,6 +366,7 @@ impl Bench {
                 "judge" => self.step_judge(n).await?,
                 "pool" => self.step_pool(n)?,
                 "mcp" => self.step_mcp(n).await?,
+                "jupyter_api" => self.step_jupyter_api(n).await?,
                 other => anyhow::bail!("no step {other}"),
             }
             // What keeps `--quick` (run by `make test`) short is seen step by step.
@@ -434,6 +442,25 @@ impl Bench {
             &self.preload_code.clone(),
         ])?;
         self.push(Figure::latency("session ready", "jupyter", &samples));
+        Ok(())
+    }
+
+    /// Both sides through the same Python client (benches/peers/jupyter_api_peer.py): replpool's
+    /// Jupyter kernel API, and an IPython kernel behind jupyter_server.
+    async fn step_jupyter_api(&mut self, n: &Counts) -> anyhow::Result<()> {
+        self.wait_for_pool().await?;
+        let result = self.peer(
+            "jupyter_api_peer.py",
+            &[
+                &n.ready_peer.to_string(),
+                &self.base.clone(),
+                &self.preload_code.clone(),
+            ],
+        )?;
+        for system in ["replpool", "jupyter"] {
+            let samples = durations(&result[system]["samples_s"]);
+            self.push(Figure::latency(JUPYTER_API_ROW, system, &samples));
+        }
         Ok(())
     }
 
@@ -1536,7 +1563,7 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     let pool = format!(
         "- **replpool.Pool session ready**: the `replpool` package's `Pool(warm_workers={POOL_WARM_WORKERS})` inside a Python process (benches/peers/pool_peer.py; no server): `pool.session()` + first `1+1`, timed by the caller. In rounds of warm_workers + 1 sessions made one after the other and kept open, each round starting with the pool full (its processes all started and idle, read from `/proc`; untimed): the first warm_workers of a round take a ready worker (**within**), the last finds none and waits for a worker started for it (**beyond**; one per round, as a second would often get one the pool's refill finished meanwhile). Compared with *session ready*'s peers."
     );
-    let descriptions: [(&str, &str); 16] = [
+    let descriptions: [(&str, &str); 17] = [
         (
             "session ready",
             "- **session ready**: replpool `POST /v1/sessions` + first `1+1`, each sample starting with the warm pool full (the server refills it between samples, untimed); cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.",
@@ -1594,6 +1621,10 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
         (
             "run_python",
             "- **run_python over MCP**: the MCP tool `run_python` with `1+1`, and with `print('hello')`, in a session made by `create_session`, over `/mcp` (streamable HTTP: a POST per call, answered as JSON or one SSE event) with rmcp's own client (the Rust SDK the server uses; no Python SDK's time in the figure), one call at a time after an untimed tenth; **native warm exec 1+1 beside MCP** is `POST /v1/sessions/{id}/execute` with `1+1` in the same run, for the cost of the protocol. Compared with *warm exec 1+1*'s peers.",
+        ),
+        (
+            JUPYTER_API_ROW,
+            "- **kernel start + first cell, Jupyter API**: `POST /api/kernels`, open its `/api/kernels/{id}/channels` websocket, one `execute_request` and wait for its `execute_reply` and `idle` status; the same Python client on both sides (benches/peers/jupyter_api_peer.py: urllib and websocket-client, the default JSON framing), the kernel closed and deleted after each sample (untimed). replpool: the first cell is `1+1`, each sample starting with the warm pool full; Jupyter: an IPython kernel behind `jupyter server` (jupyter_server's own kernel manager), its first cell importing the preload list, then `1+1`.",
         ),
     ];
     for (key, text) in descriptions {

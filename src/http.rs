@@ -103,12 +103,19 @@ async fn serve_connection(
     app: Router,
     limits: Arc<Limits>,
     draining: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
+    // Without Nagle: a websocket (or an SSE stream) writes many small frames as the code makes
+    // them, and each would wait for the ACK of the one before (a client delays its ACK up to
+    // 40 ms). A plain reply is one write either way. A refusal only costs that latency.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("TCP_NODELAY refused: {e}");
+    }
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Watched {
         stream,
         activity: activity.clone(),
+        _slot: slot,
     });
     let service = {
         let activity = activity.clone();
@@ -130,7 +137,10 @@ async fn serve_connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read + limits.keep_alive);
-    let mut connection = std::pin::pin!(builder.serve_connection(io, service));
+    // With upgrades: a Jupyter kernel's websocket (`101 Switching Protocols`) goes on past this
+    // function, on the same socket, without the deadlines below (an idle websocket is a
+    // notebook left open); its connection slot goes with the socket.
+    let mut connection = std::pin::pin!(builder.serve_connection(io, service).with_upgrades());
     let mut drained = std::pin::pin!(draining.cancelled());
     let mut watchdog = std::pin::pin!(tokio::time::sleep(limits.keep_alive));
     let mut armed: Option<Instant> = None;
@@ -253,6 +263,8 @@ impl Drop for InProgress {
 struct Watched {
     stream: TcpStream,
     activity: Arc<Activity>,
+    /// The connection's place under `server.max_connections`, held as long as the socket.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl AsyncRead for Watched {

@@ -306,6 +306,12 @@ impl SessionManager {
             .ok_or_else(|| Error::Internal("no info".into()))
     }
 
+    /// A session's info without its worker's memory: cheap enough for every message of a
+    /// protocol that reads it (a Jupyter kernel's model, its next execution count).
+    pub fn info(&self, id: &str) -> Result<SessionInfo, Error> {
+        Ok(self.session(id)?.info())
+    }
+
     /// `owner`'s sessions: a session is visible only to its owner (all of them when auth is
     /// off, where every owner is `None`).
     pub async fn list_for(&self, owner: Option<&str>) -> Vec<SessionInfo> {

@@ -2,13 +2,14 @@
 //!
 //! With `auth.tokens` set, every route but `/healthz`, `/readyz` and the API's description
 //! (`/openapi.json`, `/docs`: see `openapi.rs`) needs `Authorization: Bearer <token>` (401
-//! otherwise); `/metrics` does too, unless `metrics.public`. The caller is then known by the
-//! token's name (`token-<index>`, never the token itself), and sessions belong to the caller
-//! that created them. Tokens are compared in constant time.
+//! otherwise; `Authorization: token <token>`, Jupyter clients' form, is taken too); `/metrics`
+//! does too, unless `metrics.public`. The caller is then known by the token's name
+//! (`token-<index>`, never the token itself), and sessions belong to the caller that created
+//! them. Tokens are compared in constant time.
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -83,9 +84,15 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented.and_then(|p| tokens.identify(p)) {
+        // `token <t>`: what Jupyter clients send (jupyter_server's `GatewayClient.auth_token`).
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("token "))
+        })
+        .map(str::trim)
+        .map(str::to_owned)
+        .or_else(|| channels_query_token(&request));
+    match presented.and_then(|p| tokens.identify(&p)) {
         Some(name) => {
             request.extensions_mut().insert(Caller(Some(name)));
             next.run(request).await
@@ -100,6 +107,19 @@ pub async fn require_token(
             .into_response()
         }
     }
+}
+
+/// A Jupyter kernel's websocket may carry its token as `?token=`, as jupyter_server takes it:
+/// a browser cannot set headers on a websocket, and websocket kernel clients send it so.
+/// Only there: elsewhere a token belongs in a header, not in URLs that logs keep.
+fn channels_query_token(request: &Request) -> Option<String> {
+    let path = request.uri().path();
+    if !(path.starts_with("/api/kernels/") && path.ends_with("/channels")) {
+        return None;
+    }
+    let Query(mut query) =
+        Query::<std::collections::HashMap<String, String>>::try_from_uri(request.uri()).ok()?;
+    query.remove("token")
 }
 
 #[cfg(test)]

@@ -65,6 +65,9 @@ pub enum ErrorCode {
     FunctionNotFound,
     InstallDisabled,
     InvalidPackageName,
+    // The Jupyter kernel API's own.
+    KernelNotFound,
+    KernelSpecNotFound,
 }
 
 impl ErrorCode {
@@ -108,6 +111,8 @@ impl ErrorCode {
             ErrorCode::FunctionNotFound => "function_not_found",
             ErrorCode::InstallDisabled => "install_disabled",
             ErrorCode::InvalidPackageName => "invalid_package_name",
+            ErrorCode::KernelNotFound => "kernel_not_found",
+            ErrorCode::KernelSpecNotFound => "kernel_spec_not_found",
         }
     }
 
@@ -148,7 +153,9 @@ impl ErrorCode {
             | C::AliasNotFound
             | C::FunctionNotFound
             | C::InstallDisabled
-            | C::InvalidPackageName => Category::Request,
+            | C::InvalidPackageName
+            | C::KernelNotFound
+            | C::KernelSpecNotFound => Category::Request,
             C::Draining
             | C::SandboxUnavailable
             | C::ShuttingDown

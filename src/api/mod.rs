@@ -44,6 +44,8 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     /// `/metrics` is served without a token (`metrics.public`).
     pub metrics_public: bool,
+    /// The Jupyter kernel API's spec and open channels.
+    pub jupyter: Arc<compat::jupyter::Kernels>,
 }
 
 /// The whole API: the native one, the compatibility surfaces, MCP (`/mcp`), and its own
@@ -58,6 +60,7 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
         tokens: Arc::new(auth::Tokens::new(config.auth.tokens.clone())),
         prometheus: crate::metrics::install(),
         metrics_public: config.metrics.public,
+        jupyter: Arc::new(compat::jupyter::Kernels::from_config(config)),
     };
     let max_file_bytes = usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX);
     let (routes, document) = routes(max_file_bytes, state.clone());

@@ -79,10 +79,11 @@ pub struct ExecutorErrorBody {
         title = "replpool",
         description = "Warm, preloaded Python sessions over HTTP: the native API (`/v1`), the \
             probes, and the compatibility surfaces (python-executor, the code judge, the script \
-            wrapper). With `auth.tokens` set, every operation that declares the `bearer` scheme \
-            needs `Authorization: Bearer <token>`; without it, none does. Error replies carry \
+            wrapper, the Jupyter kernel API). With `auth.tokens` set, every operation that \
+            declares the `bearer` scheme needs `Authorization: Bearer <token>` (or Jupyter's \
+            `Authorization: token <token>`); without it, none does. Error replies carry \
             `{\"error\": {\"code\", \"message\", \"category\"}}` (python-executor's: \
-            `{\"error\": \"message\"}`).",
+            `{\"error\": \"message\"}`; the Jupyter API's add `message` and `reason`).",
         license(name = "MIT"),
     ),
     security(("bearer" = [])),
@@ -96,6 +97,7 @@ pub struct ExecutorErrorBody {
         (name = "python-executor", description = "python-executor's API, for its clients"),
         (name = "judge", description = "The code judge's API, for its clients"),
         (name = "scripts", description = "The script wrapper's API, for its clients"),
+        (name = "jupyter", description = "The Jupyter kernel API (REST and the channels' websocket), for Jupyter front ends and gateway clients"),
     )
 )]
 pub struct ApiDoc;

@@ -8,6 +8,7 @@
 //! native API's sessions do: another token's alias or execution answers as an unknown one.
 
 pub mod judge;
+pub mod jupyter;
 pub mod python_executor;
 mod python_literal;
 pub mod scripts;
@@ -22,4 +23,5 @@ pub fn routes(state: AppState) -> OpenApiRouter<AppState> {
         .merge(judge::routes())
         .merge(python_executor::routes(state))
         .merge(scripts::routes())
+        .merge(jupyter::routes())
 }
