@@ -305,6 +305,44 @@ class TableResourceTest(unittest.TestCase):
         frame = pandas.DataFrame([[1]], columns=pandas.MultiIndex.from_tuples([("a", "b")]))
         self.assertNotIn(worker.TABLE_MIME, worker.mime_bundle(frame))
 
+    def test_objects_that_only_claim_to_be_frames_have_no_table_and_keep_their_value(self):
+        import unittest.mock
+
+        import pandas
+
+        class Claims:
+            __class__ = pandas.DataFrame  # isinstance() believes it
+
+            def __repr__(self):
+                return "claims"
+
+        class OwnJson(pandas.DataFrame):
+            def to_json(self, *args, **kwargs):
+                return '{"a": ] }'
+
+        class NoHead(pandas.DataFrame):
+            def head(self, n=5):
+                raise RuntimeError("no head")
+
+        mock = unittest.mock.MagicMock(spec=pandas.DataFrame)
+        self.assertNotIn(worker.TABLE_MIME, worker.mime_bundle(mock))
+        for obj in (Claims(), OwnJson({"a": [1]}), NoHead({"a": range(5)})):
+            with self.subTest(type(obj).__name__):
+                bundle = worker.mime_bundle(obj)
+                self.assertNotIn(worker.TABLE_MIME, bundle)
+                self.assertIn("text/plain", bundle)
+                json.loads(worker.Protocol(0, 1, 1 << 20).encode({"result": bundle}))
+
+    def test_many_tables_fill_their_frame_in_one_pass_and_a_written_marker_stays_a_string(self):
+        import pandas
+
+        table = worker.table_resource(pandas.Series([1, 2]))
+        forged = f"\x00{worker.JSON_TEXT_NONCE}:99999\x00"
+        message = {"display": [{"t": table} for _ in range(2000)], "s": forged}
+        frame = json.loads(worker.Protocol(0, 1, 1 << 26).encode(message))
+        self.assertEqual(frame["s"], forged)
+        self.assertEqual(frame["display"][1999]["t"]["total_rows"], 2)
+
 
 class FigurePngTest(unittest.TestCase):
     """A figure is shown as savefig(bbox_inches="tight") would make it (Jupyter's inline

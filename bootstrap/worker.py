@@ -21,6 +21,7 @@ import io
 import json
 import linecache
 import os
+import re
 import select
 import signal
 import socket
@@ -100,8 +101,14 @@ class Protocol:
 
         # A lone surrogate (from a repr, say) is not UTF-8; replace it rather than fail the frame.
         data = json.dumps(message, ensure_ascii=False, separators=(",", ":"), default=as_marker)
-        for i, text in enumerate(texts):
-            data = data.replace(f'"\\u0000{JSON_TEXT_NONCE}:{i}\\u0000"', text, 1)
+        if texts:
+            # One pass over the frame, however many tables it holds. A marker user code wrote
+            # itself (it can read the nonce) is put back as the string it was.
+            def fill(match):
+                i = int(match.group(1))
+                return texts[i] if i < len(texts) else match.group(0)
+
+            data = JSON_TEXT_MARKER.sub(fill, data)
         return data.encode("utf-8", "replace")
 
     def send(self, message):
@@ -710,6 +717,8 @@ class JsonText:
 # What marks a JsonText's place in a frame while it is encoded (see Protocol.encode): random,
 # so that no string a cell makes is taken for one.
 JSON_TEXT_NONCE = os.urandom(8).hex()
+# A marker as json.dumps writes it: the quoted string, its NULs escaped.
+JSON_TEXT_MARKER = re.compile(f'"\\\\u0000{JSON_TEXT_NONCE}:([0-9]+)\\\\u0000"')
 
 
 def table_resource(obj):
@@ -720,19 +729,30 @@ def table_resource(obj):
 
     Beside pandas' `schema` and `data`: `truncated` (rows were cut) and `total_rows`."""
     pandas = sys.modules.get("pandas")
-    if pandas is None or not isinstance(obj, (pandas.DataFrame, pandas.Series)):
+    # The object's real type: `isinstance` believes a `__class__` property (a mock with
+    # spec=DataFrame says it is one), and what such an object returns is not pandas' JSON.
+    if pandas is None or not issubclass(type(obj), (pandas.DataFrame, pandas.Series)):
         return None
     import warnings
 
-    total = len(obj)
-    rows = min(total, RichData.max_rows)
+    # A subclass may override any of this: whatever it raises or returns, the cell's value is
+    # shown as it would be without data, and nothing but pandas-shaped JSON goes into the frame.
     try:
+        total = len(obj)
+        if not isinstance(total, int) or total < 0:
+            return None
+        rows = min(total, RichData.max_rows)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             text, rows = table_json(obj, rows, total)
     except Exception:
         return None
-    if text is None or not text.endswith("}"):
+    if (
+        type(text) is not str
+        or not text.startswith("{")
+        or not text.endswith("}")
+        or not text.isascii()
+    ):
         return None
     # pandas' object, with our two keys after its own (pandas escapes non-ASCII: the text is
     # ASCII, as JsonText wants).
@@ -743,8 +763,14 @@ def table_resource(obj):
 def table_json(obj, rows, total):
     """pandas' table JSON of the first `rows` rows, cut further while over `RichData.max_bytes`;
     with the rows it has."""
+    to_json = sys.modules["pandas"].core.generic.NDFrame.to_json
     while True:
-        text = (obj.head(rows) if rows < total else obj).to_json(orient="table")
+        part = obj.head(rows) if rows < total else obj
+        # Only pandas' own writer makes the JSON a frame can take as it is (a subclass's
+        # override could return anything).
+        if getattr(type(part), "to_json", None) is not to_json:
+            return None, 0
+        text = part.to_json(orient="table")
         if len(text) <= RichData.max_bytes:
             return text, rows
         if rows == 0:
