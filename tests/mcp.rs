@@ -327,3 +327,148 @@ async fn mcp_needs_the_token() {
         "{message}"
     );
 }
+
+/// A client that asks for progress and then reads nothing of its reply must not hold up the
+/// call: the notifications fill the call's response stream (rmcp holds 16, the socket a few
+/// kilobytes, kept small here), yet the one-shot still meets its deadline and is answered,
+/// which the server's metrics (another connection) count. A server of its own, so that no
+/// other test's executions are counted.
+#[tokio::test]
+async fn a_client_that_reads_no_progress_does_not_stall_the_call() {
+    let server = common::Server::start(&format!(
+        "[auth]\ntokens = [\"{TOKEN_A}\"]\n\n[mcp]\nprogress_interval_ms = 1\n"
+    ));
+    let api = Api::with_token(&server.base, TOKEN_A);
+    let response = initialize(&api.http, &server.base).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let mcp_session = mcp_session_id(&response);
+    response.text().await.expect("initialize answered");
+    let response = api
+        .http
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &mcp_session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send()
+        .await
+        .expect("initialized sent");
+    assert_eq!(response.status().as_u16(), 202);
+
+    // Prints 64 KiB chunks as fast as it can, each a progress notification, as is every
+    // millisecond: megabytes of them before the deadline, more than the sockets buffer.
+    let code = "import sys, time\nend = time.monotonic() + 120\nwhile time.monotonic() < end:\n    sys.stdout.write(('x' * 150 + '\\n') * 1000)\n";
+    let call = json!({
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "run_python", "_meta": {"progressToken": "noisy"},
+                   "arguments": {"code": code, "timeout_s": 15}},
+    })
+    .to_string();
+    let addr: std::net::SocketAddr = server
+        .base
+        .trim_start_matches("http://")
+        .parse()
+        .expect("the test server listens on an address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let mut unread = socket.connect(addr).await.expect("connected");
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN_A}\r\n\
+         accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
+         mcp-session-id: {mcp_session}\r\nmcp-protocol-version: 2025-06-18\r\n\
+         content-length: {}\r\n\r\n{call}",
+        call.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut unread, request.as_bytes())
+        .await
+        .expect("tools/call sent");
+
+    let api = &api;
+    let answered = common::eventually_some(Duration::from_secs(45), || async move {
+        let response = api
+            .http
+            .get(api.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape sent");
+        assert_eq!(response.status().as_u16(), 200);
+        let body = response.text().await.expect("the scrape");
+        body.lines()
+            .find(|line| {
+                line.starts_with("replpool_executions_total{")
+                    && line.contains("mode=\"one_shot\"")
+                    && line.contains("outcome=\"timeout\"")
+            })
+            // The series is there from the start, at 0.
+            .filter(|line| !line.ends_with(" 0"))
+            .map(str::to_owned)
+    })
+    .await
+    .expect("the one-shot ended at its deadline and was answered, within a margin");
+    assert!(answered.ends_with(" 1"), "{answered}");
+    drop(unread);
+}
+
+/// A bare `initialize` (what opens an MCP session) to the server at `base`.
+async fn initialize(http: &reqwest::Client, base: &str) -> reqwest::Response {
+    let initialize = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "test", "version": "0"}},
+    });
+    http.post(format!("{base}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .expect("initialize sent")
+}
+
+fn mcp_session_id(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("an MCP session id")
+        .to_owned()
+}
+
+/// Past `mcp.max_sessions` open MCP sessions, `initialize` is refused in our error shape; a
+/// closed one makes room again.
+#[tokio::test]
+async fn an_initialize_over_mcp_max_sessions_is_refused() {
+    let server = common::Server::start(&format!(
+        "[auth]\ntokens = [\"{TOKEN_A}\"]\n\n[mcp]\nmax_sessions = 1\n"
+    ));
+    let api = Api::with_token(&server.base, TOKEN_A);
+    let first = initialize(&api.http, &server.base).await;
+    assert_eq!(first.status().as_u16(), 200);
+    let first_id = mcp_session_id(&first);
+    first.text().await.expect("initialize answered");
+
+    let refused = initialize(&api.http, &server.base).await;
+    assert_eq!(refused.status().as_u16(), 503);
+    let body: Value = refused.json().await.expect("JSON body");
+    assert_eq!(
+        body,
+        json!({"error": {
+            "code": "too_many_sessions",
+            "category": "unavailable",
+            "message": "the MCP session limit (1, mcp.max_sessions) is reached: close one (DELETE /mcp) or wait for an idle one to expire",
+        }}),
+    );
+
+    let closed = api
+        .http
+        .delete(server.url("/mcp"))
+        .header("mcp-session-id", &first_id)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .expect("DELETE sent");
+    assert!(closed.status().is_success(), "{}", closed.status());
+    let again = initialize(&api.http, &server.base).await;
+    assert_eq!(again.status().as_u16(), 200);
+}

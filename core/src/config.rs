@@ -98,6 +98,10 @@ pub struct McpConfig {
     /// `Host` headers `/mcp` accepts (names or `name:port`), against DNS rebinding of a
     /// server on a developer's machine. Empty: any host (the bearer tokens guard the server).
     pub allowed_hosts: Vec<String>,
+    /// MCP sessions (`initialize` handshakes over HTTP) open at once on this node; over it a
+    /// new `initialize` is refused (503 `too_many_sessions`). Each holds a task and buffers
+    /// until closed (DELETE) or idle for rmcp's keep-alive (5 minutes).
+    pub max_sessions: usize,
 }
 
 impl Default for McpConfig {
@@ -106,6 +110,7 @@ impl Default for McpConfig {
             max_inline_image_bytes: 512 * 1024,
             progress_interval_ms: 5_000,
             allowed_hosts: Vec::new(),
+            max_sessions: 256,
         }
     }
 }

@@ -20,12 +20,13 @@ use rmcp::model::{
     ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ResourceContents,
     ServerCapabilities, ServerConfig,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{Peer, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::api::{ApiError, Caller};
 use crate::execution::{Category, ExecRequest, Execution};
@@ -408,6 +409,24 @@ impl McpServer {
         };
         tokio::pin!(run);
         let started = Instant::now();
+        // Notifications go out from their own task, fed the latest message only: sending one
+        // waits for room in the client's response stream (rmcp's per-request channel holds
+        // 16), and a client that does not read must not stall the loop below, which drives
+        // the cell (its output, its deadline) and watches for cancellation. Nothing queues:
+        // while a notification waits, newer messages replace each other.
+        let (progress, _progress_task) = match &progress_token {
+            Some(token) => {
+                let (latest, receiver) = watch::channel(String::new());
+                let task = tokio::spawn(send_progress(
+                    context.peer.clone(),
+                    token.clone(),
+                    started,
+                    receiver,
+                ));
+                (Some(latest), Some(AbortOnDropHandle::new(task)))
+            }
+            None => (None, None),
+        };
         let interval = self.settings.progress_interval;
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         let mut interrupted = false;
@@ -428,23 +447,36 @@ impl McpServer {
                         }
                     }
                 }
-                Some(event) = events.recv(), if progress_token.is_some() => {
-                    if let Some(token) = &progress_token {
-                        let message = match event {
+                Some(event) = events.recv(), if progress.is_some() => {
+                    if let Some(latest) = &progress {
+                        latest.send_replace(match event {
                             Event::Stream { text, .. } => last_line(&text),
                             Event::Display(_) => "displayed an output".to_owned(),
-                        };
-                        notify(context, token, started, message).await;
+                        });
                     }
                 }
-                _ = ticks.tick(), if progress_token.is_some() => {
-                    if let Some(token) = &progress_token {
+                _ = ticks.tick(), if progress.is_some() => {
+                    if let Some(latest) = &progress {
                         let secs = started.elapsed().as_secs();
-                        notify(context, token, started, format!("running for {secs} s")).await;
+                        latest.send_replace(format!("running for {secs} s"));
                     }
                 }
             }
         }
+    }
+}
+
+/// Sends each message `latest` is given, one at a time; ends when the call does (its sender
+/// is dropped, or the task aborted while a notification waits).
+async fn send_progress(
+    peer: Peer<RoleServer>,
+    token: rmcp::model::ProgressToken,
+    started: Instant,
+    mut latest: watch::Receiver<String>,
+) {
+    while latest.changed().await.is_ok() {
+        let message = latest.borrow_and_update().clone();
+        notify(&peer, &token, started, message).await;
     }
 }
 
@@ -466,14 +498,14 @@ fn cancelled_one_shot(elapsed: Duration) -> Execution {
 /// Progress is the seconds elapsed: it only grows, as the protocol wants, and there is no
 /// total to give.
 async fn notify(
-    context: &RequestContext<RoleServer>,
+    peer: &Peer<RoleServer>,
     token: &rmcp::model::ProgressToken,
     started: Instant,
     message: String,
 ) {
     let param = ProgressNotificationParam::new(token.clone(), started.elapsed().as_secs_f64())
         .with_message(message);
-    if let Err(e) = context.peer.notify_progress(param).await {
+    if let Err(e) = peer.notify_progress(param).await {
         tracing::debug!("cannot send a progress notification: {e}");
     }
 }
