@@ -727,3 +727,40 @@ async fn a_client_that_leaves_interrupts_its_cell_and_drops_its_queue() {
         .await;
     assert_eq!(exists["result"]["text/plain"], "False", "{exists}");
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected() {
+    let base = shared().to_owned();
+    let api = Api::new(&base);
+    let (kernel, url) = start_kernel(&api, &base).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("the channels connect");
+    // Far more replies than the socket's buffers hold, and none of them read.
+    for _ in 0..10_000 {
+        let (_, frame) = request("shell", "kernel_info_request", json!({}));
+        if ws.send(frame).await.is_err() {
+            break; // the server ended the connection
+        }
+    }
+    // Without a bound the server queues every reply and keeps the connection for ever.
+    let path = format!("/api/kernels/{kernel}");
+    let closed = common::eventually_some(Duration::from_secs(60), || {
+        let (api, path) = (&api, &path);
+        async move {
+            let (status, model) = api.get(path).await;
+            assert_eq!(status, 200, "another client is answered: {model}");
+            (model["connections"] == 0).then_some(())
+        }
+    })
+    .await;
+    assert!(closed.is_some(), "the non-reading connection is still open");
+    drop(ws);
+    let response = api
+        .http
+        .delete(api.url(&path))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status().as_u16(), 204);
+}
