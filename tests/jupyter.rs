@@ -638,3 +638,129 @@ async fn each_channel_message_is_answered_as_a_kernel_would() {
     let (status, body) = api.get(&format!("/api/kernels/{kernel}")).await;
     assert_jupyter_error(status, &body, 404, "kernel_not_found", "Not Found");
 }
+
+/// A started kernel's id and its websocket URL on `base`.
+async fn start_kernel(api: &Api, base: &str) -> (String, String) {
+    let (status, kernel) = api.post("/api/kernels", json!({"name": "python3"})).await;
+    assert_eq!(status, 201, "{kernel}");
+    let id = kernel["id"].as_str().expect("id").to_owned();
+    let url = format!(
+        "{}/api/kernels/{id}/channels",
+        base.replacen("http://", "ws://", 1)
+    );
+    (id, url)
+}
+
+/// A Jupyter request on `channel` as one text frame; its msg_id.
+fn request(channel: &str, msg_type: &str, content: Value) -> (String, WsMessage) {
+    let msg_id = format!("{msg_type}-{}", rand_suffix());
+    let header = json!({"msg_id": msg_id, "msg_type": msg_type, "session": "test",
+                        "username": "test", "date": "", "version": "5.3"});
+    let frame = json!({"header": header, "parent_header": {}, "metadata": {},
+                       "content": content, "channel": channel, "buffers": []});
+    (msg_id, WsMessage::Text(frame.to_string().into()))
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn a_client_that_leaves_interrupts_its_cell_and_drops_its_queue() {
+    let base = shared().to_owned();
+    let api = Api::new(&base);
+    let (kernel, url) = start_kernel(&api, &base).await;
+    let session = session_of(&kernel);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("the channels connect");
+    let (running, frame) = request(
+        "shell",
+        "execute_request",
+        json!({"code": "import time\nprint('started', flush=True)\ntime.sleep(120)"}),
+    );
+    ws.send(frame).await.expect("send");
+    // The cell runs once its output comes back.
+    while let Some(Ok(message)) = ws.next().await {
+        let WsMessage::Text(text) = message else {
+            continue;
+        };
+        let msg: Value = serde_json::from_str(&text).expect("a message");
+        if msg["parent_header"]["msg_id"] == running.as_str() && msg["msg_type"] == "stream" {
+            break;
+        }
+    }
+    let (_, frame) = request(
+        "shell",
+        "execute_request",
+        json!({"code": "open('queued-ran', 'w').write('x')"}),
+    );
+    ws.send(frame).await.expect("send");
+    drop(ws);
+
+    let state = common::eventually_some(Duration::from_secs(30), || {
+        let api = &api;
+        let path = format!("/api/kernels/{kernel}");
+        async move {
+            let (status, model) = api.get(&path).await;
+            (status == 200 && model["execution_state"] == "idle" && model["connections"] == 0)
+                .then_some(model)
+        }
+    })
+    .await;
+    assert!(
+        state.is_some(),
+        "the kernel is still busy (or connected) after its client left"
+    );
+    let (status, history) = api.get(&format!("/v1/sessions/{session}/history")).await;
+    assert_eq!(status, 200, "{history}");
+    let entries = history["history"].as_array().expect("history");
+    assert_eq!(entries.len(), 1, "the queued cell ran: {history}");
+    assert_eq!(entries[0]["category"], "interrupted", "{history}");
+    let exists = api
+        .run(&session, "import os\nos.path.exists('queued-ran')")
+        .await;
+    assert_eq!(exists["result"]["text/plain"], "False", "{exists}");
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected() {
+    let base = shared().to_owned();
+    let api = Api::new(&base);
+    let (kernel, url) = start_kernel(&api, &base).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("the channels connect");
+    // Far more replies than the socket's buffers hold, and none of them read.
+    for _ in 0..10_000 {
+        let (_, frame) = request("shell", "kernel_info_request", json!({}));
+        if ws.send(frame).await.is_err() {
+            break; // the server ended the connection
+        }
+    }
+    // Without a bound the server queues every reply and keeps the connection for ever.
+    let path = format!("/api/kernels/{kernel}");
+    let closed = common::eventually_some(Duration::from_secs(60), || {
+        let (api, path) = (&api, &path);
+        async move {
+            let (status, model) = api.get(path).await;
+            assert_eq!(status, 200, "another client is answered: {model}");
+            (model["connections"] == 0).then_some(())
+        }
+    })
+    .await;
+    assert!(closed.is_some(), "the non-reading connection is still open");
+    drop(ws);
+    let response = api
+        .http
+        .delete(api.url(&path))
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(response.status().as_u16(), 204);
+}

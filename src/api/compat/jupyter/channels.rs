@@ -2,13 +2,19 @@
 //! websocket, in the default JSON framing, translated onto the session.
 //!
 //! Shell requests are handled one at a time, in order, by a task of the connection's (as a
-//! kernel's shell is); control requests (interrupt, shutdown, restart) are handled at once,
-//! beside them. An execution runs in a task of its own and streams its output
-//! (`SessionManager::execute` with an event channel), so iopub messages go out as the code
-//! makes them, and a client that goes away does not stop a cell half-way. What a request
-//! causes on iopub goes to the connection that sent it.
+//! kernel's shell is); control requests (interrupt, shutdown, restart) by another, beside
+//! them. An execution streams its output (`SessionManager::execute` with an event channel),
+//! so iopub messages go out as the code makes them. What a request causes on iopub goes to
+//! the connection that sent it.
+//!
+//! Every queue is bounded, so a client cannot grow the server's memory: a full shell or
+//! control queue stops the reading of the socket (backpressure), a full reply queue makes its
+//! producers wait, and a writer that cannot hand the client a message for `WRITE_STALL` (a
+//! client that does not read) ends the connection. When the connection ends, the client is
+//! gone: queued requests are dropped and the running cell is interrupted.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures::{SinkExt, StreamExt};
@@ -30,17 +36,33 @@ struct Kernel {
     session: String,
     /// The `session` of the kernel's message headers (one per connection).
     header_session: String,
-    out: mpsc::UnboundedSender<String>,
+    out: mpsc::Sender<String>,
     /// Cancelled when the connection is to close: the kernel was shut down or is gone.
     closing: CancellationToken,
+    /// Cancelled when the connection is over (the client left, or stopped reading): nothing
+    /// more is sent, queued requests are dropped and the running cell is interrupted.
+    gone: CancellationToken,
 }
+
+/// Shell requests queued behind the running one before the socket is no longer read.
+const SHELL_QUEUE: usize = 64;
+/// Control requests queued before the socket is no longer read.
+const CONTROL_QUEUE: usize = 16;
+/// Messages queued for the writer before their producers wait.
+const OUT_QUEUE: usize = 256;
+/// How long a message may wait for the client to take it before the connection is ended as
+/// not reading.
+const WRITE_STALL: Duration = Duration::from_secs(10);
+/// How often an idle connection looks whether its session still exists.
+const SESSION_CHECK: Duration = Duration::from_secs(5);
 
 pub async fn serve(socket: WebSocket, state: AppState, session: String) {
     let _connection = state.jupyter.connect(&session);
     let (sink, mut incoming) = socket.split();
-    let (out, out_rx) = mpsc::unbounded_channel();
+    let (out, out_rx) = mpsc::channel(OUT_QUEUE);
     let closing = CancellationToken::new();
-    let writer = tokio::spawn(write(sink, out_rx, closing.clone()));
+    let gone = CancellationToken::new();
+    let writer = tokio::spawn(write(sink, out_rx, closing.clone(), gone.clone()));
     let kernel = Arc::new(Kernel {
         manager: state.manager,
         kernels: state.jupyter,
@@ -48,14 +70,29 @@ pub async fn serve(socket: WebSocket, state: AppState, session: String) {
         header_session: message::new_id(),
         out,
         closing: closing.clone(),
+        gone: gone.clone(),
     });
     tracing::debug!(session = %kernel.session, "jupyter channels opened");
-    let (shell, shell_rx) = mpsc::unbounded_channel();
-    tokio::spawn(Arc::clone(&kernel).run_shell(shell_rx));
+    let (shell, shell_rx) = mpsc::channel(SHELL_QUEUE);
+    let shell_task = tokio::spawn(Arc::clone(&kernel).run_shell(shell_rx));
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let control_task = tokio::spawn(Arc::clone(&kernel).run_control(control_rx));
+    let mut check = tokio::time::interval(SESSION_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let frame = tokio::select! {
             frame = incoming.next() => frame,
             () = closing.cancelled() => break,
+            () = gone.cancelled() => break,
+            _ = check.tick() => {
+                // A kernel shut down elsewhere (REST, /v1, eviction) ends its connections as
+                // a dead kernel's would, without waiting for the next execution to find out.
+                if matches!(kernel.manager.info(&kernel.session), Err(Error::SessionNotFound(_) | Error::SessionClosed)) {
+                    tracing::debug!(session = %kernel.session, "session gone: channels closing");
+                    kernel.closing.cancel();
+                }
+                continue;
+            }
         };
         let text = match frame {
             Some(Ok(Message::Text(text))) => text,
@@ -71,10 +108,9 @@ pub async fn serve(socket: WebSocket, state: AppState, session: String) {
             tracing::warn!(session = %kernel.session, "not a Jupyter message: dropped");
             continue;
         };
-        match request.channel.as_str() {
-            "control" => {
-                tokio::spawn(Arc::clone(&kernel).control(request));
-            }
+        // A full queue stops the reading here until there is room (or the connection ends).
+        let queued = match request.channel.as_str() {
+            "control" => Some(control.send(request)),
             "shell" => {
                 // A kernel's shutdown and interrupt requests are control messages, but older
                 // clients send them on shell: they must not wait behind a running cell.
@@ -82,71 +118,144 @@ pub async fn serve(socket: WebSocket, state: AppState, session: String) {
                     request.msg_type.as_str(),
                     "shutdown_request" | "interrupt_request"
                 ) {
-                    tokio::spawn(Arc::clone(&kernel).control(request));
+                    Some(control.send(request))
                 } else {
-                    let _ = shell.send(request);
+                    Some(shell.send(request))
                 }
             }
             // stdin: `input_reply`s to requests this kernel never makes.
             other => {
                 tracing::debug!(session = %kernel.session, channel = other, msg_type = %request.msg_type, "dropped");
+                None
+            }
+        };
+        if let Some(queued) = queued {
+            tokio::select! {
+                _ = queued => {}
+                () = closing.cancelled() => break,
+                () = gone.cancelled() => break,
             }
         }
     }
     tracing::debug!(session = %kernel.session, "jupyter channels closed");
-    // The shell task ends after what was queued (as a kernel would run it); the writer once
-    // every sender is gone, or at once when the kernel is closing.
+    let mut writer = Some(writer);
+    if closing.is_cancelled()
+        && let Some(writer) = writer.take()
+    {
+        // The kernel ended: the writer sends what is queued (the shutdown reply, `dead`) and
+        // the close frame, each bounded by `WRITE_STALL`.
+        let _ = writer.await;
+    }
+    // The client is gone: what it queued is not run, its running cell is interrupted.
+    gone.cancel();
     drop(shell);
+    drop(control);
     drop(kernel);
-    let _ = writer.await;
+    let _ = shell_task.await;
+    let _ = control_task.await;
+    if let Some(writer) = writer {
+        let _ = writer.await;
+    }
 }
 
 /// Sends what the kernel says, in order; after `closing`, what is already queued, then the
-/// close frame.
+/// close frame. Ends the connection (`gone`) when the client takes nothing for `WRITE_STALL`.
 async fn write(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
-    mut out: mpsc::UnboundedReceiver<String>,
+    mut out: mpsc::Receiver<String>,
     closing: CancellationToken,
+    gone: CancellationToken,
 ) {
     loop {
         let text = tokio::select! {
             biased;
+            () = gone.cancelled() => return,
             text = out.recv() => text,
             () = closing.cancelled() => None,
         };
         let Some(text) = text else { break };
-        if sink.send(Message::Text(text.into())).await.is_err() {
+        if !deliver(&mut sink, text, &gone).await {
             return;
         }
     }
     while let Ok(text) = out.try_recv() {
-        if sink.send(Message::Text(text.into())).await.is_err() {
+        if !deliver(&mut sink, text, &gone).await {
             return;
         }
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(WRITE_STALL, sink.close()).await;
+}
+
+/// One message to the client; false (and the connection over) when it cannot be sent.
+async fn deliver(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    text: String,
+    gone: &CancellationToken,
+) -> bool {
+    let sent = tokio::select! {
+        sent = tokio::time::timeout(WRITE_STALL, sink.send(Message::Text(text.into()))) => sent,
+        () = gone.cancelled() => return false,
+    };
+    match sent {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => {
+            gone.cancel();
+            false
+        }
+        Err(_) => {
+            tracing::warn!("jupyter channels: the client takes no messages: connection ended");
+            gone.cancel();
+            false
+        }
+    }
 }
 
 impl Kernel {
-    fn send(&self, text: String) {
-        // The writer is gone only with the connection: nobody is left to tell.
-        let _ = self.out.send(text);
+    /// Queues a message for the client, waiting while the queue is full; dropped once the
+    /// client is gone (nobody is left to tell).
+    async fn send(&self, text: String) {
+        tokio::select! {
+            biased;
+            () = self.gone.cancelled() => {}
+            _ = self.out.send(text) => {}
+        }
     }
 
-    fn reply(&self, request: &Request, content: Value) {
-        self.send(request.reply(&self.header_session, content));
+    async fn reply(&self, request: &Request, content: Value) {
+        self.send(request.reply(&self.header_session, content))
+            .await;
     }
 
-    fn iopub(&self, request: &Request, msg_type: &str, content: Value) {
-        self.send(request.iopub(&self.header_session, msg_type, content));
+    async fn iopub(&self, request: &Request, msg_type: &str, content: Value) {
+        self.send(request.iopub(&self.header_session, msg_type, content))
+            .await;
     }
 
-    fn status(&self, request: &Request, state: &str) {
-        self.iopub(request, "status", json!({"execution_state": state}));
+    async fn status(&self, request: &Request, state: &str) {
+        self.iopub(request, "status", json!({"execution_state": state}))
+            .await;
     }
 
-    async fn run_shell(self: Arc<Self>, mut requests: mpsc::UnboundedReceiver<Request>) {
-        while let Some(request) = requests.recv().await {
+    async fn run_control(self: Arc<Self>, mut requests: mpsc::Receiver<Request>) {
+        loop {
+            let request = tokio::select! {
+                biased;
+                () = self.gone.cancelled() => return,
+                request = requests.recv() => request,
+            };
+            let Some(request) = request else { return };
+            Arc::clone(&self).control(request).await;
+        }
+    }
+
+    async fn run_shell(self: Arc<Self>, mut requests: mpsc::Receiver<Request>) {
+        loop {
+            let request = tokio::select! {
+                biased;
+                () = self.gone.cancelled() => return,
+                request = requests.recv() => request,
+            };
+            let Some(request) = request else { return };
             if self.closing.is_cancelled() {
                 return;
             }
@@ -155,13 +264,17 @@ impl Kernel {
             // kernel aborts its queue.
             if failed {
                 while let Ok(queued) = requests.try_recv() {
+                    if self.gone.is_cancelled() {
+                        return;
+                    }
                     if queued.msg_type == "execute_request" {
-                        self.status(&queued, "busy");
+                        self.status(&queued, "busy").await;
                         self.reply(
                             &queued,
                             json!({"status": "aborted", "execution_count": Value::Null}),
-                        );
-                        self.status(&queued, "idle");
+                        )
+                        .await;
+                        self.status(&queued, "idle").await;
                     } else {
                         self.shell(&queued).await;
                     }
@@ -173,11 +286,11 @@ impl Kernel {
     /// One shell request, between `busy` and `idle`; true when it was an execution that
     /// failed and asked to stop the queue on an error.
     async fn shell(&self, request: &Request) -> bool {
-        self.status(request, "busy");
+        self.status(request, "busy").await;
         let mut failed = false;
         match request.msg_type.as_str() {
             "execute_request" => failed = self.execute(request).await,
-            "kernel_info_request" => self.reply(request, self.kernel_info()),
+            "kernel_info_request" => self.reply(request, self.kernel_info()).await,
             // What replpool has no machinery for is answered empty, so that front ends that
             // ask do not wait for ever.
             "complete_request" => {
@@ -190,15 +303,22 @@ impl Kernel {
                     request,
                     json!({"status": "ok", "matches": [], "cursor_start": cursor,
                            "cursor_end": cursor, "metadata": {}}),
-                );
+                )
+                .await;
             }
-            "inspect_request" => self.reply(
-                request,
-                json!({"status": "ok", "found": false, "data": {}, "metadata": {}}),
-            ),
-            "is_complete_request" => self.reply(request, json!({"status": "unknown"})),
-            "comm_info_request" => self.reply(request, json!({"status": "ok", "comms": {}})),
-            "history_request" => self.reply(request, self.history(request)),
+            "inspect_request" => {
+                self.reply(
+                    request,
+                    json!({"status": "ok", "found": false, "data": {}, "metadata": {}}),
+                )
+                .await
+            }
+            "is_complete_request" => self.reply(request, json!({"status": "unknown"})).await,
+            "comm_info_request" => {
+                self.reply(request, json!({"status": "ok", "comms": {}}))
+                    .await
+            }
+            "history_request" => self.reply(request, self.history(request)).await,
             "comm_open" => {
                 // No comm targets: the front end is told the comm is closed, as ipykernel
                 // does for a target it does not know.
@@ -211,13 +331,14 @@ impl Kernel {
                     request,
                     "comm_close",
                     json!({"comm_id": comm_id, "data": {}}),
-                );
+                )
+                .await;
             }
             other => {
                 tracing::debug!(session = %self.session, msg_type = other, "unhandled shell message")
             }
         }
-        self.status(request, "idle");
+        self.status(request, "idle").await;
         failed
     }
 
@@ -281,7 +402,8 @@ impl Kernel {
                 request,
                 "execute_input",
                 json!({"code": code, "execution_count": next}),
-            );
+            )
+            .await;
         }
         let exec = ExecRequest {
             code,
@@ -297,17 +419,28 @@ impl Kernel {
         let session = self.session.clone();
         let run =
             tokio::spawn(async move { manager.execute(&session, &exec, Some(&events)).await });
-        while let Some(event) = events_rx.recv().await {
+        let mut interrupted = false;
+        loop {
+            let event = tokio::select! {
+                event = events_rx.recv() => event,
+                () = self.gone.cancelled(), if !interrupted => {
+                    // Nobody is left to see the cell: it stops, as the REST interrupt stops it.
+                    interrupted = true;
+                    let _ = self.manager.interrupt(&self.session);
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
             match event {
-                worker::Event::Stream { name, text } => self.stream(request, name, text),
-                worker::Event::Display(bundle) => self.display(request, bundle),
+                worker::Event::Stream { name, text } => self.stream(request, name, text).await,
+                worker::Event::Display(bundle) => self.display(request, bundle).await,
             }
         }
         let result = run
             .await
             .unwrap_or_else(|e| Err(Error::Internal(format!("the execution task failed: {e}"))));
         match result {
-            Ok(execution) => self.finish(request, execution, silent) && stop_on_error,
+            Ok(execution) => self.finish(request, execution, silent).await && stop_on_error,
             Err(e) => {
                 let gone = matches!(e, Error::SessionNotFound(_) | Error::SessionClosed);
                 let error = ApiError::from(e);
@@ -316,15 +449,15 @@ impl Kernel {
                     "evalue": format!("{} ({}): {}", error.code, error.category, error.message),
                     "traceback": [format!("ReplpoolError: {}", error.message)],
                 });
-                self.iopub(request, "error", content.clone());
+                self.iopub(request, "error", content.clone()).await;
                 let mut reply = content;
                 reply["status"] = json!("error");
                 reply["execution_count"] = Value::Null;
-                self.reply(request, reply);
+                self.reply(request, reply).await;
                 if gone {
                     // The kernel was shut down elsewhere (REST, /v1, eviction): as a dead
                     // kernel's would, the connection ends.
-                    self.status(request, "dead");
+                    self.status(request, "dead").await;
                     self.closing.cancel();
                 }
                 stop_on_error
@@ -332,25 +465,27 @@ impl Kernel {
         }
     }
 
-    fn stream(&self, request: &Request, name: StreamName, text: String) {
+    async fn stream(&self, request: &Request, name: StreamName, text: String) {
         let name = match name {
             StreamName::Stdout => "stdout",
             StreamName::Stderr => "stderr",
         };
-        self.iopub(request, "stream", json!({"name": name, "text": text}));
+        self.iopub(request, "stream", json!({"name": name, "text": text}))
+            .await;
     }
 
-    fn display(&self, request: &Request, bundle: MimeBundle) {
+    async fn display(&self, request: &Request, bundle: MimeBundle) {
         self.iopub(
             request,
             "display_data",
             json!({"data": bundle, "metadata": {}, "transient": {}}),
-        );
+        )
+        .await;
     }
 
     /// The end of a cell: its value and its error (its output and displays went out as they
     /// came; the reply repeats them for the history); true when it failed.
-    fn finish(&self, request: &Request, execution: Execution, silent: bool) -> bool {
+    async fn finish(&self, request: &Request, execution: Execution, silent: bool) -> bool {
         let count = execution.execution_count;
         if let Some(result) = execution.result
             && !silent
@@ -359,7 +494,8 @@ impl Kernel {
                 request,
                 "execute_result",
                 json!({"execution_count": count, "data": result, "metadata": {}}),
-            );
+            )
+            .await;
         }
         match execution.error {
             Some(error) => {
@@ -368,7 +504,7 @@ impl Kernel {
                     "evalue": error.evalue,
                     "traceback": error.traceback,
                 });
-                self.iopub(request, "error", content.clone());
+                self.iopub(request, "error", content.clone()).await;
                 let mut reply = content;
                 reply["status"] = json!("error");
                 reply["execution_count"] = json!(count);
@@ -376,7 +512,7 @@ impl Kernel {
                     // replpool's word for the failure, where a reply has room for it.
                     reply["category"] = json!(category);
                 }
-                self.reply(request, reply);
+                self.reply(request, reply).await;
                 true
             }
             None => {
@@ -384,7 +520,8 @@ impl Kernel {
                     request,
                     json!({"status": "ok", "execution_count": count,
                            "user_expressions": {}, "payload": []}),
-                );
+                )
+                .await;
                 false
             }
         }
@@ -392,12 +529,12 @@ impl Kernel {
 
     /// A control request, handled at once (beside a running cell).
     async fn control(self: Arc<Self>, request: Request) {
-        self.status(&request, "busy");
+        self.status(&request, "busy").await;
         match request.msg_type.as_str() {
-            "kernel_info_request" => self.reply(&request, self.kernel_info()),
+            "kernel_info_request" => self.reply(&request, self.kernel_info()).await,
             "interrupt_request" => {
                 let _ = self.manager.interrupt(&self.session);
-                self.reply(&request, json!({"status": "ok"}));
+                self.reply(&request, json!({"status": "ok"})).await;
             }
             "shutdown_request" => {
                 let restart = request.content_bool("restart").unwrap_or(false);
@@ -409,11 +546,13 @@ impl Kernel {
                             "error"
                         }
                     };
-                    self.reply(&request, json!({"status": status, "restart": true}));
+                    self.reply(&request, json!({"status": status, "restart": true}))
+                        .await;
                 } else {
                     let _ = self.manager.delete(&self.session);
-                    self.reply(&request, json!({"status": "ok", "restart": false}));
-                    self.status(&request, "dead");
+                    self.reply(&request, json!({"status": "ok", "restart": false}))
+                        .await;
+                    self.status(&request, "dead").await;
                     self.closing.cancel();
                     return;
                 }
@@ -422,6 +561,6 @@ impl Kernel {
                 tracing::debug!(session = %self.session, msg_type = other, "unhandled control message")
             }
         }
-        self.status(&request, "idle");
+        self.status(&request, "idle").await;
     }
 }
