@@ -236,26 +236,24 @@ impl Kernel {
             .await;
     }
 
+    /// The next queued request; None once the client is gone (what is queued is dropped) or
+    /// the queue closed.
+    async fn next_request(&self, requests: &mut mpsc::Receiver<Request>) -> Option<Request> {
+        tokio::select! {
+            biased;
+            () = self.gone.cancelled() => None,
+            request = requests.recv() => request,
+        }
+    }
+
     async fn run_control(self: Arc<Self>, mut requests: mpsc::Receiver<Request>) {
-        loop {
-            let request = tokio::select! {
-                biased;
-                () = self.gone.cancelled() => return,
-                request = requests.recv() => request,
-            };
-            let Some(request) = request else { return };
+        while let Some(request) = self.next_request(&mut requests).await {
             Arc::clone(&self).control(request).await;
         }
     }
 
     async fn run_shell(self: Arc<Self>, mut requests: mpsc::Receiver<Request>) {
-        loop {
-            let request = tokio::select! {
-                biased;
-                () = self.gone.cancelled() => return,
-                request = requests.recv() => request,
-            };
-            let Some(request) = request else { return };
+        while let Some(request) = self.next_request(&mut requests).await {
             if self.closing.is_cancelled() {
                 return;
             }
