@@ -119,14 +119,18 @@ fn main() -> anyhow::Result<()> {
         Command::Mcp { config, url, token } => {
             // Text on stderr: whoever started us reads stderr as a person would.
             init_logging(LogFormat::Text);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = || {
+                tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()
+            };
             if let Some(url) = url {
                 let token = token.filter(|t| !t.is_empty());
-                return runtime.block_on(mcp_stdio::bridge(&url, token));
+                return runtime()?.block_on(mcp_stdio::bridge(&url, token));
             }
             let config = config.load()?;
+            // Before the runtime's threads exist: a mount namespace is per thread, and one
+            // entered beside running threads leaves them (and the tmpfs they mount) outside.
             if nix::unistd::geteuid().is_root()
                 && let Err(e) = replpool::sandbox::mounts::enter_private_namespace()
             {
@@ -134,7 +138,7 @@ fn main() -> anyhow::Result<()> {
                     "no mount namespace of our own ({e}): session disk quotas are measured, not enforced"
                 );
             }
-            runtime.block_on(serve_mcp(config))
+            runtime()?.block_on(serve_mcp(config))
         }
         Command::Serve {
             config,

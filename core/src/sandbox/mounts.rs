@@ -28,6 +28,14 @@ static PRIVATE: AtomicBool = AtomicBool::new(false);
 /// Moves the calling process (which must have one thread) into a mount namespace of its own.
 /// Needs root (CAP_SYS_ADMIN); where it fails, sessions' quotas are measured, not enforced.
 pub fn enter_private_namespace() -> std::io::Result<()> {
+    // unshare(CLONE_NEWNS) succeeds beside other threads but moves only the caller: the
+    // others would go on mounting (and measuring) in the machine's namespace.
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads > 1 {
+        return Err(std::io::Error::other(format!(
+            "the process has {threads} threads already; a mount namespace is entered before any starts"
+        )));
+    }
     unshare(CloneFlags::CLONE_NEWNS)?;
     make_root_slave()?;
     PRIVATE.store(true, Ordering::Release);
