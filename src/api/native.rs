@@ -109,10 +109,16 @@ impl TryFrom<ExecuteBody> for ExecRequest {
     }
 }
 
-/// Session options; none yet, but a body that is there must be a JSON object we understand.
+/// Session options. A body that is there must be a JSON object we understand.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateSessionBody {}
+struct CreateSessionBody {
+    /// The interpreter: a `[[python.interpreters]]` name, or a version (`3.11` matches the
+    /// first interpreter whose version is 3.11.x). Default: the first interpreter.
+    #[serde(default)]
+    #[schema(examples("3.11"))]
+    python: Option<String>,
+}
 
 /// `GET /readyz`'s reply.
 #[derive(Serialize, ToSchema)]
@@ -183,7 +189,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyReply>) 
     path = "/v1/sessions",
     operation_id = "create_session",
     tag = "sessions",
-    request_body(content = Option<CreateSessionBody>, description = "Empty, or `{}`", content_type = "application/json"),
+    request_body(content = Option<CreateSessionBody>, description = "Empty, `{}`, or `{\"python\": \"3.11\"}`", content_type = "application/json"),
     responses(
         (status = 201, description = "The session", body = SessionInfo,
             links(
@@ -200,9 +206,9 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyReply>) 
                 ("delete_file" = (operation_id = "delete_file", parameters(("id" = "$response.body#/session_id")), description = "Delete a file")),
             ),
         ),
-        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`; `unknown_python`: no interpreter of that name or version (the message lists them)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_request`: not an empty object", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: not an object of the fields above", body = ErrorBody),
         (status = 429, description = "`too_many_sessions`: the token's own limit, every one of its sessions busy", body = ErrorBody),
         (status = 503, description = "`too_many_sessions` (at `sessions.max`), `worker_unavailable`, `sandbox_unavailable`, `shutting_down`, `draining`", body = ErrorBody),
     ),
@@ -213,8 +219,9 @@ async fn create_session(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SessionInfo>), ApiError> {
     let body = body?;
+    let mut options = CreateSessionBody::default();
     if !body.iter().all(u8::is_ascii_whitespace) {
-        serde_json::from_slice::<CreateSessionBody>(&body).map_err(|e| {
+        options = serde_json::from_slice::<CreateSessionBody>(&body).map_err(|e| {
             let code = if e.is_data() {
                 ErrorCode::InvalidRequest
             } else {
@@ -228,7 +235,10 @@ async fn create_session(
             ApiError::new(status, code, e.to_string())
         })?;
     }
-    let info = state.manager.create_for(caller.owner()).await?;
+    let info = state
+        .manager
+        .create_on(caller.owner(), options.python.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
