@@ -86,17 +86,25 @@ pub fn choose<'a>(
     interpreters: &'a [Arc<Interpreter>],
     requested: &str,
 ) -> Option<&'a Arc<Interpreter>> {
+    let pairs: Vec<(&str, &str)> = interpreters
+        .iter()
+        .map(|i| (i.name.as_str(), i.version.as_str()))
+        .collect();
+    chosen(&pairs, requested).and_then(|i| interpreters.get(i))
+}
+
+/// [`choose`]'s rule over `(name, version)` pairs: the index of the one `requested` names.
+fn chosen(interpreters: &[(&str, &str)], requested: &str) -> Option<usize> {
+    let of_version = |version: &str| {
+        version == requested
+            || version
+                .strip_prefix(requested)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
     interpreters
         .iter()
-        .find(|i| i.name == requested)
-        .or_else(|| {
-            interpreters.iter().find(|i| {
-                i.version == requested
-                    || i.version
-                        .strip_prefix(requested)
-                        .is_some_and(|rest| rest.starts_with('.'))
-            })
-        })
+        .position(|(name, _)| *name == requested)
+        .or_else(|| interpreters.iter().position(|(_, v)| of_version(v)))
 }
 
 /// What the refusal of an unknown interpreter lists: `name (version)`, comma-separated.
@@ -136,6 +144,29 @@ pub fn read_version(python: &Path) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_first_then_the_first_of_a_version() {
+        let all = [
+            ("venv", "3.11.7"),
+            ("debian", "3.11.2"),
+            ("3.11.2", "3.12.1"),
+        ];
+        assert_eq!(chosen(&all, "venv"), Some(0));
+        assert_eq!(chosen(&all, "debian"), Some(1));
+        // A version: the first interpreter that has it.
+        assert_eq!(chosen(&all, "3.11"), Some(0));
+        assert_eq!(chosen(&all, "3.12"), Some(2));
+        assert_eq!(chosen(&all, "3"), Some(0));
+        // A name wins over a version it spells.
+        assert_eq!(chosen(&all, "3.11.2"), Some(2));
+        assert_eq!(chosen(&all[..2], "3.11.2"), Some(1));
+        // Whole parts only: 3.1 is not 3.11, nor is 3.11.7 3.11.70.
+        assert_eq!(chosen(&all, "3.1"), None);
+        assert_eq!(chosen(&[("a", "3.11.70")], "3.11.7"), None);
+        assert_eq!(chosen(&all, ""), None);
+        assert_eq!(chosen(&all, "3.13"), None);
+    }
 
     #[test]
     fn minor_of_a_version() {
