@@ -321,3 +321,63 @@ async fn python_executor_images_and_versions_map_to_interpreters() {
         assert!(message.contains(field), "{metadata}: {body}");
     }
 }
+
+/// `replpool <args> --config <config_extra's file>`: its exit code, stdout and stderr.
+fn replpool_with(args: &[&str], config_extra: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = common::write_config(dir.path(), config_extra);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_replpool"))
+        .args(args)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("run replpool");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_interpreter_that_does_not_exist_stops_the_start_naming_its_entry() {
+    let venv = common::python().display().to_string();
+    let config = format!(
+        "[[python.interpreters]]\nname = \"venv\"\nexecutable = {venv:?}\n\n\
+         [[python.interpreters]]\nname = \"gone\"\nexecutable = \"/nonexistent/bin/python3.99\"\n"
+    );
+    let (code, _, stderr) = replpool_with(&["serve", "--bind", "127.0.0.1:0"], &config);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("python.interpreters[1].executable")
+            && stderr.contains("/nonexistent/bin/python3.99"),
+        "{stderr}"
+    );
+    let twice = format!(
+        "[[python.interpreters]]\nname = \"venv\"\nexecutable = {venv:?}\n\n\
+         [[python.interpreters]]\nname = \"venv\"\nexecutable = {venv:?}\n"
+    );
+    let (code, _, stderr) = replpool_with(&["serve", "--bind", "127.0.0.1:0"], &twice);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("python.interpreters[1].name"), "{stderr}");
+}
+
+#[test]
+fn without_entries_the_effective_config_shows_the_one_interpreter() {
+    let (code, stdout, stderr) = replpool_with(&["config"], "[python]\npreload = []\n");
+    assert_eq!(code, 0, "{stderr}");
+    let printed: toml::Table = stdout.parse().expect("TOML");
+    let interpreters = printed["python"]["interpreters"]
+        .as_array()
+        .expect("interpreters");
+    assert_eq!(interpreters.len(), 1, "{stdout}");
+    let default = &interpreters[0];
+    assert_eq!(default["name"].as_str(), Some("default"), "{stdout}");
+    assert_eq!(
+        default["executable"].as_str(),
+        Some(common::python().display().to_string().as_str()),
+        "{stdout}"
+    );
+    assert_eq!(default["preload"].as_array().map(Vec::len), Some(0));
+    assert_eq!(default["warm_workers"].as_integer(), Some(2));
+}
