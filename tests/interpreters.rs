@@ -148,6 +148,35 @@ async fn a_version_chooses_the_first_interpreter_that_has_it() {
 }
 
 #[tokio::test]
+async fn one_shots_run_on_the_interpreter_asked_for() {
+    let Some(api) = api() else { return };
+    let venv = common::python();
+    for (asked, executable) in [
+        (None, venv.as_path()),
+        (Some("debian"), Path::new(DEBIAN)),
+        (Some("venv"), venv.as_path()),
+    ] {
+        let mut body = json!({ "code": WHICH_PYTHON });
+        if let Some(asked) = asked {
+            body["python"] = json!(asked);
+        }
+        let (status, reply) = api.post("/v1/execute", body).await;
+        assert_eq!(status, 200, "{reply}");
+        assert_eq!(reply["status"], "ok", "{reply}");
+        assert_eq!(
+            reply["stdout"],
+            format!("{} {}\n", version_of(executable), executable.display()),
+            "{asked:?}"
+        );
+    }
+    let (status, body) = api
+        .post("/v1/execute", json!({"code": "1", "python": "2.7"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_python", "{body}");
+}
+
+#[tokio::test]
 async fn an_unknown_python_is_refused_naming_what_there_is() {
     let Some(api) = api() else { return };
     // `3.1` is no prefix of 3.11.x: versions match whole parts only.

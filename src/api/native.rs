@@ -109,6 +109,44 @@ impl TryFrom<ExecuteBody> for ExecRequest {
     }
 }
 
+/// What to run once: an execution's body, and the interpreter to run it on. (Its own type,
+/// not `ExecuteBody` flattened: serde's `flatten` would let unknown fields through.)
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(json!({"code": "print(1)"}), json!({"code": "import sys; print(sys.version)", "python": "3.12"})))]
+struct ExecuteOnceBody {
+    /// Python source: one cell. The value of its last expression is the reply's `result`.
+    code: String,
+    /// What `input()` and `sys.stdin` read.
+    #[serde(default)]
+    stdin: Option<String>,
+    /// The deadline, milliseconds (default `execution.default_timeout_ms`, at most
+    /// `execution.max_timeout_ms`).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    timeout_ms: Option<u64>,
+    /// Add data beside pictures (default true); see the session's execute.
+    #[serde(default)]
+    data: Option<bool>,
+    /// The interpreter, as at session creation (a name, or a version such as `3.11`).
+    /// Default: the first interpreter.
+    #[serde(default)]
+    python: Option<String>,
+}
+
+impl ExecuteOnceBody {
+    /// The execution, and the interpreter asked for.
+    fn split(self) -> (ExecuteBody, Option<String>) {
+        let body = ExecuteBody {
+            code: self.code,
+            stdin: self.stdin,
+            timeout_ms: self.timeout_ms,
+            data: self.data,
+        };
+        (body, self.python)
+    }
+}
+
 /// Session options. A body that is there must be a JSON object we understand.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -554,10 +592,10 @@ async fn interrupt(
     path = "/v1/execute",
     operation_id = "execute_once",
     tag = "execution",
-    request_body = ExecuteBody,
+    request_body = ExecuteOnceBody,
     responses(
         (status = 200, description = "The reply", body = Execution),
-        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`; `unknown_python`: no interpreter of that name or version", body = ErrorBody),
         (status = 413, description = "`code_too_large`, `stdin_too_large`, `payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_request`", body = ErrorBody),
@@ -566,11 +604,15 @@ async fn interrupt(
 )]
 async fn execute_once(
     State(state): State<AppState>,
-    Json(body): Json<ExecuteBody>,
+    Json(body): Json<ExecuteOnceBody>,
 ) -> Result<Json<Execution>, ApiError> {
+    let (body, python) = body.split();
     let request = ExecRequest::try_from(body)?;
     Ok(Json(
-        state.manager.execute_once(&request, None, None).await?,
+        state
+            .manager
+            .execute_once_on(&request, None, None, python.as_deref())
+            .await?,
     ))
 }
 
