@@ -92,6 +92,10 @@ const STEPS: &[(&str, &str)] = &[
         "jupyter_api",
         "kernel start + first cell through the Jupyter API (REST + websocket)",
     ),
+    (
+        "interpreters",
+        "session ready per interpreter (a server with the venv's Python and /usr/bin/python3)",
+    ),
 ];
 
 struct Counts {
@@ -367,6 +371,7 @@ impl Bench {
                 "pool" => self.step_pool(n)?,
                 "mcp" => self.step_mcp(n).await?,
                 "jupyter_api" => self.step_jupyter_api(n).await?,
+                "interpreters" => self.step_interpreters(n).await?,
                 other => anyhow::bail!("no step {other}"),
             }
             // What keeps `--quick` (run by `make test`) short is seen step by step.
@@ -443,6 +448,122 @@ impl Bench {
         ])?;
         self.push(Figure::latency("session ready", "jupyter", &samples));
         Ok(())
+    }
+
+    /// Session ready (create on the interpreter + first `1+1`) on a second server of two
+    /// interpreters: the configured one (the repository's config, with its preload) and
+    /// Debian's `/usr/bin/python3` (no preload), each sample starting with that interpreter's
+    /// pool full. Skipped, saying so, where Debian's interpreter is missing.
+    async fn step_interpreters(&mut self, n: &Counts) -> anyhow::Result<()> {
+        const DEBIAN: &str = "/usr/bin/python3";
+        if !Path::new(DEBIAN).exists() {
+            eprintln!("    skipped: {DEBIAN} is not installed");
+            return Ok(());
+        }
+        let mut config =
+            replpool::Config::load(Some(&self.root.join("config.toml")), std::iter::empty())?;
+        // Paths are absolute once loaded: the written copy works from any directory.
+        config.python.interpreters = vec![
+            replpool::config::InterpreterConfig {
+                name: "venv".to_owned(),
+                executable: config.python.executable.clone(),
+                preload: None,
+                warm_workers: None,
+            },
+            replpool::config::InterpreterConfig {
+                name: "debian".to_owned(),
+                executable: PathBuf::from(DEBIAN),
+                preload: Some(Vec::new()),
+                warm_workers: None,
+            },
+        ];
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, toml::to_string(&config)?)?;
+        let server = Server(launcher::launch(
+            &self.root.join("target/release/replpool"),
+            &path,
+            &[],
+        )?);
+        let main_base = std::mem::replace(&mut self.base, server.0.base.clone());
+        let measured = self.interpreters_ready(n.ready).await;
+        self.base = main_base;
+        drop(server);
+        for (name, version, samples) in measured? {
+            self.push(Figure::latency(
+                // Not `session ready…`: that row's target and description are the default's.
+                &format!("interpreter {name} ({version}): session ready"),
+                "replpool",
+                &samples,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Per interpreter the server lists: its name, version and `n` session-ready samples.
+    async fn interpreters_ready(
+        &self,
+        n: usize,
+    ) -> anyhow::Result<Vec<(String, String, Vec<Duration>)>> {
+        let health: Value = self
+            .http
+            .get(self.url("/healthz"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let interpreters: Vec<(String, String)> = health["interpreters"]
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("no interpreters in {health}"))?
+            .iter()
+            .map(|i| {
+                (
+                    i["name"].as_str().unwrap_or_default().to_owned(),
+                    i["version"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let mut measured = Vec::new();
+        for (name, version) in interpreters {
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                self.wait_for_interpreter_pool(&name).await?;
+                let started = Instant::now();
+                let created = self.post("/v1/sessions", json!({"python": name})).await?;
+                let id = created["session_id"].as_str().unwrap_or_default();
+                self.exec(id, "1+1").await?;
+                samples.push(started.elapsed());
+                self.delete_session(id).await?;
+            }
+            measured.push((name, version, samples));
+        }
+        Ok(measured)
+    }
+
+    /// Waits until `/healthz` shows the pool of interpreter `name` full.
+    async fn wait_for_interpreter_pool(&self, name: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let health: Value = self
+                .http
+                .get(self.url("/healthz"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let pool = health["interpreters"]
+                .as_array()
+                .and_then(|all| all.iter().find(|i| i["name"] == name))
+                .map(|i| i["pool"].clone());
+            if pool.as_ref().is_some_and(pool_full) {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the pool of {name} never filled: {health}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Both sides through the same Python client (benches/peers/jupyter_api_peer.py): replpool's
@@ -1563,7 +1684,7 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     let pool = format!(
         "- **replpool.Pool session ready**: the `replpool` package's `Pool(warm_workers={POOL_WARM_WORKERS})` inside a Python process (benches/peers/pool_peer.py; no server): `pool.session()` + first `1+1`, timed by the caller. In rounds of warm_workers + 1 sessions made one after the other and kept open, each round starting with the pool full (its processes all started and idle, read from `/proc`; untimed): the first warm_workers of a round take a ready worker (**within**), the last finds none and waits for a worker started for it (**beyond**; one per round, as a second would often get one the pool's refill finished meanwhile). Compared with *session ready*'s peers."
     );
-    let descriptions: [(&str, &str); 17] = [
+    let descriptions: [(&str, &str); 18] = [
         (
             "session ready",
             "- **session ready**: replpool `POST /v1/sessions` + first `1+1`, each sample starting with the warm pool full (the server refills it between samples, untimed); cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.",
@@ -1621,6 +1742,10 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
         (
             "run_python",
             "- **run_python over MCP**: the MCP tool `run_python` with `1+1`, and with `print('hello')`, in a session made by `create_session`, over `/mcp` (streamable HTTP: a POST per call, answered as JSON or one SSE event) with rmcp's own client (the Rust SDK the server uses; no Python SDK's time in the figure), one call at a time after an untimed tenth; **native warm exec 1+1 beside MCP** is `POST /v1/sessions/{id}/execute` with `1+1` in the same run, for the cost of the protocol. Compared with *warm exec 1+1*'s peers.",
+        ),
+        (
+            "interpreter ",
+            "- **interpreter NAME (VERSION): session ready**: *session ready* (`POST /v1/sessions {\"python\": NAME}` + first `1+1`, each sample starting with that interpreter's pool full) on a second server of two `[[python.interpreters]]`: the configured Python with its preload (`venv`), and Debian's `/usr/bin/python3` without one (`debian`). No peer.",
         ),
         (
             JUPYTER_API_ROW,

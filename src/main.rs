@@ -112,7 +112,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config { config } => {
-            let config = config.load()?;
+            let mut config = config.load()?;
+            // The interpreters as the server will run them, every default filled in.
+            config.python.interpreters = config.interpreters();
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }

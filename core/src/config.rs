@@ -380,6 +380,33 @@ pub struct PythonConfig {
     /// Run one-shot executions whose code cannot need the preload (see `preload_use.rs`) on
     /// workers without it, from a second, lean template and pool.
     pub lean_oneshots: bool,
+    /// Several Pythons side by side, each with its own template and warm pool; the first is
+    /// the default. Empty: `executable` with `preload` is the one interpreter (named
+    /// [`DEFAULT_INTERPRETER`]); otherwise `executable` is not used.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interpreters: Vec<InterpreterConfig>,
+}
+
+/// The name of the one interpreter of a configuration without `[[python.interpreters]]`.
+pub const DEFAULT_INTERPRETER: &str = "default";
+
+/// One `[[python.interpreters]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterpreterConfig {
+    /// What sessions ask for (`{"python": "3.12"}`), in metrics and `/healthz`: letters,
+    /// digits, `.`, `-`, `_`.
+    pub name: String,
+    /// A path (relative to the config file) or a name on `PATH`.
+    pub executable: PathBuf,
+    /// Default: `python.preload`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preload: Option<Vec<String>>,
+    /// Default: `pool.warm_workers` for the first (the default) interpreter, 1 for the others:
+    /// every warm worker holds its preload's memory and a uid, and the other interpreters are
+    /// asked for less often; a session that finds none ready waits for a fork (milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_workers: Option<usize>,
 }
 
 impl Default for PythonConfig {
@@ -393,6 +420,7 @@ impl Default for PythonConfig {
             ],
             blas_threads: 1,
             lean_oneshots: true,
+            interpreters: Vec::new(),
         }
     }
 }
@@ -697,6 +725,11 @@ impl Config {
         if exe.is_relative() && exe.components().count() > 1 {
             self.python.executable = base_dir.join(exe);
         }
+        for entry in &mut self.python.interpreters {
+            if entry.executable.is_relative() && entry.executable.components().count() > 1 {
+                entry.executable = base_dir.join(&entry.executable);
+            }
+        }
         if self.scripts.dir.is_relative() {
             self.scripts.dir = base_dir.join(&self.scripts.dir);
         }
@@ -710,6 +743,38 @@ impl Config {
         {
             self.auth.tokens_file = Some(base_dir.join(file));
         }
+    }
+
+    /// The interpreters workers run, with every default filled in: `[[python.interpreters]]`,
+    /// or `python.executable` alone. The first is the default.
+    pub fn interpreters(&self) -> Vec<InterpreterConfig> {
+        if self.python.interpreters.is_empty() {
+            return vec![InterpreterConfig {
+                name: DEFAULT_INTERPRETER.to_owned(),
+                executable: self.python.executable.clone(),
+                preload: Some(self.python.preload.clone()),
+                warm_workers: Some(self.pool.warm_workers),
+            }];
+        }
+        self.python
+            .interpreters
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| InterpreterConfig {
+                preload: Some(
+                    entry
+                        .preload
+                        .clone()
+                        .unwrap_or_else(|| self.python.preload.clone()),
+                ),
+                warm_workers: Some(entry.warm_workers.unwrap_or(if i == 0 {
+                    self.pool.warm_workers
+                } else {
+                    1
+                })),
+                ..entry.clone()
+            })
+            .collect()
     }
 
     /// Checks what the types cannot: ranges, relations between fields, preload syntax.
@@ -854,15 +919,20 @@ impl Config {
         }
         // Every live session and every bound worker waiting in a pool holds a uid; twice that
         // leaves room for the one-shots and for uids not reused at once.
-        let holders = self.sessions.max + self.pool.warm_workers + self.pool.lean_workers;
+        let warm: usize = self
+            .interpreters()
+            .iter()
+            .map(|i| i.warm_workers.unwrap_or(0))
+            .sum();
+        let holders = self.sessions.max + warm + self.pool.lean_workers;
         if let Some((first, last)) = self.sandbox.session_uid_range()?
             && u64::from(last - first) + 1 < holders as u64 * 2
         {
             return Err(ConfigError::field(
                 "sandbox.session_uids",
                 format!(
-                    "{first}-{last} holds fewer than twice sessions.max + pool.warm_workers + \
-                     pool.lean_workers ({holders}) uids"
+                    "{first}-{last} holds fewer than twice sessions.max + pool.warm_workers \
+                     (every interpreter's) + pool.lean_workers ({holders}) uids"
                 ),
             ));
         }
@@ -891,8 +961,68 @@ impl Config {
                 ));
             }
         }
+        self.validate_interpreters()
+    }
+
+    /// Names unique and plain, executables there, preloads well-formed: a typo in an entry
+    /// stops the start naming the entry, rather than leaving its pool failing forever.
+    fn validate_interpreters(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, entry) in self.python.interpreters.iter().enumerate() {
+            let field = |name: &str| format!("python.interpreters[{i}].{name}");
+            let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+            if entry.name.is_empty() || !entry.name.chars().all(plain) {
+                return Err(ConfigError::field(
+                    field("name"),
+                    format!("{:?} must be letters, digits, `.`, `-` or `_`", entry.name),
+                ));
+            }
+            if !seen.insert(entry.name.as_str()) {
+                return Err(ConfigError::field(
+                    field("name"),
+                    format!("{:?} names another entry already", entry.name),
+                ));
+            }
+            if !executable_exists(&entry.executable) {
+                return Err(ConfigError::field(
+                    field("executable"),
+                    format!(
+                        "{} (interpreter {:?}) is not an executable file{}",
+                        entry.executable.display(),
+                        entry.name,
+                        if entry.executable.components().count() > 1 {
+                            ""
+                        } else {
+                            " on PATH"
+                        }
+                    ),
+                ));
+            }
+            for (j, spec) in entry.preload.iter().flatten().enumerate() {
+                if !is_import_spec(spec) {
+                    return Err(ConfigError::field(
+                        field(&format!("preload[{j}]")),
+                        format!("{spec:?} is not `module` or `module as name`"),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// Whether `exe` (a path, or a bare name looked up on `PATH` as the OS will) is an executable
+/// file.
+fn executable_exists(exe: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if exe.components().count() > 1 {
+        return runnable(exe);
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| runnable(&dir.join(exe))))
 }
 
 /// `a.b.c` or `a.b.c as name`: what may follow `import` in a Python statement. Checked here
@@ -1260,5 +1390,74 @@ mod tests {
         assert!(config.python.executable.is_absolute());
         let config = load_str("[python]\nexecutable = \"python3\"\n", &[]).expect("ok");
         assert_eq!(config.python.executable, PathBuf::from("python3"));
+    }
+
+    #[test]
+    fn without_interpreters_the_executable_is_the_one_interpreter() {
+        let config =
+            load_str("[python]\nexecutable = \"python3\"\npreload = []\n", &[]).expect("ok");
+        let interpreters = config.interpreters();
+        assert_eq!(interpreters.len(), 1);
+        assert_eq!(interpreters[0].name, DEFAULT_INTERPRETER);
+        assert_eq!(interpreters[0].executable, PathBuf::from("python3"));
+        assert_eq!(interpreters[0].preload, Some(Vec::new()));
+        assert_eq!(interpreters[0].warm_workers, Some(2));
+    }
+
+    #[test]
+    fn interpreter_entries_get_their_defaults() {
+        let config = load_str(
+            "[pool]\nwarm_workers = 3\n[[python.interpreters]]\nname = \"a\"\nexecutable = \"sh\"\n\
+             [[python.interpreters]]\nname = \"b\"\nexecutable = \"sh\"\npreload = []\n",
+            &[],
+        )
+        .expect("ok");
+        let interpreters = config.interpreters();
+        assert_eq!(
+            interpreters
+                .iter()
+                .map(|i| (
+                    i.name.as_str(),
+                    i.warm_workers,
+                    i.preload.as_ref().map(Vec::len)
+                ))
+                .collect::<Vec<_>>(),
+            [("a", Some(3), Some(3)), ("b", Some(1), Some(0))]
+        );
+    }
+
+    #[test]
+    fn interpreter_entries_are_checked() {
+        let entry = |name: &str, exe: &str| {
+            format!("[[python.interpreters]]\nname = \"{name}\"\nexecutable = \"{exe}\"\n")
+        };
+        let twice = format!("{}{}", entry("a", "sh"), entry("a", "sh"));
+        let err = load_str(&twice, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("python.interpreters[1].name"),
+            "{err}"
+        );
+        let err = load_str(&entry("a b", "sh"), &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("python.interpreters[0].name"),
+            "{err}"
+        );
+        let missing = format!("{}{}", entry("a", "sh"), entry("b", "/nonexistent/python9"));
+        let err = load_str(&missing, &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("python.interpreters[1].executable")
+                && err.to_string().contains("/nonexistent/python9"),
+            "{err}"
+        );
+        let err = load_str(&entry("a", "no-such-python-anywhere"), &[]).unwrap_err();
+        assert!(err.to_string().contains("on PATH"), "{err}");
+        let bad_preload = format!("{}preload = [\"1bad\"]\n", entry("a", "sh"));
+        let err = load_str(&bad_preload, &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("python.interpreters[0].preload[0]"),
+            "{err}"
+        );
     }
 }

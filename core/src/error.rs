@@ -25,6 +25,11 @@ pub enum Error {
     StdinTooLarge { size: usize, max: usize },
     #[error("no Python worker could be started: {0}")]
     WorkerUnavailable(#[source] WorkerError),
+    #[error("no Python {requested:?} here; the interpreters are: {available}")]
+    UnknownPython {
+        requested: String,
+        available: String,
+    },
     #[error("the service is shutting down")]
     ShuttingDown,
     #[error(

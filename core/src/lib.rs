@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod execution;
 pub mod files;
+pub mod interpreter;
 pub mod manager;
 pub mod metrics;
 pub mod node;

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution};
 use crate::files::{FileLimits, FileListing};
+use crate::interpreter::{self, Interpreter, InterpreterHealth};
 use crate::metrics::{self, SessionEnd};
 use crate::node;
 use crate::notebook;
@@ -79,12 +80,15 @@ pub struct Health {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub sessions: usize,
+    /// The default interpreter's pool (also in `interpreters`).
     pub pool: PoolStatus,
     /// The pool of workers without the preload, for one-shots (`python.lean_oneshots`);
     /// `null` when there is none (yet: it starts at the first one-shot that can use it).
     pub lean_pool: Option<PoolStatus>,
     /// What keeps sessions apart here (see `sandbox/isolation.rs`).
     pub isolation: Levels,
+    /// Every interpreter sessions may choose, the default first, each with its pool.
+    pub interpreters: Vec<InterpreterHealth>,
 }
 
 impl SessionManager {
@@ -140,11 +144,19 @@ impl SessionManager {
             );
         }
         let ex = &config.execution;
+        let interpreters = config.interpreters();
+        let mut versions = Vec::with_capacity(interpreters.len());
+        for entry in &interpreters {
+            versions.push(interpreter::read_version(&entry.executable)?);
+        }
+        let Some(first) = interpreters.first() else {
+            return Err(Error::Internal("no interpreter configured".into()));
+        };
         let spec = WorkerSpec {
-            python: config.python.executable.clone(),
+            python: first.executable.clone(),
             script,
             cwd: state_dir.path().to_owned(),
-            preload: config.python.preload.clone(),
+            preload: first.preload.clone().unwrap_or_default(),
             blas_threads: config.python.blas_threads,
             max_frame_bytes: ex.max_frame_bytes,
             start_timeout: Duration::from_millis(config.pool.start_timeout_ms),
@@ -158,7 +170,6 @@ impl SessionManager {
             syscall_filter: sandbox.syscall_filter(),
         };
         let shutdown = CancellationToken::new();
-        let cold = ColdRunner::new(&spec);
         // Forked workers become the server's children by re-parenting where the server is a
         // child subreaper; elsewhere (replpool.Pool) they stay the template's.
         // The lean pool's workers are the same worker.py in the same sandbox: only the
@@ -185,21 +196,50 @@ impl SessionManager {
             )
         });
         let preload_use = PreloadUse::new(&spec.preload);
-        let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
-        let pool = WarmPool::start(
-            metrics::SESSIONS_POOL,
-            spec,
-            template,
-            Arc::clone(&places),
-            config.pool.warm_workers,
-            1,
-            shutdown.clone(),
-        );
+        // One template and pool per interpreter: a worker forks only from its own Python.
+        let interpreters: Vec<Arc<Interpreter>> = interpreters
+            .into_iter()
+            .zip(versions)
+            .enumerate()
+            .map(|(i, (entry, version))| {
+                let spec = WorkerSpec {
+                    python: entry.executable.clone(),
+                    preload: entry.preload.unwrap_or_default(),
+                    ..spec.clone()
+                };
+                tracing::info!(
+                    name = %entry.name,
+                    python = %entry.executable.display(),
+                    %version,
+                    default = i == 0,
+                    "interpreter"
+                );
+                let cold = ColdRunner::new(&spec);
+                let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
+                let pool = WarmPool::start(
+                    metrics::sessions_pool(&entry.name, i == 0),
+                    spec,
+                    template,
+                    Arc::clone(&places),
+                    entry.warm_workers.unwrap_or(config.pool.warm_workers),
+                    1,
+                    shutdown.clone(),
+                );
+                Arc::new(Interpreter {
+                    name: entry.name,
+                    executable: entry.executable,
+                    version,
+                    pool,
+                    cold,
+                })
+            })
+            .collect();
+        let pool = Arc::clone(&interpreters[0].pool);
         let workers = Arc::new(Workers {
             pool,
+            interpreters,
             lean,
             preload_use,
-            cold,
             limits: Limits {
                 default_timeout: Duration::from_millis(ex.default_timeout_ms),
                 max_timeout: Duration::from_millis(ex.max_timeout_ms),
@@ -263,18 +303,33 @@ impl SessionManager {
     /// Creates a session that only `owner` may see and use: on a worker the pool bound ahead
     /// of need when one is ready (nothing else to do), else in a place made now.
     pub async fn create_for(&self, owner: Option<&str>) -> Result<SessionInfo, Error> {
+        self.create_on(owner, None).await
+    }
+
+    /// [`SessionManager::create_for`], on the interpreter `python` names (see
+    /// [`interpreter::choose`]; `None`: the default one).
+    pub async fn create_on(
+        &self,
+        owner: Option<&str>,
+        python: Option<&str>,
+    ) -> Result<SessionInfo, Error> {
+        let interpreter = Arc::clone(self.interpreter(python)?);
         self.check_taking_work()?;
         let reservation = self.reserve(owner)?;
         let id = node::new_id(&self.node);
         let owner_name = owner.map(str::to_owned);
-        let session = match self.workers.pool.take_bound() {
-            Some(bound) => Session::bound(
-                id.clone(),
-                owner_name,
-                bound,
-                Arc::clone(&self.workers),
-                Arc::clone(&self.workers.pool),
-            ),
+        let session = match interpreter.pool.take_bound() {
+            Some(bound) => {
+                let pool = Arc::clone(&interpreter.pool);
+                Session::bound(
+                    id.clone(),
+                    owner_name,
+                    bound,
+                    Arc::clone(&self.workers),
+                    interpreter,
+                    pool,
+                )
+            }
             None => {
                 let place = self.place(&id).await?;
                 let session = Session::new(
@@ -283,6 +338,7 @@ impl SessionManager {
                     place.dir,
                     place.sandbox,
                     Arc::clone(&self.workers),
+                    interpreter,
                 );
                 session.wait_ready().await;
                 session
@@ -400,16 +456,40 @@ impl SessionManager {
         events: Option<&EventSender>,
         shared: Option<&Path>,
     ) -> Result<Execution, Error> {
+        self.execute_once_on(request, events, shared, None).await
+    }
+
+    /// [`SessionManager::execute_once`], on the interpreter `python` names (`None`: the
+    /// default one). Only the default interpreter has a lean pool.
+    pub async fn execute_once_on(
+        &self,
+        request: &ExecRequest,
+        events: Option<&EventSender>,
+        shared: Option<&Path>,
+        python: Option<&str>,
+    ) -> Result<Execution, Error> {
+        let interpreter = Arc::clone(self.interpreter(python)?);
         self.check_taking_work()?;
         self.check_request(request)?;
         let _work = self.work();
         // Never seen by clients, so it needs no node.
         let id = format!("once-{:016x}", rand::random::<u64>());
         // A bound worker is attached to its own directory, not to a shared one.
-        let pool = Arc::clone(self.workers.pool_for(&request.code));
+        let pool = if Arc::ptr_eq(&interpreter, &self.workers.interpreters[0]) {
+            Arc::clone(self.workers.pool_for(&request.code))
+        } else {
+            Arc::clone(&interpreter.pool)
+        };
         let bound = shared.is_none().then(|| pool.take_bound()).flatten();
         let session = match bound {
-            Some(bound) => Session::bound(id, None, bound, Arc::clone(&self.workers), pool),
+            Some(bound) => Session::bound(
+                id,
+                None,
+                bound,
+                Arc::clone(&self.workers),
+                interpreter,
+                pool,
+            ),
             None => {
                 let mut place = self.place(&id).await?;
                 if let Some(shared) = shared {
@@ -421,6 +501,7 @@ impl SessionManager {
                     place.dir,
                     place.sandbox,
                     Arc::clone(&self.workers),
+                    interpreter,
                     pool,
                 )
             }
@@ -450,14 +531,40 @@ impl SessionManager {
         }
     }
 
-    /// The main pool, and the lean one if there is one.
+    /// Every interpreter's pool, and the lean one if there is one.
     fn pools(&self) -> impl Iterator<Item = &Arc<WarmPool>> {
-        std::iter::once(&self.workers.pool).chain(self.workers.lean_started())
+        self.workers
+            .interpreters
+            .iter()
+            .map(|i| &i.pool)
+            .chain(self.workers.lean_started())
     }
 
-    /// The workers' Python version (`3.11.7`), once a worker has started.
+    /// The default interpreter's Python version (`3.11.7`).
     pub fn python_version(&self) -> Option<String> {
-        self.workers.pool.python_version()
+        Some(self.workers.interpreters[0].version.clone())
+    }
+
+    /// Every interpreter sessions may choose, the default first.
+    pub fn interpreters(&self) -> &[Arc<Interpreter>] {
+        &self.workers.interpreters
+    }
+
+    /// The interpreter `python` names (by name, else by version: [`interpreter::choose`]);
+    /// `None`: the default one.
+    pub fn interpreter(&self, python: Option<&str>) -> Result<&Arc<Interpreter>, Error> {
+        let all = &self.workers.interpreters;
+        match python {
+            None => all
+                .first()
+                .ok_or_else(|| Error::Internal("no interpreter".into())),
+            Some(requested) => {
+                interpreter::choose(all, requested).ok_or_else(|| Error::UnknownPython {
+                    requested: requested.to_owned(),
+                    available: interpreter::describe(all),
+                })
+            }
+        }
     }
 
     /// What `/healthz` says. Besides the pool, it checks that a blocking thread can be had:
@@ -478,6 +585,14 @@ impl SessionManager {
                 .as_ref()
                 .map(|e| format!("warm workers cannot be started, executions run cold: {e}"))
                 .or_else(|| {
+                    let (name, e) = self.workers.interpreters[1..].iter().find_map(|i| {
+                        Some((&i.name, i.pool.status().last_error?))
+                    })?;
+                    Some(format!(
+                        "warm workers of interpreter {name} cannot be started, its executions run cold: {e}"
+                    ))
+                })
+                .or_else(|| {
                     let lean = lean_pool.as_ref()?.last_error.as_ref()?;
                     Some(format!(
                         "lean workers cannot be started, one-shots that need no preload run cold: {lean}"
@@ -492,6 +607,13 @@ impl SessionManager {
             pool,
             lean_pool,
             isolation: self.sandbox.levels().clone(),
+            interpreters: self
+                .workers
+                .interpreters
+                .iter()
+                .enumerate()
+                .map(|(i, interpreter)| interpreter.health(i == 0))
+                .collect(),
         }
     }
 
@@ -499,7 +621,9 @@ impl SessionManager {
     /// levels and their templates' state (at each scrape of `/metrics`).
     pub fn record_gauges(&self) {
         metrics::sessions_live(self.sessions.len());
-        metrics::pool_state(metrics::SESSIONS_POOL, &self.workers.pool.status());
+        for interpreter in &self.workers.interpreters {
+            metrics::pool_state(interpreter.pool.name(), &interpreter.pool.status());
+        }
         if let Some(lean) = self.workers.lean_started() {
             metrics::pool_state(metrics::LEAN_POOL, &lean.status());
         }

@@ -49,6 +49,16 @@ pub const SECONDS_BUCKETS: [f64; 17] = [
 pub const SESSIONS_POOL: &str = "sessions";
 pub const LEAN_POOL: &str = "lean";
 
+/// The `pool` label of an interpreter's sessions pool: [`SESSIONS_POOL`] for the default one
+/// (the series a single-interpreter server has always had), `sessions@<name>` for the others.
+pub fn sessions_pool(interpreter: &str, default: bool) -> String {
+    if default {
+        SESSIONS_POOL.to_owned()
+    } else {
+        format!("{SESSIONS_POOL}@{interpreter}")
+    }
+}
+
 const OUTCOMES: [&str; 6] = [
     "ok",
     "error",
@@ -152,28 +162,35 @@ pub fn sessions_live(count: usize) {
 
 /// A pool's state now, and its template's (read at each scrape). The template keeps its own
 /// counts of forks and restarts; they are copied, not counted twice.
-pub fn pool_state(pool: &'static str, status: &PoolStatus) {
-    gauge!(POOL_TARGET, "pool" => pool).set(status.target as f64);
-    gauge!(POOL_READY, "pool" => pool).set(status.ready as f64);
+pub fn pool_state(pool: &str, status: &PoolStatus) {
+    gauge!(POOL_TARGET, "pool" => pool.to_owned()).set(status.target as f64);
+    gauge!(POOL_READY, "pool" => pool.to_owned()).set(status.ready as f64);
     if let Some(template) = &status.template {
         for state in TEMPLATE_STATES {
             let value = if template.state == state { 1.0 } else { 0.0 };
-            gauge!(TEMPLATE_STATE, "pool" => pool, "state" => state).set(value);
+            gauge!(TEMPLATE_STATE, "pool" => pool.to_owned(), "state" => state).set(value);
         }
-        counter!(TEMPLATE_FORKS, "pool" => pool).absolute(template.forks);
-        counter!(TEMPLATE_RESTARTS, "pool" => pool).absolute(template.restarts);
+        counter!(TEMPLATE_FORKS, "pool" => pool.to_owned()).absolute(template.forks);
+        counter!(TEMPLATE_RESTARTS, "pool" => pool.to_owned()).absolute(template.restarts);
     }
 }
 
+/// Makes `pool`'s counters exist (at zero, or as they are) from the pool's start: pools of
+/// interpreters other than the default are not among the label sets known in advance.
+pub fn pool_started(pool: &str) {
+    counter!(POOL_REFILLS, "pool" => pool.to_owned()).increment(0);
+    counter!(POOL_ACQUIRE_WAITS, "pool" => pool.to_owned()).increment(0);
+}
+
 /// A pool's background task bound one more worker.
-pub fn pool_refilled(pool: &'static str) {
-    counter!(POOL_REFILLS, "pool" => pool).increment(1);
+pub fn pool_refilled(pool: &str) {
+    counter!(POOL_REFILLS, "pool" => pool.to_owned()).increment(1);
 }
 
 /// A worker was wanted from `pool` and none was ready: one is started for the caller, who
 /// waits for it (a session made without a bound worker, a replacement, a reset).
-pub fn pool_acquire_waited(pool: &'static str) {
-    counter!(POOL_ACQUIRE_WAITS, "pool" => pool).increment(1);
+pub fn pool_acquire_waited(pool: &str) {
+    counter!(POOL_ACQUIRE_WAITS, "pool" => pool.to_owned()).increment(1);
 }
 
 /// Why a worker died (or was given up for dead).

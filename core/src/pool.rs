@@ -37,8 +37,8 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 pub struct WarmPool {
-    /// The pool's `pool` label in the metrics ([`metrics::SESSIONS_POOL`] or [`metrics::LEAN_POOL`]).
-    name: &'static str,
+    /// The pool's `pool` label in the metrics ([`metrics::sessions_pool`] or [`metrics::LEAN_POOL`]).
+    name: String,
     spec: WorkerSpec,
     template: Option<Arc<Template>>,
     /// Makes the places the pool's workers are bound to.
@@ -69,7 +69,7 @@ pub struct PoolStatus {
 impl WarmPool {
     /// Creates the pool and starts its refill task, which ends with `shutdown`.
     pub fn start(
-        name: &'static str,
+        name: String,
         spec: WorkerSpec,
         template: Option<Arc<Template>>,
         places: Arc<Places>,
@@ -77,6 +77,7 @@ impl WarmPool {
         parallel: usize,
         shutdown: CancellationToken,
     ) -> Arc<WarmPool> {
+        metrics::pool_started(&name);
         let pool = Arc::new(WarmPool {
             name,
             spec,
@@ -117,7 +118,7 @@ impl WarmPool {
     pub async fn acquire(&self) -> Result<Worker, WorkerError> {
         // Every caller that found no bound worker ready ends up here (a session or one-shot
         // made in a place of its own, a replacement, a reset): this is the pool's miss.
-        metrics::pool_acquire_waited(self.name);
+        metrics::pool_acquire_waited(&self.name);
         let started = self.start_worker().await;
         if let Err(e) = &started {
             *self.last_error.lock() = Some(e.to_string());
@@ -195,7 +196,7 @@ impl WarmPool {
                     let started = done.unwrap_or_else(|e| Err(format!("the start was lost: {e}")));
                     match started {
                         Ok(bound) => {
-                            metrics::pool_refilled(self.name);
+                            metrics::pool_refilled(&self.name);
                             *self.last_error.lock() = None;
                             retry_delay = RETRY_DELAY;
                             self.ready.lock().push_back(bound);
@@ -227,6 +228,11 @@ impl WarmPool {
             bound.kill(why);
         }
         self.taken.notify_one();
+    }
+
+    /// The pool's `pool` label in the metrics.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn restart_template(&self) {
@@ -272,7 +278,7 @@ impl OnDemandPool {
                 .template
                 .then(|| Template::start(self.spec.clone(), self.shutdown.clone()));
             WarmPool::start(
-                metrics::LEAN_POOL,
+                metrics::LEAN_POOL.to_owned(),
                 self.spec.clone(),
                 template,
                 Arc::clone(&self.places),

@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::binding::BoundWorker;
-use crate::cold::ColdRunner;
 use crate::error::Error;
 use crate::execution::{Category, ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
+use crate::interpreter::{Interpreter, PythonInfo};
 use crate::metrics::{self, Limit, WorkerDeath};
 use crate::pool::{OnDemandPool, WarmPool};
 use crate::preload_use::PreloadUse;
@@ -54,13 +54,15 @@ pub struct Limits {
 
 /// Where sessions get their workers; shared by all sessions.
 pub struct Workers {
+    /// The default interpreter's pool (`interpreters[0].pool`).
     pub pool: Arc<WarmPool>,
+    /// Every configured interpreter, the default first.
+    pub interpreters: Vec<Arc<Interpreter>>,
     /// Workers without the preload, for one-shots whose code cannot need it
     /// (`python.lean_oneshots`), started at the first such one-shot.
     pub lean: Option<OnDemandPool>,
     /// Which code may run on a lean worker.
     pub preload_use: PreloadUse,
-    pub cold: ColdRunner,
     pub limits: Limits,
 }
 
@@ -98,6 +100,9 @@ pub struct Session {
     workers: Arc<Workers>,
     /// Where the session's workers come from (one of `workers`' pools).
     pool: Arc<WarmPool>,
+    /// The Python the session runs, for its life: its pool is `pool` (or the lean pool of
+    /// the default interpreter, for a one-shot), its cold fallback runs it too.
+    interpreter: Arc<Interpreter>,
     created_at: SystemTime,
     last_used: Mutex<(SystemTime, Instant)>,
     execution_count: AtomicU64,
@@ -278,6 +283,8 @@ pub struct SessionInfo {
     /// measured by a walk, what the last walk found (after each execution; `null` before
     /// the first).
     pub files_bytes: Option<u64>,
+    /// The interpreter the session runs (`[[python.interpreters]]`).
+    pub python: PythonInfo,
 }
 
 impl SessionInfo {
@@ -334,28 +341,40 @@ impl Drop for QueueTicket<'_> {
 }
 
 impl Session {
-    /// A session whose worker starts being prepared at once; see [`Session::wait_ready`].
+    /// A session of `interpreter` whose worker starts being prepared at once; see
+    /// [`Session::wait_ready`].
     pub fn new(
         id: String,
         owner: Option<String>,
         dir: SessionDir,
         sandbox: SessionSandbox,
         workers: Arc<Workers>,
+        interpreter: Arc<Interpreter>,
     ) -> Session {
-        let pool = Arc::clone(&workers.pool);
-        Session::with_pool(id, owner, dir, sandbox, workers, pool)
+        let pool = Arc::clone(&interpreter.pool);
+        Session::with_pool(id, owner, dir, sandbox, workers, interpreter, pool)
     }
 
-    /// [`Session::new`], with workers from `pool` rather than the main pool.
+    /// [`Session::new`], with workers from `pool` (of `interpreter`) rather than its
+    /// sessions' pool.
     pub fn with_pool(
         id: String,
         owner: Option<String>,
         dir: SessionDir,
         sandbox: SessionSandbox,
         workers: Arc<Workers>,
+        interpreter: Arc<Interpreter>,
         pool: Arc<WarmPool>,
     ) -> Session {
-        let session = Session::with_slot(id, owner, dir, sandbox, workers, pool, Slot::default());
+        let session = Session::with_slot(
+            id,
+            owner,
+            dir,
+            sandbox,
+            workers,
+            (interpreter, pool),
+            Slot::default(),
+        );
         if let Ok(mut slot) = session.slot.try_lock() {
             session.prepare_replacement(&mut slot);
         }
@@ -369,6 +388,7 @@ impl Session {
         owner: Option<String>,
         bound: BoundWorker,
         workers: Arc<Workers>,
+        interpreter: Arc<Interpreter>,
         pool: Arc<WarmPool>,
     ) -> Session {
         let BoundWorker { worker, place } = bound;
@@ -380,7 +400,7 @@ impl Session {
             place.dir,
             place.sandbox,
             workers,
-            pool,
+            (interpreter, pool),
             Slot {
                 worker: Some(worker),
                 ..Slot::default()
@@ -397,7 +417,7 @@ impl Session {
         dir: SessionDir,
         sandbox: SessionSandbox,
         workers: Arc<Workers>,
-        pool: Arc<WarmPool>,
+        (interpreter, pool): (Arc<Interpreter>, Arc<WarmPool>),
         slot: Slot,
     ) -> Session {
         let now = (SystemTime::now(), Instant::now());
@@ -409,6 +429,7 @@ impl Session {
             sandbox: Arc::new(sandbox),
             workers,
             pool,
+            interpreter,
             created_at: now.0,
             last_used: Mutex::new(now),
             execution_count: AtomicU64::new(0),
@@ -495,6 +516,7 @@ impl Session {
             memory_peak_bytes,
             executions: self.executions.load(Ordering::Acquire),
             files_bytes,
+            python: self.interpreter.info(),
         }
     }
 
@@ -645,7 +667,7 @@ impl Session {
                     ),
                     None => (
                         Mode::Cold,
-                        self.workers
+                        self.interpreter
                             .cold
                             .run(
                                 self.dir.path(),
@@ -820,6 +842,18 @@ impl Session {
 
     pub fn python_version(&self) -> Option<String> {
         self.python_version.lock().clone()
+    }
+
+    /// The session's interpreter: its executable and version (`3.11.7`), known from the
+    /// start, before any worker ran. What runs for the session outside its workers (a package
+    /// install) must run this one, and resolve against its base environment.
+    pub fn python_executable(&self) -> (&std::path::Path, &str) {
+        (&self.interpreter.executable, &self.interpreter.version)
+    }
+
+    /// The session's interpreter.
+    pub fn interpreter(&self) -> &Arc<Interpreter> {
+        &self.interpreter
     }
 
     /// The session's working directory, through the files API's checks.

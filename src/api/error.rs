@@ -68,6 +68,8 @@ pub enum ErrorCode {
     // The Jupyter kernel API's own.
     KernelNotFound,
     KernelSpecNotFound,
+    /// A session or one-shot asked for a Python no `[[python.interpreters]]` entry is.
+    UnknownPython,
 }
 
 impl ErrorCode {
@@ -113,6 +115,7 @@ impl ErrorCode {
             ErrorCode::InvalidPackageName => "invalid_package_name",
             ErrorCode::KernelNotFound => "kernel_not_found",
             ErrorCode::KernelSpecNotFound => "kernel_spec_not_found",
+            ErrorCode::UnknownPython => "unknown_python",
         }
     }
 
@@ -155,7 +158,8 @@ impl ErrorCode {
             | C::InstallDisabled
             | C::InvalidPackageName
             | C::KernelNotFound
-            | C::KernelSpecNotFound => Category::Request,
+            | C::KernelSpecNotFound
+            | C::UnknownPython => Category::Request,
             C::Draining
             | C::SandboxUnavailable
             | C::ShuttingDown
@@ -217,6 +221,7 @@ impl From<Error> for ApiError {
             Error::WorkerUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, C::WorkerUnavailable),
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, C::ShuttingDown),
             Error::Draining => (StatusCode::SERVICE_UNAVAILABLE, C::Draining),
+            Error::UnknownPython { .. } => (StatusCode::BAD_REQUEST, C::UnknownPython),
             Error::Internal(_) | Error::Io { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, C::Internal)
             }

@@ -109,10 +109,54 @@ impl TryFrom<ExecuteBody> for ExecRequest {
     }
 }
 
-/// Session options; none yet, but a body that is there must be a JSON object we understand.
+/// What to run once: an execution's body, and the interpreter to run it on. (Its own type,
+/// not `ExecuteBody` flattened: serde's `flatten` would let unknown fields through.)
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(json!({"code": "print(1)"}), json!({"code": "import sys; print(sys.version)", "python": "3.12"})))]
+struct ExecuteOnceBody {
+    /// Python source: one cell. The value of its last expression is the reply's `result`.
+    code: String,
+    /// What `input()` and `sys.stdin` read.
+    #[serde(default)]
+    stdin: Option<String>,
+    /// The deadline, milliseconds (default `execution.default_timeout_ms`, at most
+    /// `execution.max_timeout_ms`).
+    #[serde(default)]
+    #[schema(minimum = 1)]
+    timeout_ms: Option<u64>,
+    /// Add data beside pictures (default true); see the session's execute.
+    #[serde(default)]
+    data: Option<bool>,
+    /// The interpreter, as at session creation (a name, or a version such as `3.11`).
+    /// Default: the first interpreter.
+    #[serde(default)]
+    python: Option<String>,
+}
+
+impl ExecuteOnceBody {
+    /// The execution, and the interpreter asked for.
+    fn split(self) -> (ExecuteBody, Option<String>) {
+        let body = ExecuteBody {
+            code: self.code,
+            stdin: self.stdin,
+            timeout_ms: self.timeout_ms,
+            data: self.data,
+        };
+        (body, self.python)
+    }
+}
+
+/// Session options. A body that is there must be a JSON object we understand.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateSessionBody {}
+struct CreateSessionBody {
+    /// The interpreter: a `[[python.interpreters]]` name, or a version (`3.11` matches the
+    /// first interpreter whose version is 3.11.x). Default: the first interpreter.
+    #[serde(default)]
+    #[schema(examples("3.11"))]
+    python: Option<String>,
+}
 
 /// `GET /readyz`'s reply.
 #[derive(Serialize, ToSchema)]
@@ -183,7 +227,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyReply>) 
     path = "/v1/sessions",
     operation_id = "create_session",
     tag = "sessions",
-    request_body(content = Option<CreateSessionBody>, description = "Empty, or `{}`", content_type = "application/json"),
+    request_body(content = Option<CreateSessionBody>, description = "Empty, `{}`, or `{\"python\": \"3.11\"}`", content_type = "application/json"),
     responses(
         (status = 201, description = "The session", body = SessionInfo,
             links(
@@ -200,9 +244,9 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyReply>) 
                 ("delete_file" = (operation_id = "delete_file", parameters(("id" = "$response.body#/session_id")), description = "Delete a file")),
             ),
         ),
-        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`; `unknown_python`: no interpreter of that name or version (the message lists them)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_request`: not an empty object", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: not an object of the fields above", body = ErrorBody),
         (status = 429, description = "`too_many_sessions`: the token's own limit, every one of its sessions busy", body = ErrorBody),
         (status = 503, description = "`too_many_sessions` (at `sessions.max`), `worker_unavailable`, `sandbox_unavailable`, `shutting_down`, `draining`", body = ErrorBody),
     ),
@@ -213,8 +257,9 @@ async fn create_session(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SessionInfo>), ApiError> {
     let body = body?;
+    let mut options = CreateSessionBody::default();
     if !body.iter().all(u8::is_ascii_whitespace) {
-        serde_json::from_slice::<CreateSessionBody>(&body).map_err(|e| {
+        options = serde_json::from_slice::<CreateSessionBody>(&body).map_err(|e| {
             let code = if e.is_data() {
                 ErrorCode::InvalidRequest
             } else {
@@ -228,7 +273,10 @@ async fn create_session(
             ApiError::new(status, code, e.to_string())
         })?;
     }
-    let info = state.manager.create_for(caller.owner()).await?;
+    let info = state
+        .manager
+        .create_on(caller.owner(), options.python.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -544,10 +592,10 @@ async fn interrupt(
     path = "/v1/execute",
     operation_id = "execute_once",
     tag = "execution",
-    request_body = ExecuteBody,
+    request_body = ExecuteOnceBody,
     responses(
         (status = 200, description = "The reply", body = Execution),
-        (status = 400, description = "`invalid_json`", body = ErrorBody),
+        (status = 400, description = "`invalid_json`; `unknown_python`: no interpreter of that name or version", body = ErrorBody),
         (status = 413, description = "`code_too_large`, `stdin_too_large`, `payload_too_large`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
         (status = 422, description = "`invalid_request`", body = ErrorBody),
@@ -556,11 +604,15 @@ async fn interrupt(
 )]
 async fn execute_once(
     State(state): State<AppState>,
-    Json(body): Json<ExecuteBody>,
+    Json(body): Json<ExecuteOnceBody>,
 ) -> Result<Json<Execution>, ApiError> {
+    let (body, python) = body.split();
     let request = ExecRequest::try_from(body)?;
     Ok(Json(
-        state.manager.execute_once(&request, None, None).await?,
+        state
+            .manager
+            .execute_once_on(&request, None, None, python.as_deref())
+            .await?,
     ))
 }
 

@@ -76,7 +76,21 @@ impl Sandbox {
                 None => Some(UidPool::shared(user)),
             }
         };
-        let python = python_paths(&config.python.executable)?;
+        // Every interpreter's installation is in the workers' view: a session may run any.
+        let interpreters = config.interpreters();
+        let mut python = Vec::new();
+        for interpreter in &interpreters {
+            for path in python_paths(&interpreter.executable)? {
+                if !python.contains(&path) {
+                    python.push(path);
+                }
+            }
+        }
+        // The probe's answers (namespaces, the view) hold for every interpreter's workers: they
+        // are the same worker.py, in the same sandbox.
+        let probe_python = interpreters
+            .first()
+            .map_or(config.python.executable.clone(), |i| i.executable.clone());
         let mut reach = python.clone();
         reach.extend([dirs.state.to_owned(), config.scripts.dir.clone()]);
         reach.extend(sandbox.expose.iter().cloned());
@@ -113,7 +127,7 @@ impl Sandbox {
         };
         let network_none = sandbox.network == Network::None;
         let probe = probe::run(
-            &config.python.executable,
+            &probe_python,
             dirs.script,
             &Isolation {
                 user_namespace: !root,

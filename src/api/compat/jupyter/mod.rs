@@ -65,7 +65,13 @@ pub struct Kernels {
 impl Kernels {
     pub fn from_config(config: &Config) -> Kernels {
         Kernels {
-            preload: config.python.preload.clone(),
+            // The one kernel spec is the default interpreter's.
+            preload: config
+                .interpreters()
+                .into_iter()
+                .next()
+                .and_then(|i| i.preload)
+                .unwrap_or_default(),
             cell_timeout: Duration::from_millis(config.execution.max_timeout_ms),
             max_message_bytes: config.execution.max_frame_bytes,
             connections: DashMap::new(),

@@ -31,6 +31,9 @@ pub struct Job {
     /// What was asked, when more than the server allows.
     pub capped_from: Option<Duration>,
     pub eval_last_expr: bool,
+    /// The interpreter (its name) `python_version` or `docker_image` chose; `None`: the
+    /// default one.
+    pub python: Option<String>,
 }
 
 /// Code to run: `code` (run as `main.py`), or `files` with an `entrypoint`.
@@ -49,7 +52,7 @@ pub struct EvalRequest {
     entrypoint: Option<String>,
     #[serde(default)]
     stdin: Option<String>,
-    /// `3.10` to `3.13`: must be the workers' own.
+    /// `3.10` to `3.13`: runs on the first interpreter of that version; 400 where none is.
     #[serde(default)]
     python_version: Option<String>,
     #[serde(default)]
@@ -75,6 +78,8 @@ struct Metadata {
     entrypoint: String,
     #[serde(default)]
     docker_image: Option<String>,
+    #[serde(default)]
+    python_version: Option<String>,
     #[serde(default)]
     requirements_txt: Option<String>,
     #[serde(default)]
@@ -103,7 +108,7 @@ impl Job {
 
 /// The job of an `/api/v1/eval` request.
 pub fn job_from_eval(manager: &SessionManager, request: EvalRequest) -> Result<Job, ExecutorError> {
-    check_python_version(manager, request.python_version.as_deref())?;
+    let python = choose_python(manager, request.python_version.as_deref(), None)?;
     let files: Vec<(String, Vec<u8>)> = match (&request.files, &request.code) {
         (Some(files), _) if !files.is_empty() => files
             .iter()
@@ -138,6 +143,7 @@ pub fn job_from_eval(manager: &SessionManager, request: EvalRequest) -> Result<J
         timeout: timeout_of(request.config.as_ref()),
         capped_from: None,
         eval_last_expr: request.eval_last_expr,
+        python,
     })
 }
 
@@ -165,31 +171,68 @@ fn timeout_of(config: Option<&RunConfig>) -> Duration {
     )
 }
 
-/// Only the workers' own Python can run code here.
-fn check_python_version(
+/// The interpreter a job runs on: the first of the version `python_version` names (`3.10` to
+/// `3.13`, as python-executor takes), or `docker_image` (`python:X.Y[-variant]`, the image
+/// python-executor would run) does. Any other image, a version no interpreter has, or the two
+/// disagreeing: a 400 naming the field.
+fn choose_python(
     manager: &SessionManager,
-    requested: Option<&str>,
-) -> Result<(), ExecutorError> {
-    let Some(requested) = requested else {
-        return Ok(());
-    };
-    if !SUPPORTED_VERSIONS.contains(&requested) {
+    python_version: Option<&str>,
+    docker_image: Option<&str>,
+) -> Result<Option<String>, ExecutorError> {
+    if let Some(requested) = python_version
+        && !SUPPORTED_VERSIONS.contains(&requested)
+    {
         return Err(ExecutorError::bad_request(format!(
             "python_version {requested:?} is not supported (one of {SUPPORTED_VERSIONS:?})"
         )));
     }
-    if let Some(ours) = manager.python_version() {
-        let ours_minor: String = ours.split('.').take(2).collect::<Vec<_>>().join(".");
-        if ours_minor != requested {
+    let image_version = match docker_image {
+        None => None,
+        Some(image) => Some(image_python_version(image).ok_or_else(|| {
+            ExecutorError::bad_request(format!(
+                "metadata.docker_image {image:?} is not supported: replpool runs its own Python interpreters, and maps only python:X.Y[-variant] images to the interpreter of that version"
+            ))
+        })?),
+    };
+    let (field, version) = match (python_version, image_version) {
+        (Some(asked), Some(image)) if asked != image => {
             return Err(ExecutorError::bad_request(format!(
-                "python_version {requested} is not available: this server's workers run Python {ours}"
+                "python_version {asked} and metadata.docker_image (Python {image}) disagree"
             )));
         }
+        (Some(asked), _) => ("python_version", asked),
+        (None, Some(image)) => ("metadata.docker_image", image),
+        (None, None) => return Ok(None),
+    };
+    let interpreters = manager.interpreters();
+    match interpreters.iter().find(|i| i.minor_version() == version) {
+        Some(interpreter) => Ok(Some(interpreter.name.clone())),
+        None => Err(ExecutorError::bad_request(format!(
+            "{field}: Python {version} is not available: this server's interpreters are {}",
+            crate::interpreter::describe(interpreters)
+        ))),
     }
-    Ok(())
 }
 
-pub async fn job_from_multipart(mut multipart: Multipart) -> Result<Job, ExecutorError> {
+/// `3.11` of `python:3.11`, `python:3.11-slim`, `python:3.11.7-bookworm`; `None` for any
+/// other image (another name, a registry, `latest`, a digest).
+fn image_python_version(image: &str) -> Option<&str> {
+    let tag = image.strip_prefix("python:")?;
+    let version = tag.split_once('-').map_or(tag, |(version, _)| version);
+    let mut parts = version.split('.');
+    let (major, minor) = (parts.next()?, parts.next()?);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !(digits(major) && digits(minor) && parts.all(digits)) {
+        return None;
+    }
+    Some(&version[..major.len() + 1 + minor.len()])
+}
+
+pub async fn job_from_multipart(
+    manager: &SessionManager,
+    mut multipart: Multipart,
+) -> Result<Job, ExecutorError> {
     let mut archive = None;
     let mut metadata = None;
     while let Some(field) = multipart
@@ -214,8 +257,12 @@ pub async fn job_from_multipart(mut multipart: Multipart) -> Result<Job, Executo
         metadata.ok_or_else(|| ExecutorError::bad_request("the `metadata` field is required"))?;
     let metadata: Metadata = serde_json::from_slice(&metadata)
         .map_err(|e| ExecutorError::bad_request(format!("invalid metadata: {e}")))?;
+    let python = choose_python(
+        manager,
+        metadata.python_version.as_deref(),
+        metadata.docker_image.as_deref(),
+    )?;
     for (field, present) in [
-        ("docker_image", metadata.docker_image.is_some()),
         (
             "requirements_txt",
             metadata
@@ -233,7 +280,7 @@ pub async fn job_from_multipart(mut multipart: Multipart) -> Result<Job, Executo
     ] {
         if present {
             return Err(ExecutorError::bad_request(format!(
-                "metadata.{field} is not supported: replpool runs code in its own preloaded Python workers, with no image to choose and no package installs"
+                "metadata.{field} is not supported: replpool runs code in its own preloaded Python workers, with no package installs"
             )));
         }
     }
@@ -255,6 +302,7 @@ pub async fn job_from_multipart(mut multipart: Multipart) -> Result<Job, Executo
         timeout: timeout_of(metadata.config.as_ref()),
         capped_from: None,
         eval_last_expr: false,
+        python,
     })
 }
 
@@ -300,4 +348,27 @@ fn unpack(archive: &[u8]) -> Result<Vec<(String, Vec<u8>)>, ExecutorError> {
         files.push((path, data));
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_images_map_to_their_version() {
+        for (image, version) in [
+            ("python:3.11-slim", Some("3.11")),
+            ("python:3.11", Some("3.11")),
+            ("python:3.12.1-bookworm", Some("3.12")),
+            ("python:3.13-slim-bookworm", Some("3.13")),
+            ("python:latest", None),
+            ("python:3", None),
+            ("python:3.x-slim", None),
+            ("docker.io/library/python:3.11", None),
+            ("ubuntu:22.04", None),
+            ("python", None),
+        ] {
+            assert_eq!(image_python_version(image), version, "{image}");
+        }
+    }
 }

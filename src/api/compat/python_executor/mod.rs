@@ -138,7 +138,7 @@ async fn exec_sync(
     caller: Caller,
     multipart: Multipart,
 ) -> Result<Json<ExecutionResult>, ExecutorError> {
-    let job = intake::job_from_multipart(multipart)
+    let job = intake::job_from_multipart(&state.manager, multipart)
         .await?
         .capped_at(state.executions.max_timeout());
     run_to_the_end(&state, &caller, job).await
@@ -191,7 +191,7 @@ async fn exec_async(
     caller: Caller,
     multipart: Multipart,
 ) -> Result<(StatusCode, Json<Accepted>), ExecutorError> {
-    let job = intake::job_from_multipart(multipart)
+    let job = intake::job_from_multipart(&state.manager, multipart)
         .await?
         .capped_at(state.executions.max_timeout());
     let record = state.executions.insert(caller.owner());
@@ -272,7 +272,7 @@ async fn run(
     }
     // From its session's creation to its deletion, cells and files: all one execution.
     let _work = manager.work();
-    let session = match manager.create_for(owner).await {
+    let session = match manager.create_on(owner, job.python.as_deref()).await {
         Ok(info) => info.session_id,
         Err(e) => {
             let e = ExecutorError::from(e);
