@@ -186,7 +186,6 @@ async fn refused_archives_and_metadata() {
 
     for (field, value) in [
         ("docker_image", json!("python:3.11-slim")),
-        ("requirements_txt", json!("requests")),
         ("pre_commands", json!(["apt-get update"])),
     ] {
         let mut metadata = json!({"entrypoint": "main.py"});

@@ -18,6 +18,7 @@ use crate::files::{FileLimits, FileListing};
 use crate::metrics::{self, SessionEnd};
 use crate::node;
 use crate::notebook;
+use crate::packages::{Installer, Packages, Policy};
 use crate::pool::{OnDemandPool, PoolStatus, WarmPool};
 use crate::preload_use::PreloadUse;
 use crate::sandbox::{Levels, Sandbox, SandboxDirs, mounts};
@@ -113,6 +114,21 @@ impl SessionManager {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
                 .map_err(Error::io(format!("cannot open {}", dir.display())))?;
         }
+        // Installs are staged here, the server's own (mode 0700): no session reaches it.
+        let staging = state_dir.path().join("packages");
+        std::fs::create_dir(&staging)
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &staging,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+            })
+            .map_err(Error::io(format!("cannot create {}", staging.display())))?;
+        let packages = Arc::new(Packages {
+            enabled: config.packages.enabled,
+            policy: Policy::new(&config.packages.allow, &config.packages.deny),
+            installer: Installer::new(&config.packages, staging),
+        });
         let template = config.pool.template;
         let sandbox = Sandbox::setup(
             config,
@@ -200,6 +216,7 @@ impl SessionManager {
             lean,
             preload_use,
             cold,
+            packages,
             limits: Limits {
                 default_timeout: Duration::from_millis(ex.default_timeout_ms),
                 max_timeout: Duration::from_millis(ex.max_timeout_ms),
@@ -373,6 +390,22 @@ impl SessionManager {
         Ok(self.session(id)?.files().list().await?)
     }
 
+    /// Installs packages into the session's own layer (see [`Session::install_packages`]).
+    pub async fn install_packages(
+        &self,
+        id: &str,
+        requirements: &[String],
+    ) -> Result<crate::session::Installed, Error> {
+        self.session(id)?.install_packages(requirements).await
+    }
+
+    /// Checks requirement strings (syntax, allow and deny lists) without installing: a
+    /// create that asks for packages is refused before a session is made.
+    pub fn check_requirements(&self, requirements: &[String]) -> Result<(), Error> {
+        self.workers.packages.check(requirements)?;
+        Ok(())
+    }
+
     /// Interrupts the session's running execution; returns whether one was running.
     pub fn interrupt(&self, id: &str) -> Result<bool, Error> {
         Ok(self.session(id)?.interrupt())
@@ -403,10 +436,54 @@ impl SessionManager {
         self.check_taking_work()?;
         self.check_request(request)?;
         let _work = self.work();
+        let pool = Arc::clone(self.workers.pool_for(&request.code));
+        let session = self.one_shot_session(pool, shared).await?;
+        let execution = session.execute(request, events).await;
+        session.end("was a one-shot execution, now over");
+        if let Ok(execution) = &execution {
+            metrics::execution_finished(execution, true);
+        }
+        execution
+    }
+
+    /// [`SessionManager::execute_once`] with `requirements` installed into the throw-away
+    /// session first (python-executor's `requirements_txt`). An install that fails is the
+    /// error; nothing runs then.
+    pub async fn execute_once_installing(
+        &self,
+        request: &ExecRequest,
+        requirements: &[String],
+    ) -> Result<Execution, Error> {
+        if requirements.is_empty() {
+            return self.execute_once(request, None, None).await;
+        }
+        self.check_taking_work()?;
+        self.check_request(request)?;
+        self.check_requirements(requirements)?;
+        let _work = self.work();
+        // Installed packages may import anything of the base: the main pool's workers.
+        let pool = Arc::clone(&self.workers.pool);
+        let session = self.one_shot_session(pool, None).await?;
+        let execution = match session.install_packages(requirements).await {
+            Ok(_) => session.execute(request, None).await,
+            Err(e) => Err(e),
+        };
+        session.end("was a one-shot execution, now over");
+        if let Ok(execution) = &execution {
+            metrics::execution_finished(execution, true);
+        }
+        execution
+    }
+
+    /// A throw-away session for one execution, on a worker of `pool`.
+    async fn one_shot_session(
+        &self,
+        pool: Arc<WarmPool>,
+        shared: Option<&Path>,
+    ) -> Result<Session, Error> {
         // Never seen by clients, so it needs no node.
         let id = format!("once-{:016x}", rand::random::<u64>());
         // A bound worker is attached to its own directory, not to a shared one.
-        let pool = Arc::clone(self.workers.pool_for(&request.code));
         let bound = shared.is_none().then(|| pool.take_bound()).flatten();
         let session = match bound {
             Some(bound) => Session::bound(id, None, bound, Arc::clone(&self.workers), pool),
@@ -425,12 +502,7 @@ impl SessionManager {
                 )
             }
         };
-        let execution = session.execute(request, events).await;
-        session.end("was a one-shot execution, now over");
-        if let Ok(execution) = &execution {
-            metrics::execution_finished(execution, true);
-        }
-        execution
+        Ok(session)
     }
 
     /// A session's place made now, off the async threads (when no bound worker is ready).

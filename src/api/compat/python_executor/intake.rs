@@ -31,6 +31,8 @@ pub struct Job {
     /// What was asked, when more than the server allows.
     pub capped_from: Option<Duration>,
     pub eval_last_expr: bool,
+    /// `requirements_txt`: installed into the execution's session before it runs.
+    pub requirements: Vec<String>,
 }
 
 /// Code to run: `code` (run as `main.py`), or `files` with an `entrypoint`.
@@ -138,6 +140,7 @@ pub fn job_from_eval(manager: &SessionManager, request: EvalRequest) -> Result<J
         timeout: timeout_of(request.config.as_ref()),
         capped_from: None,
         eval_last_expr: request.eval_last_expr,
+        requirements: Vec::new(),
     })
 }
 
@@ -217,13 +220,6 @@ pub async fn job_from_multipart(mut multipart: Multipart) -> Result<Job, Executo
     for (field, present) in [
         ("docker_image", metadata.docker_image.is_some()),
         (
-            "requirements_txt",
-            metadata
-                .requirements_txt
-                .as_deref()
-                .is_some_and(|r| !r.trim().is_empty()),
-        ),
-        (
             "pre_commands",
             metadata
                 .pre_commands
@@ -233,7 +229,7 @@ pub async fn job_from_multipart(mut multipart: Multipart) -> Result<Job, Executo
     ] {
         if present {
             return Err(ExecutorError::bad_request(format!(
-                "metadata.{field} is not supported: replpool runs code in its own preloaded Python workers, with no image to choose and no package installs"
+                "metadata.{field} is not supported: replpool runs code in its own preloaded Python workers, with no image to choose and no commands before the program"
             )));
         }
     }
@@ -255,7 +251,20 @@ pub async fn job_from_multipart(mut multipart: Multipart) -> Result<Job, Executo
         timeout: timeout_of(metadata.config.as_ref()),
         capped_from: None,
         eval_last_expr: false,
+        requirements: requirements_of(metadata.requirements_txt.as_deref()),
     })
+}
+
+/// The requirements of a `requirements.txt`: one a line, comments and blank lines left out.
+/// What is left is checked like any install's requirements (options such as `-r` or
+/// `--index-url` are refused there, 400).
+fn requirements_of(text: Option<&str>) -> Vec<String> {
+    text.unwrap_or_default()
+        .lines()
+        .map(|line| line.split_once(" #").map_or(line, |(kept, _)| kept).trim())
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The regular files of a tar archive. Links and entries that would land outside the
