@@ -305,3 +305,98 @@ async fn refused_requirements_never_reach_the_installer() {
     let (_, info) = api.get(&format!("/v1/sessions/{session}")).await;
     assert_eq!(info["packages"], json!([]), "{info}");
 }
+
+#[tokio::test]
+async fn code_that_makes_its_package_directory_a_link_gets_a_failed_install_not_a_write_elsewhere()
+{
+    if !index_reachable(
+        "code_that_makes_its_package_directory_a_link_gets_a_failed_install_not_a_write_elsewhere",
+    )
+    .await
+    {
+        return;
+    }
+    let api = api();
+    let session = api.session().await;
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("layer-target-{}", std::process::id()));
+    std::fs::create_dir_all(&target).expect("target dir");
+    // Open to anyone, so that only the server's care (not the permissions) keeps it empty.
+    std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let reply = api
+        .run(
+            &session,
+            &format!(
+                "import os\nos.symlink({:?}, '.replpool')",
+                target.display().to_string()
+            ),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let (status, body) = install(&api, &session, json!(["toolz==0.12.1"])).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        (
+            body["error"]["code"].as_str(),
+            body["error"]["category"].as_str()
+        ),
+        (Some("install_failed"), Some("install")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(".replpool")),
+        "{body}"
+    );
+    let written: Vec<_> = std::fs::read_dir(&target).expect("read").collect();
+    assert!(
+        written.is_empty(),
+        "the install wrote through the link: {written:?}"
+    );
+    let (_, info) = api.get(&format!("/v1/sessions/{session}")).await;
+    assert_eq!(info["packages"], json!([]), "{info}");
+    let _ = std::fs::remove_dir_all(&target);
+}
+
+#[tokio::test]
+async fn an_install_past_its_timeout_is_stopped_with_its_processes() {
+    // An index that takes connections and never answers: uv waits on it until the server's
+    // deadline ends it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("uv-cache-timeout-{}", std::process::id()));
+    let server = common::Server::start(&format!(
+        "[pool]\nwarm_workers = 1\n\n[packages]\nuv = {:?}\ncache_dir = {:?}\nindex_url = \"http://127.0.0.1:{port}/simple\"\ntimeout_ms = 1500\n",
+        uv().display().to_string(),
+        cache.display().to_string(),
+    ));
+    let api = Api::new(&server.base);
+    let session = api.session().await;
+    api.run(&session, "kept = 1").await;
+    let (status, body) = install(&api, &session, json!(["tabulate==0.9.0"])).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        (
+            body["error"]["code"].as_str(),
+            body["error"]["category"].as_str()
+        ),
+        (Some("install_timeout"), Some("install")),
+        "{body}"
+    );
+    let server_pid = server.pid();
+    assert!(
+        common::eventually(Duration::from_secs(10), || {
+            common::children_of(server_pid)
+                .iter()
+                .all(|p| p.comm != "uv")
+        })
+        .await,
+        "uv outlived its install"
+    );
+    assert_eq!(common::value_of(&api, &session, "kept").await, "1");
+    let _ = std::fs::remove_dir_all(&cache);
+    drop(silent);
+}

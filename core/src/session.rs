@@ -1058,9 +1058,18 @@ impl Session {
                     bytes: staged.bytes,
                     free,
                 },
-                other => PackageError::Internal(format!(
-                    "cannot copy the packages into the session: {other}"
-                )),
+                crate::files::FileError::Io(io) if !session_made(&io) => PackageError::Io {
+                    context: "cannot copy the packages into the session".into(),
+                    source: io,
+                },
+                // What the session's code did to its directory (`.replpool` made a link, a
+                // file, closed to its user): the install fails, and says where.
+                refused => PackageError::Failed {
+                    message: format!(
+                        "cannot put the packages into the session's `{}` directory: {refused}",
+                        packages::LAYER_PARENT
+                    ),
+                },
             });
         }
         let (previous, before) = {
@@ -1097,6 +1106,22 @@ impl Session {
             output: staged.output,
         })
     }
+}
+
+/// Whether a failed copy into the session's directory is what its own code made of it (a
+/// link, a file or a FIFO where a directory goes, a directory closed to its user), not the
+/// server's failure.
+fn session_made(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    [
+        Errno::EACCES,
+        Errno::EPERM,
+        Errno::ENOTDIR,
+        Errno::ELOOP,
+        Errno::EEXIST,
+    ]
+    .iter()
+    .any(|errno| e.raw_os_error() == Some(*errno as i32))
 }
 
 /// What a `%pip install` line prints into its cell.

@@ -80,6 +80,15 @@ pub struct SessionArg {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct InstallPackages {
+    /// The session (from create_session).
+    pub session_id: String,
+    /// Requirements, one package each: `seaborn`, `seaborn==0.13.2`, `humanize>=4`.
+    pub requirements: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UploadFile {
     /// The session (from create_session).
     pub session_id: String,
@@ -361,6 +370,36 @@ impl McpServer {
             ),
             Err(e) => refusal(e),
         })
+    }
+
+    #[tool(
+        description = "Install Python packages into a session (only that session sees them), e.g. after a ModuleNotFoundError. Its next cell can import them; its variables stay."
+    )]
+    async fn install_packages(
+        &self,
+        Parameters(args): Parameters<InstallPackages>,
+        context: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        if let Err(refused) = self.authorize(&args.session_id, &context) {
+            return Ok(refused);
+        }
+        Ok(
+            match self
+                .manager
+                .install_packages(&args.session_id, &args.requirements)
+                .await
+            {
+                Ok(installed) => done(
+                    if installed.installed.is_empty() {
+                        "nothing new to install: the requirements are satisfied".to_owned()
+                    } else {
+                        format!("installed: {}", installed.installed.join(", "))
+                    },
+                    serde_json::to_value(&installed).unwrap_or_default(),
+                ),
+                Err(e) => refusal(e),
+            },
+        )
     }
 
     #[tool(description = "End a session: its interpreter and its files.")]
