@@ -286,6 +286,15 @@ async fn refused_requirements_never_reach_the_installer() {
             );
         }
     }
+    // Nothing asked, nothing done: the installer is not even started (this server's uv would
+    // answer, a missing one would be 503).
+    let (status, body) = install(&api, &session, json!([])).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["installed"], &body["packages"]),
+        (&json!([]), &json!([])),
+        "{body}"
+    );
     // At creation too, before any session is made.
     let (status, body) = api
         .post("/v1/sessions", json!({"requirements": ["evil-tool"]}))

@@ -1082,6 +1082,42 @@ mod tests {
     }
 
     #[test]
+    fn package_paths_are_beside_the_config_and_bad_extra_packages_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[packages]\nfind_links = [\"wheels\", \"https://example.org/w/\"]\n",
+        )
+        .expect("write config");
+        let packages = Config::load(Some(&path), std::iter::empty())
+            .expect("valid")
+            .packages;
+        let dir = std::path::absolute(dir.path()).expect("absolute");
+        assert_eq!(packages.uv, dir.join(".venv/bin/uv"));
+        assert_eq!(packages.cache_dir, dir.join(".cache/replpool-uv"));
+        assert_eq!(
+            packages.find_links,
+            [
+                dir.join("wheels").display().to_string(),
+                "https://example.org/w/".to_owned()
+            ]
+        );
+        assert_eq!(
+            (packages.allow, packages.timeout_ms),
+            (vec!["*".to_owned()], 120_000)
+        );
+        let err =
+            load_str("[python]\nextra_packages = [\"seaborn\", \"-e .\"]\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("python.extra_packages[1]"),
+            "{err}"
+        );
+        let err = load_str("[packages]\ntimeout_ms = 0\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("packages.timeout_ms"), "{err}");
+    }
+
+    #[test]
     fn http_timeouts_and_cap_have_defaults_and_refuse_zero() {
         let server = load_str("", &[]).expect("valid").server;
         assert_eq!(

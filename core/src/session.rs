@@ -1024,6 +1024,16 @@ impl Session {
         let started = Instant::now();
         let packages = &self.workers.packages;
         let wanted = packages.check(texts)?;
+        if wanted.is_empty() {
+            // Nothing asked: nothing to resolve, and the index is not asked either.
+            return Ok(Installed {
+                installed: Vec::new(),
+                packages: self.layer.lock().pins.clone(),
+                from_cache: true,
+                duration_ms: 0,
+                output: String::new(),
+            });
+        }
         let mut all = self.layer.lock().requirements.clone();
         // Asking again for a package replaces what was asked for it before.
         for requirement in wanted {

@@ -52,7 +52,8 @@ const INSTRUCTIONS: &str = "replpool runs Python in warm sessions with numpy, pa
 matplotlib already imported. create_session gives a session_id; run_python with it runs cells \
 that share variables (run_python without a session_id runs once in a fresh interpreter). \
 Plots come back as PNG images. Files live in the session's working directory (upload_file, \
-read_file, list_files). close_session when done.";
+read_file, list_files). A missing module: install_packages into the session. close_session when \
+done.";
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -194,7 +195,7 @@ impl McpServer {
             match self.manager.create_for(owner(&context).as_deref()).await {
                 Ok(info) => done(
                     format!(
-                        "session_id: {}\nPass it to run_python, upload_file, read_file, list_files, reset_session and close_session.",
+                        "session_id: {}\nPass it to run_python, upload_file, read_file, list_files, install_packages, reset_session and close_session.",
                         info.session_id
                     ),
                     json!({"session_id": info.session_id}),

@@ -117,6 +117,10 @@ pub async fn install_extra_packages(config: &crate::Config) -> Result<(), Packag
 /// lines at the top level of a cell: what they ask for, and the cell with each such line made
 /// `pass` (so line numbers stay). `Err` names a `%pip` line that is not an install.
 pub fn pip_lines(code: &str) -> Result<Option<(Vec<String>, String)>, String> {
+    // Every cell passes here: most have no `pip` at all, and cost one substring search.
+    if !code.contains("pip") {
+        return Ok(None);
+    }
     let mut wanted = Vec::new();
     let mut found = false;
     let mut rest = String::with_capacity(code.len());
