@@ -18,10 +18,10 @@ FONT_CACHE_STAMP := $(VENV)/share/replpool/matplotlib/.built
 
 venv: $(VENV_STAMP) $(FONT_CACHE_STAMP)
 
-$(VENV_STAMP): bootstrap/requirements.txt
-	@echo "==> creating $(VENV) from bootstrap/requirements.txt"
+$(VENV_STAMP): bootstrap/requirements.txt bootstrap/tools-requirements.txt
+	@echo "==> creating $(VENV) from bootstrap/requirements.txt and bootstrap/tools-requirements.txt"
 	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
-	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r bootstrap/requirements.txt
+	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r bootstrap/requirements.txt -r bootstrap/tools-requirements.txt
 	touch $(VENV_STAMP)
 
 $(FONT_CACHE_STAMP): $(VENV_STAMP)

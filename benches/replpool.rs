@@ -96,6 +96,10 @@ const STEPS: &[(&str, &str)] = &[
         "interpreters",
         "session ready per interpreter (a server with the venv's Python and /usr/bin/python3)",
     ),
+    (
+        "packages",
+        "per-session package install: a pin's first install vs the same pin from the cache",
+    ),
 ];
 
 struct Counts {
@@ -120,6 +124,8 @@ struct Counts {
     pool_rounds: usize,
     /// `run_python` calls over MCP per cell, and native execs beside them.
     mcp: usize,
+    /// Pairs of installs (first from the index, then from the cache) of the `packages` step.
+    packages: usize,
 }
 
 impl Counts {
@@ -144,6 +150,7 @@ impl Counts {
             judge_cases: 100,
             pool_rounds: 20,
             mcp: 2000,
+            packages: 10,
         }
     }
 
@@ -168,6 +175,7 @@ impl Counts {
             judge_cases: 10,
             pool_rounds: 1,
             mcp: 50,
+            packages: 2,
         }
     }
 }
@@ -248,6 +256,10 @@ struct Bench {
     base: String,
     server_pid: u32,
     figures: Vec<Figure>,
+    /// The server's installer and its cache (`packages.uv`, `packages.cache_dir`; the server's
+    /// own environment overrides them as it would the server's).
+    uv: PathBuf,
+    uv_cache: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -317,6 +329,10 @@ fn main() -> anyhow::Result<()> {
         base: server.0.base.clone(),
         server_pid: server.0.child.id(),
         figures: Vec::new(),
+        uv: std::env::var_os("REPLPOOL_PACKAGES_UV")
+            .map_or_else(|| config.packages.uv.clone(), PathBuf::from),
+        uv_cache: std::env::var_os("REPLPOOL_PACKAGES_CACHE_DIR")
+            .map_or_else(|| config.packages.cache_dir.clone(), PathBuf::from),
     };
     runtime.block_on(bench.run(&counts, &steps))?;
     drop(server);
@@ -372,6 +388,7 @@ impl Bench {
                 "mcp" => self.step_mcp(n).await?,
                 "jupyter_api" => self.step_jupyter_api(n).await?,
                 "interpreters" => self.step_interpreters(n).await?,
+                "packages" => self.step_packages(n).await?,
                 other => anyhow::bail!("no step {other}"),
             }
             // What keeps `--quick` (run by `make test`) short is seen step by step.
@@ -745,6 +762,59 @@ impl Bench {
             self.push(on);
             self.push(off);
         }
+        Ok(())
+    }
+
+    /// One pin installed into a fresh session with nothing of it cached (its entries taken
+    /// out of the server's uv cache first, `uv cache clean <package>`), then the same pin into
+    /// a second session, from the cache. The whole `POST …/packages`, as a client waits for it.
+    async fn step_packages(&mut self, n: &Counts) -> anyhow::Result<()> {
+        const PACKAGE: &str = "tabulate";
+        const PIN: &str = "tabulate==0.9.0";
+        let mut first = Vec::with_capacity(n.packages);
+        let mut cached = Vec::with_capacity(n.packages);
+        for _ in 0..n.packages {
+            let cleaned = Command::new(&self.uv)
+                .args(["cache", "clean", PACKAGE, "--cache-dir"])
+                .arg(&self.uv_cache)
+                .output()?;
+            anyhow::ensure!(
+                cleaned.status.success(),
+                "uv cache clean failed: {}",
+                String::from_utf8_lossy(&cleaned.stderr)
+            );
+            for (samples, from_cache) in [(&mut first, false), (&mut cached, true)] {
+                let id = self.create_session().await?;
+                let started = Instant::now();
+                let reply = self
+                    .post(
+                        &format!("/v1/sessions/{id}/packages"),
+                        json!({"requirements": [PIN]}),
+                    )
+                    .await?;
+                samples.push(started.elapsed());
+                anyhow::ensure!(
+                    reply["from_cache"] == from_cache,
+                    "install (from_cache {from_cache} expected): {reply}"
+                );
+                let reply = self
+                    .exec(&id, "import tabulate; tabulate.__version__")
+                    .await?;
+                anyhow::ensure!(reply["status"] == "ok", "import failed: {reply}");
+                self.delete_session(&id).await?;
+            }
+        }
+        let first = Figure::latency("package install, first (index)", "replpool", &first);
+        let mut cached =
+            Figure::latency("package install, cached (2nd session)", "replpool", &cached);
+        if let (Some(f), Some(c)) = (first.p50_ms, cached.p50_ms) {
+            cached.note = Some(format!(
+                "{:.1}x faster than the first (p50)",
+                f / c.max(0.001)
+            ));
+        }
+        self.push(first);
+        self.push(cached);
         Ok(())
     }
 
@@ -1684,7 +1754,7 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
     let pool = format!(
         "- **replpool.Pool session ready**: the `replpool` package's `Pool(warm_workers={POOL_WARM_WORKERS})` inside a Python process (benches/peers/pool_peer.py; no server): `pool.session()` + first `1+1`, timed by the caller. In rounds of warm_workers + 1 sessions made one after the other and kept open, each round starting with the pool full (its processes all started and idle, read from `/proc`; untimed): the first warm_workers of a round take a ready worker (**within**), the last finds none and waits for a worker started for it (**beyond**; one per round, as a second would often get one the pool's refill finished meanwhile). Compared with *session ready*'s peers."
     );
-    let descriptions: [(&str, &str); 18] = [
+    let descriptions: [(&str, &str); 19] = [
         (
             "session ready",
             "- **session ready**: replpool `POST /v1/sessions` + first `1+1`, each sample starting with the warm pool full (the server refills it between samples, untimed); cold: `python -c` importing the preload list and printing `1+1`; Jupyter: kernel start, wait for ready, a first cell importing the preload list and `1+1`.",
@@ -1750,6 +1820,10 @@ fn render(figures: &[Figure], quick: bool, elapsed: Duration) -> String {
         (
             JUPYTER_API_ROW,
             "- **kernel start + first cell, Jupyter API**: `POST /api/kernels`, open its `/api/kernels/{id}/channels` websocket, one `execute_request` and wait for its `execute_reply` and `idle` status; the same Python client on both sides (benches/peers/jupyter_api_peer.py: urllib and websocket-client, the default JSON framing), the kernel closed and deleted after each sample (untimed). replpool: the first cell is `1+1`, each sample starting with the warm pool full; Jupyter: an IPython kernel behind `jupyter server` (jupyter_server's own kernel manager), its first cell importing the preload list, then `1+1`.",
+        ),
+        (
+            "package install",
+            "- **package install, first / cached**: `POST /v1/sessions/{id}/packages` with `tabulate==0.9.0` into a fresh session, as the client waits for it: **first** with nothing of the package in the server's uv cache (`uv cache clean tabulate` before each pair: resolution and the wheel from the index), **cached** the same pin into a second session right after (resolved and installed from the cache alone, `\"from_cache\": true`); each session then imports it. The cached row says how many times faster it is at p50. No peer.",
         ),
     ];
     for (key, text) in descriptions {

@@ -17,6 +17,7 @@ import base64
 import codecs
 import errno
 import gc
+import importlib
 import io
 import json
 import linecache
@@ -1255,6 +1256,11 @@ class Worker:
         # What the server set up around workers (namespaces, the view), finished at attach.
         self.isolation = isolation
         self.namespace = None
+        # The session's package layer on sys.path (the exec request's `packages`), and the
+        # directory it is relative to (the session's, from attach).
+        self.session_dir = None
+        self.layer = None
+        self.layer_path = None
         self.reset()
 
     def reset(self):
@@ -1305,6 +1311,7 @@ class Worker:
             traceback.print_exc()
             os._exit(1)
         os.chdir(cwd)
+        self.session_dir = cwd
         user = request.get("user")
         if user is not None:
             try:
@@ -1332,8 +1339,24 @@ class Worker:
             os._exit(1)
         self.syscall_filter = None
 
+    def use_packages(self, layer):
+        """Puts the session's package layer first on sys.path (in place of the one before),
+        before the cell: what an install added is importable from this cell on, and the
+        namespace is kept. Relative to the session directory, not the cwd code may change."""
+        if layer == self.layer or self.session_dir is None:
+            return
+        if self.layer_path is not None:
+            while self.layer_path in sys.path:
+                sys.path.remove(self.layer_path)
+        self.layer = layer
+        self.layer_path = os.path.join(self.session_dir, layer) if layer else None
+        if self.layer_path is not None:
+            sys.path.insert(0, self.layer_path)
+        importlib.invalidate_caches()
+
     def execute(self, request):
         rid = request["id"]
+        self.use_packages(request.get("packages"))
         # The name tracebacks give the cell: `<cell-N>`, or a script's file name.
         filename = request.get("filename") or f"<cell-{request.get('count', 0)}>"
         streaming = bool(request.get("stream"))

@@ -10,6 +10,6 @@ pub mod metrics;
 
 pub use replpool_core::{
     Config, Error, ExecRequest, Execution, SessionManager, cold, config, error, execution, files,
-    interpreter, manager, node, notebook, pool, process, protocol, reaper, sandbox, session,
-    template, worker,
+    interpreter, manager, node, notebook, packages, pool, process, protocol, reaper, sandbox,
+    session, template, worker,
 };

@@ -200,6 +200,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Before the manager starts, so that the pool's first refills and the template's start
     // are counted.
     replpool::metrics::keep_up(replpool::metrics::install(), stop.clone());
+    replpool::packages::install_extra_packages(&config)
+        .await
+        .context("cannot install python.extra_packages")?;
     let manager = SessionManager::start(&config)?;
     // Kept open until this process is gone, however it goes; see watcher.rs.
     let _watcher = match manager.cgroup_dirs() {
@@ -265,6 +268,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 async fn serve_mcp(config: Config) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     replpool::reaper::children().start_sweeping(stop.clone());
+    replpool::packages::install_extra_packages(&config)
+        .await
+        .context("cannot install python.extra_packages")?;
     let manager = SessionManager::start(&config)?;
     let _watcher = match manager.cgroup_dirs() {
         dirs if dirs.is_empty() => None,

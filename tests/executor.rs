@@ -187,7 +187,6 @@ async fn refused_archives_and_metadata() {
     for (field, value) in [
         // Only python:X.Y[-variant] images map to an interpreter (issue 22).
         ("docker_image", json!("ubuntu:22.04")),
-        ("requirements_txt", json!("requests")),
         ("pre_commands", json!(["apt-get update"])),
     ] {
         let mut metadata = json!({"entrypoint": "main.py"});

@@ -91,6 +91,7 @@ fn assert_tour(out: &Value) {
         [
             "close_session",
             "create_session",
+            "install_packages",
             "list_files",
             "read_file",
             "reset_session",

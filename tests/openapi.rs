@@ -227,6 +227,7 @@ async fn every_error_code_and_shape_is_in_the_document() {
             "output_limit",
             "disk_quota",
             "worker_died",
+            "install",
             "unavailable",
             "request",
             "internal",

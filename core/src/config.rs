@@ -265,11 +265,49 @@ impl Default for ScriptsConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PackagesConfig {
     /// Let `POST /python/installPackage` pip-install into the workers' environment.
     pub allow_install: bool,
+    /// Per-session installs (`POST /v1/sessions/{id}/packages`, `requirements` at creation,
+    /// `%pip install` in cells, python-executor's `requirements_txt`).
+    pub enabled: bool,
+    /// The installer, `uv` (a path relative to the config file, or a name on `PATH`).
+    pub uv: PathBuf,
+    /// uv's cache, shared by every session's installs: written only by the server (relative
+    /// to the config file).
+    pub cache_dir: PathBuf,
+    /// The package index (uv's `--index-url`); unset: uv's default, PyPI.
+    pub index_url: Option<String>,
+    /// Directories or pages of wheels to look in as well (uv's `--find-links`).
+    pub find_links: Vec<String>,
+    /// Globs over normalized package names (PEP 503) a session may install.
+    pub allow: Vec<String>,
+    /// Globs over normalized package names no session may install (wins over `allow`).
+    pub deny: Vec<String>,
+    /// Build packages that have no wheel from their sources. Off: a build runs the package's
+    /// own code, as the server's user and with its network.
+    pub allow_builds: bool,
+    /// How long one install (resolution, downloads, unpacking) may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for PackagesConfig {
+    fn default() -> Self {
+        PackagesConfig {
+            allow_install: false,
+            enabled: true,
+            uv: PathBuf::from(".venv/bin/uv"),
+            cache_dir: PathBuf::from(".cache/replpool-uv"),
+            index_url: None,
+            find_links: Vec::new(),
+            allow: vec!["*".to_owned()],
+            deny: Vec::new(),
+            allow_builds: false,
+            timeout_ms: 120_000,
+        }
+    }
 }
 
 /// The python-executor surface (`/api/v1/...`).
@@ -385,6 +423,9 @@ pub struct PythonConfig {
     /// [`DEFAULT_INTERPRETER`]); otherwise `executable` is not used.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub interpreters: Vec<InterpreterConfig>,
+    /// Requirements installed (with `packages.uv`) into the interpreter's own environment at
+    /// start, before the template imports the preload; what is already satisfied is left.
+    pub extra_packages: Vec<String>,
 }
 
 /// The name of the one interpreter of a configuration without `[[python.interpreters]]`.
@@ -421,6 +462,7 @@ impl Default for PythonConfig {
             blas_threads: 1,
             lean_oneshots: true,
             interpreters: Vec::new(),
+            extra_packages: Vec::new(),
         }
     }
 }
@@ -730,6 +772,19 @@ impl Config {
                 entry.executable = base_dir.join(&entry.executable);
             }
         }
+        let uv = &self.packages.uv;
+        if uv.is_relative() && uv.components().count() > 1 {
+            self.packages.uv = base_dir.join(uv);
+        }
+        if self.packages.cache_dir.is_relative() {
+            self.packages.cache_dir = base_dir.join(&self.packages.cache_dir);
+        }
+        for link in &mut self.packages.find_links {
+            // A local directory is relative to the config file; a URL is left as it is.
+            if !link.contains("://") && Path::new(link.as_str()).is_relative() {
+                *link = base_dir.join(link.as_str()).display().to_string();
+            }
+        }
         if self.scripts.dir.is_relative() {
             self.scripts.dir = base_dir.join(&self.scripts.dir);
         }
@@ -804,6 +859,7 @@ impl Config {
             ),
             ("server.max_connections", self.server.max_connections as u64),
             ("mcp.progress_interval_ms", self.mcp.progress_interval_ms),
+            ("packages.timeout_ms", self.packages.timeout_ms),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -949,6 +1005,17 @@ impl Config {
                 "packages.allow_install",
                 "pip writes into the workers' environment, which the filesystem view shows read-only; set sandbox.filesystem = \"host\" too",
             ));
+        }
+        for (i, text) in self.python.extra_packages.iter().enumerate() {
+            if let Err(e) = crate::packages::Requirement::parse(text) {
+                return Err(ConfigError::field(
+                    format!("python.extra_packages[{i}]"),
+                    e.to_string(),
+                ));
+            }
+        }
+        if self.packages.uv.as_os_str().is_empty() {
+            return Err(ConfigError::field("packages.uv", "must not be empty"));
         }
         if self.python.executable.as_os_str().is_empty() {
             return Err(ConfigError::field("python.executable", "must not be empty"));
@@ -1142,6 +1209,42 @@ mod tests {
         let config = load_str("", &[]).expect("valid");
         assert_eq!(config.pool.warm_workers, 2);
         assert_eq!(config.server.bind.to_string(), "127.0.0.1:8765");
+    }
+
+    #[test]
+    fn package_paths_are_beside_the_config_and_bad_extra_packages_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[packages]\nfind_links = [\"wheels\", \"https://example.org/w/\"]\n",
+        )
+        .expect("write config");
+        let packages = Config::load(Some(&path), std::iter::empty())
+            .expect("valid")
+            .packages;
+        let dir = std::path::absolute(dir.path()).expect("absolute");
+        assert_eq!(packages.uv, dir.join(".venv/bin/uv"));
+        assert_eq!(packages.cache_dir, dir.join(".cache/replpool-uv"));
+        assert_eq!(
+            packages.find_links,
+            [
+                dir.join("wheels").display().to_string(),
+                "https://example.org/w/".to_owned()
+            ]
+        );
+        assert_eq!(
+            (packages.allow, packages.timeout_ms),
+            (vec!["*".to_owned()], 120_000)
+        );
+        let err =
+            load_str("[python]\nextra_packages = [\"seaborn\", \"-e .\"]\n", &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("python.extra_packages[1]"),
+            "{err}"
+        );
+        let err = load_str("[packages]\ntimeout_ms = 0\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("packages.timeout_ms"), "{err}");
     }
 
     #[test]

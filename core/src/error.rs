@@ -4,6 +4,7 @@
 //! `status: "error"`. These are the service's own refusals and failures.
 
 use crate::files::FileError;
+use crate::packages::PackageError;
 use crate::sandbox::SandboxError;
 use crate::worker::WorkerError;
 
@@ -40,6 +41,8 @@ pub enum Error {
     File(#[from] FileError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Package(#[from] PackageError),
     /// The server could not do something with its own files.
     #[error("internal error: {context}: {source}")]
     Io {

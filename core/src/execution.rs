@@ -67,6 +67,9 @@ pub enum Category {
     DiskQuota,
     /// The worker process died during the execution.
     WorkerDied,
+    /// A package install failed: the installer's refusal (an unknown package or version, no
+    /// wheel, a conflict with the base environment), its timeout, or the disk quota.
+    Install,
     /// Nothing could run it: no worker could be started, the server is at capacity, draining
     /// or shutting down.
     Unavailable,
@@ -78,7 +81,7 @@ pub enum Category {
 }
 
 impl Category {
-    pub const ALL: [Category; 12] = [
+    pub const ALL: [Category; 13] = [
         Category::Syntax,
         Category::Runtime,
         Category::Timeout,
@@ -88,6 +91,7 @@ impl Category {
         Category::OutputLimit,
         Category::DiskQuota,
         Category::WorkerDied,
+        Category::Install,
         Category::Unavailable,
         Category::Request,
         Category::Internal,
@@ -104,6 +108,7 @@ impl Category {
             Category::OutputLimit => "output_limit",
             Category::DiskQuota => "disk_quota",
             Category::WorkerDied => "worker_died",
+            Category::Install => "install",
             Category::Unavailable => "unavailable",
             Category::Request => "request",
             Category::Internal => "internal",

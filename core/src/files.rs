@@ -197,6 +197,118 @@ impl SessionFiles {
         .map_err(|e| FileError::Io(std::io::Error::other(e)))?
     }
 
+    /// Copies `source` (a tree of the server's own, which the session's user may not be able
+    /// to read) into a new directory `dest` of the session (made with its parents; whatever
+    /// is there first is removed), as the session's user: each source file is opened as the
+    /// server, each destination made beneath the session directory's descriptor as the user,
+    /// so code that swaps a part of `dest` for a link meanwhile makes the copy fail, never
+    /// write elsewhere. `bytes`: what the copy adds, checked against the quota first where
+    /// the kernel does not enforce it.
+    pub async fn import_dir(
+        &self,
+        source: PathBuf,
+        dest: &str,
+        bytes: u64,
+    ) -> Result<(), FileError> {
+        let turn = tokio::time::timeout(BUSY_WAIT, Arc::clone(&self.turns).acquire_owned())
+            .await
+            .map_err(|_| FileError::Busy(CONCURRENT_OPS))?
+            .map_err(|_| FileError::Busy(CONCURRENT_OPS))?;
+        let files = self.clone();
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            files.import_now(&source, &dest, bytes)
+        })
+        .await
+        .map_err(|e| FileError::Io(std::io::Error::other(e)))?
+    }
+
+    fn import_now(&self, source: &Path, dest: &str, bytes: u64) -> Result<(), FileError> {
+        let names = lexical(dest)?;
+        let Some((name, parents)) = names.split_last() else {
+            return Err(invalid(dest, "names the session directory itself"));
+        };
+        let quota = |total| FileError::QuotaExceeded {
+            total,
+            max: self.limits.max_total_bytes,
+        };
+        let top = {
+            let _as_user = AsUser::assume(self.user);
+            let root = self.open_root()?;
+            if !self.own_fs {
+                let total = self.usage_beneath(&root)?.saturating_add(bytes);
+                if total > self.limits.max_total_bytes {
+                    return Err(quota(total));
+                }
+            }
+            let parent = make_parents(&root, parents, dest)?;
+            if stat_at(&parent, name).is_ok() {
+                remove_tree(&root, &names)?;
+            }
+            nix::sys::stat::mkdirat(&parent, name.as_os_str(), Mode::from_bits_truncate(0o755))?;
+            nix::fcntl::openat(
+                &parent,
+                name.as_os_str(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?
+        };
+        let out_of_space = |e: FileError| match e {
+            FileError::Io(io) if is_out_of_space(&io) => quota(bytes),
+            other => other,
+        };
+        // Pending directories: the source path and the destination's open descriptor.
+        let mut stack = vec![(source.to_owned(), top)];
+        while let Some((from, into)) = stack.pop() {
+            for entry in std::fs::read_dir(&from)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                let entry_name = entry.file_name();
+                if kind.is_dir() {
+                    let _as_user = AsUser::assume(self.user);
+                    nix::sys::stat::mkdirat(
+                        &into,
+                        entry_name.as_os_str(),
+                        Mode::from_bits_truncate(0o755),
+                    )
+                    .map_err(|e| out_of_space(e.into()))?;
+                    let dir = nix::fcntl::openat(
+                        &into,
+                        entry_name.as_os_str(),
+                        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    stack.push((entry.path(), dir));
+                } else if kind.is_file() {
+                    let mut input = std::fs::File::open(entry.path())?;
+                    let executable =
+                        std::os::unix::fs::PermissionsExt::mode(&input.metadata()?.permissions())
+                            & 0o111
+                            != 0;
+                    let fd = {
+                        let _as_user = AsUser::assume(self.user);
+                        nix::fcntl::openat(
+                            &into,
+                            entry_name.as_os_str(),
+                            OFlag::O_WRONLY
+                                | OFlag::O_CREAT
+                                | OFlag::O_EXCL
+                                | OFlag::O_NOFOLLOW
+                                | OFlag::O_CLOEXEC,
+                            Mode::from_bits_truncate(if executable { 0o755 } else { 0o644 }),
+                        )
+                        .map_err(|e| out_of_space(e.into()))?
+                    };
+                    std::io::copy(&mut input, &mut std::fs::File::from(fd))
+                        .map_err(|e| out_of_space(e.into()))?;
+                }
+                // A link or anything else in a staged install is left out: wheels hold files.
+            }
+        }
+        Ok(())
+    }
+
     /// The session directory, opened once per operation: everything is resolved beneath it.
     fn open_root(&self) -> Result<OwnedFd, FileError> {
         Ok(nix::fcntl::open(

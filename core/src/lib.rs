@@ -15,6 +15,7 @@ pub mod manager;
 pub mod metrics;
 pub mod node;
 pub mod notebook;
+pub mod packages;
 pub mod pool;
 pub mod preload_use;
 pub mod process;

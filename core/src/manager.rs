@@ -19,6 +19,7 @@ use crate::interpreter::{self, Interpreter, InterpreterHealth};
 use crate::metrics::{self, SessionEnd};
 use crate::node;
 use crate::notebook;
+use crate::packages::{Installer, Packages, Policy};
 use crate::pool::{OnDemandPool, PoolStatus, WarmPool};
 use crate::preload_use::PreloadUse;
 use crate::sandbox::{Levels, Sandbox, SandboxDirs, mounts};
@@ -117,6 +118,21 @@ impl SessionManager {
             std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
                 .map_err(Error::io(format!("cannot open {}", dir.display())))?;
         }
+        // Installs are staged here, the server's own (mode 0700): no session reaches it.
+        let staging = state_dir.path().join("packages");
+        std::fs::create_dir(&staging)
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &staging,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                )
+            })
+            .map_err(Error::io(format!("cannot create {}", staging.display())))?;
+        let packages = Arc::new(Packages {
+            enabled: config.packages.enabled,
+            policy: Policy::new(&config.packages.allow, &config.packages.deny),
+            installer: Installer::new(&config.packages, staging),
+        });
         let template = config.pool.template;
         let sandbox = Sandbox::setup(
             config,
@@ -240,6 +256,7 @@ impl SessionManager {
             interpreters,
             lean,
             preload_use,
+            packages,
             limits: Limits {
                 default_timeout: Duration::from_millis(ex.default_timeout_ms),
                 max_timeout: Duration::from_millis(ex.max_timeout_ms),
@@ -429,6 +446,22 @@ impl SessionManager {
         Ok(self.session(id)?.files().list().await?)
     }
 
+    /// Installs packages into the session's own layer (see [`Session::install_packages`]).
+    pub async fn install_packages(
+        &self,
+        id: &str,
+        requirements: &[String],
+    ) -> Result<crate::session::Installed, Error> {
+        self.session(id)?.install_packages(requirements).await
+    }
+
+    /// Checks requirement strings (syntax, allow and deny lists) without installing: a
+    /// create that asks for packages is refused before a session is made.
+    pub fn check_requirements(&self, requirements: &[String]) -> Result<(), Error> {
+        self.workers.packages.check(requirements)?;
+        Ok(())
+    }
+
     /// Interrupts the session's running execution; returns whether one was running.
     pub fn interrupt(&self, id: &str) -> Result<bool, Error> {
         Ok(self.session(id)?.interrupt())
@@ -472,14 +505,30 @@ impl SessionManager {
         self.check_taking_work()?;
         self.check_request(request)?;
         let _work = self.work();
-        // Never seen by clients, so it needs no node.
-        let id = format!("once-{:016x}", rand::random::<u64>());
-        // A bound worker is attached to its own directory, not to a shared one.
         let pool = if Arc::ptr_eq(&interpreter, &self.workers.interpreters[0]) {
             Arc::clone(self.workers.pool_for(&request.code))
         } else {
             Arc::clone(&interpreter.pool)
         };
+        let session = self.one_shot_session(interpreter, pool, shared).await?;
+        let execution = session.execute(request, events).await;
+        session.end("was a one-shot execution, now over");
+        if let Ok(execution) = &execution {
+            metrics::execution_finished(execution, true);
+        }
+        execution
+    }
+
+    /// A throw-away session for one execution, on a worker of `pool`.
+    async fn one_shot_session(
+        &self,
+        interpreter: Arc<Interpreter>,
+        pool: Arc<WarmPool>,
+        shared: Option<&Path>,
+    ) -> Result<Session, Error> {
+        // Never seen by clients, so it needs no node.
+        let id = format!("once-{:016x}", rand::random::<u64>());
+        // A bound worker is attached to its own directory, not to a shared one.
         let bound = shared.is_none().then(|| pool.take_bound()).flatten();
         let session = match bound {
             Some(bound) => Session::bound(
@@ -506,12 +555,7 @@ impl SessionManager {
                 )
             }
         };
-        let execution = session.execute(request, events).await;
-        session.end("was a one-shot execution, now over");
-        if let Ok(execution) = &execution {
-            metrics::execution_finished(execution, true);
-        }
-        execution
+        Ok(session)
     }
 
     /// A session's place made now, off the async threads (when no bound worker is ready).

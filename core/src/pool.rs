@@ -94,6 +94,11 @@ impl WarmPool {
         pool
     }
 
+    /// What the pool's workers are started with (their interpreter, preload, sandbox).
+    pub fn spec(&self) -> &WorkerSpec {
+        &self.spec
+    }
+
     /// A bound worker from the pool, if one is ready; the refill task makes another.
     pub fn take_bound(&self) -> Option<BoundWorker> {
         loop {

@@ -47,6 +47,10 @@ pub enum Request<'a> {
         data: bool,
         /// Rows of a table, and points, bars, wedges or boxes of a chart, kept in that data.
         max_table_rows: usize,
+        /// The session's package layer (a directory relative to the session directory), put
+        /// first on `sys.path` before the cell runs; absent: none.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        packages: Option<&'a str>,
     },
     /// Make `cwd` the worker's working directory and, with `user`, become that user: binds
     /// the worker to a session.
@@ -193,6 +197,7 @@ mod tests {
             filename: None,
             data: true,
             max_table_rows: 1000,
+            packages: None,
         };
         let json = serde_json::to_value(&req).expect("serializes");
         assert_eq!(

@@ -26,6 +26,7 @@ use crate::execution::{Category, ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
 use crate::interpreter::{Interpreter, PythonInfo};
 use crate::metrics::{self, Limit, WorkerDeath};
+use crate::packages::{self, PackageError, Packages, Requirement};
 use crate::pool::{OnDemandPool, WarmPool};
 use crate::preload_use::PreloadUse;
 use crate::process;
@@ -64,6 +65,8 @@ pub struct Workers {
     /// Which code may run on a lean worker.
     pub preload_use: PreloadUse,
     pub limits: Limits,
+    /// Per-session package installs (`[packages]`).
+    pub packages: Arc<Packages>,
 }
 
 impl Workers {
@@ -125,6 +128,33 @@ pub struct Session {
     /// What the session's earlier workers used, read as each was let go: without a cgroup,
     /// a worker's count goes with it.
     retired: Mutex<WorkerUsage>,
+    /// The session's own packages (changed only under the slot's lock).
+    layer: Mutex<Layer>,
+}
+
+/// A session's installed packages: what it asked for, what that installed, and where.
+#[derive(Debug, Default, Clone)]
+struct Layer {
+    requirements: Vec<Requirement>,
+    /// `name==version` of each package in the layer.
+    pins: Vec<String>,
+    /// The layer's directory, relative to the session's (`None`: nothing installed).
+    dir: Option<String>,
+}
+
+/// What an install into a session did.
+#[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Installed {
+    /// `name==version` of each package this install added or changed in the session's layer.
+    pub installed: Vec<String>,
+    /// `name==version` of every package in the session's layer now.
+    pub packages: Vec<String>,
+    /// Resolved and installed from the shared cache alone, without asking the index.
+    pub from_cache: bool,
+    pub duration_ms: u64,
+    /// The end of the installer's output.
+    pub output: String,
 }
 
 /// CPU time and peak memory of a session's workers, where no cgroup counts them.
@@ -285,6 +315,9 @@ pub struct SessionInfo {
     pub files_bytes: Option<u64>,
     /// The interpreter the session runs (`[[python.interpreters]]`).
     pub python: PythonInfo,
+    /// `name==version` of each package installed into the session's own layer (not the
+    /// base environment's).
+    pub packages: Vec<String>,
 }
 
 impl SessionInfo {
@@ -444,6 +477,7 @@ impl Session {
             quota: Arc::default(),
             executions: AtomicU64::new(0),
             retired: Mutex::default(),
+            layer: Mutex::default(),
         }
     }
 
@@ -517,6 +551,7 @@ impl Session {
             executions: self.executions.load(Ordering::Acquire),
             files_bytes,
             python: self.interpreter.info(),
+            packages: self.layer.lock().pins.clone(),
         }
     }
 
@@ -644,8 +679,42 @@ impl Session {
             .timeout
             .unwrap_or(limits.default_timeout)
             .min(limits.max_timeout);
+        // `%pip install` lines install before the rest of the cell runs, with the cell's
+        // turn; their output opens the cell's stdout.
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let (code, pip_output) = match packages::pip_lines(&request.code) {
+            Ok(None) => (None, None),
+            Ok(Some((wanted, rest))) => match self.install_locked(&wanted).await {
+                Ok(installed) => (Some(rest), Some(pip_report(&installed))),
+                Err(e) => {
+                    let execution = install_failed(&e, count, started.elapsed());
+                    slot.unreported_reset = reset_before;
+                    slot.reset_reason = reset_reason;
+                    self.record(&request.code, started_at, &execution);
+                    self.executions.fetch_add(1, Ordering::AcqRel);
+                    return Ok(execution);
+                }
+            },
+            Err(refused) => {
+                let e = PackageError::Failed { message: refused };
+                let execution = install_failed(&e, count, started.elapsed());
+                slot.unreported_reset = reset_before;
+                slot.reset_reason = reset_reason;
+                self.record(&request.code, started_at, &execution);
+                self.executions.fetch_add(1, Ordering::AcqRel);
+                return Ok(execution);
+            }
+        };
+        if let (Some(text), Some(events)) = (&pip_output, events) {
+            let _ = events.send(crate::worker::Event::Stream {
+                name: crate::protocol::StreamName::Stdout,
+                text: text.clone(),
+            });
+        }
+        let layer = self.layer.lock().dir.clone();
         let cell = Cell {
-            code: &request.code,
+            code: code.as_deref().unwrap_or(&request.code),
             stdin: request.stdin.as_deref(),
             count,
             max_output_bytes: limits.max_output_bytes,
@@ -655,9 +724,8 @@ impl Session {
             filename: request.filename.as_deref(),
             data: request.data,
             max_table_rows: limits.max_table_rows,
+            packages: layer.as_deref(),
         };
-        let started = Instant::now();
-        let started_at = SystemTime::now();
         let ran = {
             let run = async {
                 match slot.worker.as_mut() {
@@ -715,6 +783,9 @@ impl Session {
                 Execution::without_reply(status, category, error, count, elapsed)
             }
         };
+        if let Some(text) = pip_output {
+            execution.stdout.insert_str(0, &text);
+        }
         let oom_killed = self.check_limits(&mut execution).await;
         if let Some(cause) = lost {
             metrics::worker_died(if oom_killed { WorkerDeath::Oom } else { cause });
@@ -955,6 +1026,175 @@ impl Session {
     fn enter_queue(&self, depth: usize) -> Result<QueueTicket<'_>, Error> {
         self.queue.enter(depth)
     }
+
+    /// Installs `requirements` into the session's own layer, after the executions already
+    /// queued (an install takes the session's turn as a cell does: no cell runs while its
+    /// packages change, and two installs never overlap).
+    pub async fn install_packages(&self, requirements: &[String]) -> Result<Installed, Error> {
+        // Refused before the turn is waited for, and before any network.
+        self.workers.packages.check(requirements)?;
+        let _ticket = self.enter_queue(self.workers.limits.queue_depth)?;
+        let _slot = tokio::select! {
+            slot = self.slot.lock() => slot,
+            _ = self.closed.cancelled() => return Err(Error::SessionClosed),
+        };
+        let installed = tokio::select! {
+            installed = self.install_locked(requirements) => installed?,
+            _ = self.closed.cancelled() => return Err(Error::SessionClosed),
+        };
+        *self.last_used.lock() = (SystemTime::now(), Instant::now());
+        Ok(installed)
+    }
+
+    /// The install itself; the caller holds the session's turn. The new layer is made beside
+    /// the old one and only then becomes the session's: a failed install leaves the layer as
+    /// it was.
+    async fn install_locked(&self, texts: &[String]) -> Result<Installed, PackageError> {
+        let started = Instant::now();
+        let packages = &self.workers.packages;
+        let wanted = packages.check(texts)?;
+        if wanted.is_empty() {
+            // Nothing asked: nothing to resolve, and the index is not asked either.
+            return Ok(Installed {
+                installed: Vec::new(),
+                packages: self.layer.lock().pins.clone(),
+                from_cache: true,
+                duration_ms: 0,
+                output: String::new(),
+            });
+        }
+        let mut all = self.layer.lock().requirements.clone();
+        // Asking again for a package replaces what was asked for it before.
+        for requirement in wanted {
+            all.retain(|earlier| earlier.name != requirement.name);
+            all.push(requirement);
+        }
+        if all.len() > packages::MAX_REQUIREMENTS {
+            return Err(PackageError::TooMany {
+                max: packages::MAX_REQUIREMENTS,
+            });
+        }
+        let files = self.files();
+        let used = files.usage().await.unwrap_or(0);
+        let free = files.max_total_bytes().saturating_sub(used);
+        let staged = packages
+            .installer
+            .stage(self.python_executable().0, &all, free)
+            .await?;
+        let dir = format!(
+            "{}/packages-{:016x}",
+            packages::LAYER_PARENT,
+            rand::random::<u64>()
+        );
+        if let Err(e) = files
+            .import_dir(staged.dir.path().to_owned(), &dir, staged.bytes)
+            .await
+        {
+            // Nothing half-installed stays: the partial copy goes, the old layer stands.
+            let _ = files.delete(&dir).await;
+            return Err(match e {
+                crate::files::FileError::QuotaExceeded { .. } => PackageError::OverQuota {
+                    bytes: staged.bytes,
+                    free,
+                },
+                crate::files::FileError::Io(io) if !session_made(&io) => PackageError::Io {
+                    context: "cannot copy the packages into the session".into(),
+                    source: io,
+                },
+                // What the session's code did to its directory (`.replpool` made a link, a
+                // file, closed to its user): the install fails, and says where.
+                refused => PackageError::Failed {
+                    message: format!(
+                        "cannot put the packages into the session's `{}` directory: {refused}",
+                        packages::LAYER_PARENT
+                    ),
+                },
+            });
+        }
+        let (previous, before) = {
+            let mut layer = self.layer.lock();
+            layer.requirements = all;
+            let before = std::mem::replace(&mut layer.pins, staged.pins.clone());
+            (layer.dir.replace(dir), before)
+        };
+        // The worker moves to the new layer at its next cell (the exec request names it);
+        // none runs now, as this holds the session's turn.
+        if let Some(previous) = previous
+            && let Err(e) = files.delete(&previous).await
+        {
+            tracing::warn!("cannot remove the session's previous package layer: {e}");
+        }
+        let installed: Vec<String> = staged
+            .pins
+            .iter()
+            .filter(|pin| !before.contains(pin))
+            .cloned()
+            .collect();
+        tracing::info!(
+            session = %self.id,
+            installed = ?installed,
+            from_cache = staged.from_cache,
+            bytes = staged.bytes,
+            "packages installed"
+        );
+        Ok(Installed {
+            installed,
+            packages: staged.pins,
+            from_cache: staged.from_cache,
+            duration_ms: started.elapsed().as_millis() as u64,
+            output: staged.output,
+        })
+    }
+}
+
+/// Whether a failed copy into the session's directory is what its own code made of it (a
+/// link, a file or a FIFO where a directory goes, a directory closed to its user), not the
+/// server's failure.
+fn session_made(e: &std::io::Error) -> bool {
+    use nix::errno::Errno;
+    [
+        Errno::EACCES,
+        Errno::EPERM,
+        Errno::ENOTDIR,
+        Errno::ELOOP,
+        Errno::EEXIST,
+    ]
+    .iter()
+    .any(|errno| e.raw_os_error() == Some(*errno as i32))
+}
+
+/// What a `%pip install` line prints into its cell.
+fn pip_report(installed: &Installed) -> String {
+    let mut text = installed.output.clone();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    if installed.installed.is_empty() {
+        text.push_str("Nothing new to install (the requirements are satisfied).\n");
+    } else {
+        text.push_str(&format!(
+            "Installed into this session: {}\n",
+            installed.installed.join(" ")
+        ));
+    }
+    text
+}
+
+/// A cell whose `%pip install` failed: an error of category `install`, nothing of it run.
+fn install_failed(e: &PackageError, count: u64, elapsed: Duration) -> Execution {
+    let mut execution = Execution::without_reply(
+        Status::Error,
+        Category::Install,
+        ErrorInfo {
+            ename: "InstallError".into(),
+            evalue: e.to_string(),
+            traceback: Vec::new(),
+        },
+        count,
+        elapsed,
+    );
+    execution.session_reset = false;
+    execution
 }
 
 /// One line per execution: at `info` for one a limit or a failure ended (what an operator

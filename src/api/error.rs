@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::Error;
 use crate::execution::Category;
 use crate::files::FileError;
+use crate::packages::PackageError;
 
 /// The codes of the API's errors: the strings clients see and may match on. (The serde names
 /// are the OpenAPI schema's enum of codes; `as_str` is what replies carry, and a test in
@@ -65,6 +66,17 @@ pub enum ErrorCode {
     FunctionNotFound,
     InstallDisabled,
     InvalidPackageName,
+    // Per-session package installs.
+    /// A requirement that is not a package name with a version specifier (400).
+    InvalidRequirement,
+    /// `packages.allow`/`packages.deny` keep the package out (403).
+    PackageNotAllowed,
+    /// The installer refused or failed: unknown package or version, no wheel, a conflict (422).
+    InstallFailed,
+    /// The install took longer than `packages.timeout_ms` (422).
+    InstallTimeout,
+    /// The installer cannot be run here (`packages.uv` missing): the server's setup (503).
+    InstallerUnavailable,
     // The Jupyter kernel API's own.
     KernelNotFound,
     KernelSpecNotFound,
@@ -113,6 +125,11 @@ impl ErrorCode {
             ErrorCode::FunctionNotFound => "function_not_found",
             ErrorCode::InstallDisabled => "install_disabled",
             ErrorCode::InvalidPackageName => "invalid_package_name",
+            ErrorCode::InvalidRequirement => "invalid_requirement",
+            ErrorCode::PackageNotAllowed => "package_not_allowed",
+            ErrorCode::InstallFailed => "install_failed",
+            ErrorCode::InstallTimeout => "install_timeout",
+            ErrorCode::InstallerUnavailable => "installer_unavailable",
             ErrorCode::KernelNotFound => "kernel_not_found",
             ErrorCode::KernelSpecNotFound => "kernel_spec_not_found",
             ErrorCode::UnknownPython => "unknown_python",
@@ -157,6 +174,8 @@ impl ErrorCode {
             | C::FunctionNotFound
             | C::InstallDisabled
             | C::InvalidPackageName
+            | C::InvalidRequirement
+            | C::PackageNotAllowed
             | C::KernelNotFound
             | C::KernelSpecNotFound
             | C::UnknownPython => Category::Request,
@@ -166,6 +185,8 @@ impl ErrorCode {
             | C::TooManySessions
             | C::WorkerUnavailable => Category::Unavailable,
             C::QuotaExceeded => Category::DiskQuota,
+            C::InstallFailed | C::InstallTimeout => Category::Install,
+            C::InstallerUnavailable => Category::Unavailable,
             C::Internal => Category::Internal,
         }
     }
@@ -229,6 +250,26 @@ impl From<Error> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, C::Internal)
             }
             Error::Sandbox(_) => (StatusCode::SERVICE_UNAVAILABLE, C::SandboxUnavailable),
+            Error::Package(package) => match package {
+                PackageError::InvalidRequirement { .. } | PackageError::TooMany { .. } => {
+                    (StatusCode::BAD_REQUEST, C::InvalidRequirement)
+                }
+                PackageError::NotAllowed { .. } => (StatusCode::FORBIDDEN, C::PackageNotAllowed),
+                PackageError::Disabled => (StatusCode::FORBIDDEN, C::InstallDisabled),
+                PackageError::Failed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, C::InstallFailed),
+                PackageError::Timeout { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, C::InstallTimeout)
+                }
+                PackageError::OverQuota { .. } => {
+                    (StatusCode::INSUFFICIENT_STORAGE, C::QuotaExceeded)
+                }
+                PackageError::Installer(_) => {
+                    (StatusCode::SERVICE_UNAVAILABLE, C::InstallerUnavailable)
+                }
+                PackageError::Io { .. } | PackageError::Internal(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, C::Internal)
+                }
+            },
             Error::File(file) => match file {
                 FileError::InvalidPath { .. } => (StatusCode::BAD_REQUEST, C::InvalidPath),
                 FileError::IsADirectory(_) => (StatusCode::BAD_REQUEST, C::IsADirectory),

@@ -20,7 +20,7 @@ use super::{ApiError, AppState, stream};
 use crate::execution::{ExecRequest, Execution};
 use crate::files::{self, FileListing};
 use crate::manager::{Health, Readiness};
-use crate::session::{HistoryEntry, SessionInfo};
+use crate::session::{HistoryEntry, Installed, SessionInfo};
 
 pub fn routes(max_file_bytes: usize, state: AppState) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -46,6 +46,7 @@ fn session_routes(max_file_bytes: usize, state: AppState) -> OpenApiRouter<AppSt
         .routes(routes!(execute))
         .routes(routes!(interrupt))
         .routes(routes!(reset))
+        .routes(routes!(install_packages))
         .routes(routes!(history))
         .routes(routes!(notebook))
         .routes(routes!(list_files))
@@ -150,12 +151,27 @@ impl ExecuteOnceBody {
 /// Session options. A body that is there must be a JSON object we understand.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"python": "3.11"}), json!({"requirements": ["tabulate==0.9.0"]})))]
 struct CreateSessionBody {
     /// The interpreter: a `[[python.interpreters]]` name, or a version (`3.11` matches the
     /// first interpreter whose version is 3.11.x). Default: the first interpreter.
     #[serde(default)]
     #[schema(examples("3.11"))]
     python: Option<String>,
+    /// Packages to install into the session's own layer before it is handed out (as
+    /// `POST /v1/sessions/{id}/packages` would).
+    #[serde(default)]
+    requirements: Option<Vec<String>>,
+}
+
+/// What to install into a session.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(examples(json!({"requirements": ["tabulate==0.9.0"]})))]
+struct InstallBody {
+    /// Requirements, one package each: a name (PEP 503) with optional extras and version
+    /// specifiers (`seaborn==0.13.2`, `humanize>=4`); no options, URLs, paths or markers.
+    requirements: Vec<String>,
 }
 
 /// `GET /readyz`'s reply.
@@ -236,6 +252,7 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyReply>) 
                 ("execute" = (operation_id = "execute", parameters(("id" = "$response.body#/session_id")), description = "Run code in the session")),
                 ("interrupt" = (operation_id = "interrupt", parameters(("id" = "$response.body#/session_id")), description = "Interrupt its running cell")),
                 ("reset" = (operation_id = "reset", parameters(("id" = "$response.body#/session_id")), description = "A fresh namespace")),
+                ("install_packages" = (operation_id = "install_packages", parameters(("id" = "$response.body#/session_id")), description = "Install packages into it")),
                 ("history" = (operation_id = "history", parameters(("id" = "$response.body#/session_id")), description = "What ran")),
                 ("notebook" = (operation_id = "notebook", parameters(("id" = "$response.body#/session_id")), description = "What ran, as a notebook")),
                 ("list_files" = (operation_id = "list_files", parameters(("id" = "$response.body#/session_id")), description = "Its files")),
@@ -244,9 +261,11 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<ReadyReply>) 
                 ("delete_file" = (operation_id = "delete_file", parameters(("id" = "$response.body#/session_id")), description = "Delete a file")),
             ),
         ),
-        (status = 400, description = "`invalid_json`; `unknown_python`: no interpreter of that name or version (the message lists them)", body = ErrorBody),
+        (status = 400, description = "`invalid_json`; `unknown_python`: no interpreter of that name or version (the message lists them); `invalid_requirement` in `requirements`", body = ErrorBody),
+        (status = 403, description = "`package_not_allowed`, `install_disabled`", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
-        (status = 422, description = "`invalid_request`: not an object of the fields above", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: not an object of the fields above; `install_failed`, `install_timeout` (category `install`): `requirements` could not be installed, and no session was made", body = ErrorBody),
+        (status = 507, description = "`quota_exceeded`: `requirements` do not fit the disk quota", body = ErrorBody),
         (status = 429, description = "`too_many_sessions`: the token's own limit, every one of its sessions busy", body = ErrorBody),
         (status = 503, description = "`too_many_sessions` (at `sessions.max`), `worker_unavailable`, `sandbox_unavailable`, `shutting_down`, `draining`", body = ErrorBody),
     ),
@@ -273,11 +292,66 @@ async fn create_session(
             ApiError::new(status, code, e.to_string())
         })?;
     }
+    let requirements = options.requirements.unwrap_or_default();
+    if requirements.is_empty() {
+        let info = state
+            .manager
+            .create_on(caller.owner(), options.python.as_deref())
+            .await?;
+        return Ok((StatusCode::CREATED, Json(info)));
+    }
+    // Refused before a session is made, and before any network.
+    state.manager.check_requirements(&requirements)?;
     let info = state
         .manager
         .create_on(caller.owner(), options.python.as_deref())
         .await?;
-    Ok((StatusCode::CREATED, Json(info)))
+    let id = info.session_id;
+    // A session whose packages could not be installed is not handed out half made.
+    if let Err(e) = state.manager.install_packages(&id, &requirements).await {
+        let _ = state.manager.delete(&id);
+        return Err(e.into());
+    }
+    Ok((StatusCode::CREATED, Json(state.manager.info(&id)?)))
+}
+
+/// Installs packages into the session's own layer (never the shared base environment):
+/// resolved against the base's installed versions, so what the base has is not installed
+/// again; from the shared cache when it has them. The session's next cell imports them, its
+/// variables kept. Waits for the cells queued before it; cells queued after wait for it.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/packages",
+    operation_id = "install_packages",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session's id")),
+    request_body = InstallBody,
+    responses(
+        (status = 200, description = "Installed", body = Installed),
+        (status = 400, description = "`invalid_json`, `invalid_requirement`", body = ErrorBody),
+        (status = 403, description = "`package_not_allowed` (naming the package), `install_disabled`", body = ErrorBody),
+        (status = 404, description = "`session_not_found`", body = ErrorBody),
+        (status = 409, description = "`session_closed`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody),
+        (status = 422, description = "`install_failed` (the installer's message), `install_timeout`, `invalid_request`; category `install` for the first two", body = ErrorBody),
+        (status = 429, description = "`queue_full`", body = ErrorBody),
+        (status = 503, description = "`installer_unavailable`", body = ErrorBody),
+        (status = 507, description = "`quota_exceeded`: the packages do not fit the session's disk quota", body = ErrorBody),
+    ),
+)]
+async fn install_packages(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<InstallBody>,
+) -> Result<Json<Installed>, ApiError> {
+    state.manager.authorize(&id, caller.owner())?;
+    Ok(Json(
+        state
+            .manager
+            .install_packages(&id, &body.requirements)
+            .await?,
+    ))
 }
 
 /// The caller's sessions.

@@ -52,7 +52,8 @@ const INSTRUCTIONS: &str = "replpool runs Python in warm sessions with numpy, pa
 matplotlib already imported. create_session gives a session_id; run_python with it runs cells \
 that share variables (run_python without a session_id runs once in a fresh interpreter). \
 Plots come back as PNG images. Files live in the session's working directory (upload_file, \
-read_file, list_files). close_session when done.";
+read_file, list_files). A missing module: install_packages into the session. close_session when \
+done.";
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +77,15 @@ pub struct RunPython {
 pub struct SessionArg {
     /// The session (from create_session).
     pub session_id: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallPackages {
+    /// The session (from create_session).
+    pub session_id: String,
+    /// Requirements, one package each: `seaborn`, `seaborn==0.13.2`, `humanize>=4`.
+    pub requirements: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -185,7 +195,7 @@ impl McpServer {
             match self.manager.create_for(owner(&context).as_deref()).await {
                 Ok(info) => done(
                     format!(
-                        "session_id: {}\nPass it to run_python, upload_file, read_file, list_files, reset_session and close_session.",
+                        "session_id: {}\nPass it to run_python, upload_file, read_file, list_files, install_packages, reset_session and close_session.",
                         info.session_id
                     ),
                     json!({"session_id": info.session_id}),
@@ -361,6 +371,36 @@ impl McpServer {
             ),
             Err(e) => refusal(e),
         })
+    }
+
+    #[tool(
+        description = "Install Python packages into a session (only that session sees them), e.g. after a ModuleNotFoundError. Its next cell can import them; its variables stay."
+    )]
+    async fn install_packages(
+        &self,
+        Parameters(args): Parameters<InstallPackages>,
+        context: RequestContext<RoleServer>,
+    ) -> ToolResult {
+        if let Err(refused) = self.authorize(&args.session_id, &context) {
+            return Ok(refused);
+        }
+        Ok(
+            match self
+                .manager
+                .install_packages(&args.session_id, &args.requirements)
+                .await
+            {
+                Ok(installed) => done(
+                    if installed.installed.is_empty() {
+                        "nothing new to install: the requirements are satisfied".to_owned()
+                    } else {
+                        format!("installed: {}", installed.installed.join(", "))
+                    },
+                    serde_json::to_value(&installed).unwrap_or_default(),
+                ),
+                Err(e) => refusal(e),
+            },
+        )
     }
 
     #[tool(description = "End a session: its interpreter and its files.")]

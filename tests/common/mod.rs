@@ -428,7 +428,7 @@ async fn decode(response: reqwest::Response) -> (u16, Value) {
 }
 
 /// Every kind of failure an error reply may say it was (`category`).
-pub const CATEGORIES: [&str; 12] = [
+pub const CATEGORIES: [&str; 13] = [
     "syntax",
     "runtime",
     "timeout",
@@ -438,6 +438,7 @@ pub const CATEGORIES: [&str; 12] = [
     "output_limit",
     "disk_quota",
     "worker_died",
+    "install",
     "unavailable",
     "request",
     "internal",

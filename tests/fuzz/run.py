@@ -59,6 +59,11 @@ tokens = ["{TOKEN}"]
 
 [sandbox]
 network = "host"
+
+[packages]
+# Random requirement names must never reach the package index (each a download, or a wait on
+# it): every one is refused first, 403 package_not_allowed (or 400 invalid_requirement).
+allow = []
 """
 
 

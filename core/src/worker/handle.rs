@@ -51,6 +51,8 @@ pub struct Cell<'a> {
     /// Tables and charts as data beside their pictures (`"data"` of the request).
     pub data: bool,
     pub max_table_rows: usize,
+    /// The session's package layer, relative to its directory: first on `sys.path`.
+    pub packages: Option<&'a str>,
 }
 
 /// Why a running cell was sent SIGINT.
@@ -209,6 +211,7 @@ impl Worker {
             filename: cell.filename,
             data: cell.data,
             max_table_rows: cell.max_table_rows,
+            packages: cell.packages,
         })
         .await?;
         let deadline = Instant::now() + cell.timeout;

@@ -34,6 +34,8 @@ pub struct Job {
     /// The interpreter (its name) `python_version` or `docker_image` chose; `None`: the
     /// default one.
     pub python: Option<String>,
+    /// `requirements_txt`: installed into the execution's session before it runs.
+    pub requirements: Vec<String>,
 }
 
 /// Code to run: `code` (run as `main.py`), or `files` with an `entrypoint`.
@@ -144,6 +146,7 @@ pub fn job_from_eval(manager: &SessionManager, request: EvalRequest) -> Result<J
         capped_from: None,
         eval_last_expr: request.eval_last_expr,
         python,
+        requirements: Vec::new(),
     })
 }
 
@@ -262,25 +265,16 @@ pub async fn job_from_multipart(
         metadata.python_version.as_deref(),
         metadata.docker_image.as_deref(),
     )?;
-    for (field, present) in [
-        (
-            "requirements_txt",
-            metadata
-                .requirements_txt
-                .as_deref()
-                .is_some_and(|r| !r.trim().is_empty()),
-        ),
-        (
-            "pre_commands",
-            metadata
-                .pre_commands
-                .as_ref()
-                .is_some_and(|c| !c.is_empty()),
-        ),
-    ] {
+    for (field, present) in [(
+        "pre_commands",
+        metadata
+            .pre_commands
+            .as_ref()
+            .is_some_and(|c| !c.is_empty()),
+    )] {
         if present {
             return Err(ExecutorError::bad_request(format!(
-                "metadata.{field} is not supported: replpool runs code in its own preloaded Python workers, with no package installs"
+                "metadata.{field} is not supported: replpool runs code in its own preloaded Python workers, with no commands before the program"
             )));
         }
     }
@@ -303,7 +297,20 @@ pub async fn job_from_multipart(
         capped_from: None,
         eval_last_expr: false,
         python,
+        requirements: requirements_of(metadata.requirements_txt.as_deref()),
     })
+}
+
+/// The requirements of a `requirements.txt`: one a line, comments and blank lines left out.
+/// What is left is checked like any install's requirements (options such as `-r` or
+/// `--index-url` are refused there, 400).
+fn requirements_of(text: Option<&str>) -> Vec<String> {
+    text.unwrap_or_default()
+        .lines()
+        .map(|line| line.split_once(" #").map_or(line, |(kept, _)| kept).trim())
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The regular files of a tar archive. Links and entries that would land outside the

@@ -317,6 +317,9 @@ async fn execute_job(
     session: &str,
     job: &Job,
 ) -> Result<Execution, ExecutorError> {
+    if !job.requirements.is_empty() {
+        manager.install_packages(session, &job.requirements).await?;
+    }
     for (path, data) in &job.files {
         manager
             .put_file(session, path, bytes::Bytes::from(data.clone()))
