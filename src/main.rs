@@ -112,10 +112,21 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config { config } => {
-            let mut config = config.load()?;
-            // The interpreters as the server will run them, every default filled in.
-            config.python.interpreters = config.interpreters();
+            let config = config.load()?;
             print!("{}", toml::to_string_pretty(&config)?);
+            // The interpreters as the server will run them, every default filled in, as a
+            // comment: written out as entries they would stop following `python.executable`,
+            // `python.preload` and `pool.warm_workers` when the printed file is edited.
+            println!("\n# The interpreters this runs (the first is the default):");
+            for interpreter in config.interpreters() {
+                println!(
+                    "#   {} = {} (preload {:?}, warm_workers {})",
+                    interpreter.name,
+                    interpreter.executable.display(),
+                    interpreter.preload.unwrap_or_default(),
+                    interpreter.warm_workers.unwrap_or(0)
+                );
+            }
             Ok(())
         }
         Command::Mcp { config, url, token } => {
@@ -215,7 +226,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let app = api::router(manager.clone(), &config);
     println!("listening on http://{addr}");
-    tracing::info!(%addr, python = %config.python.executable.display(), "replpool serving");
+    let python = config
+        .interpreters()
+        .iter()
+        .map(|i| format!("{}={}", i.name, i.executable.display()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::info!(%addr, %python, "replpool serving");
 
     let limits = http::Limits {
         header_read: Duration::from_millis(config.server.header_read_timeout_ms),

@@ -389,24 +389,33 @@ fn an_interpreter_that_does_not_exist_stops_the_start_naming_its_entry() {
     let (code, _, stderr) = replpool_with(&["serve", "--bind", "127.0.0.1:0"], &twice);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("python.interpreters[1].name"), "{stderr}");
+    // There, but not a Python: named by its entry before anything else looks at it.
+    let not_python = format!(
+        "[[python.interpreters]]\nname = \"venv\"\nexecutable = {venv:?}\n\n\
+         [[python.interpreters]]\nname = \"true\"\nexecutable = \"/bin/true\"\n"
+    );
+    let (code, _, stderr) = replpool_with(&["serve", "--bind", "127.0.0.1:0"], &not_python);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("python.interpreters[1] (true) (/bin/true): it did not tell its version"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn without_entries_the_effective_config_shows_the_one_interpreter() {
     let (code, stdout, stderr) = replpool_with(&["config"], "[python]\npreload = []\n");
     assert_eq!(code, 0, "{stderr}");
+    // Printed as given (no entries: a file saved from it still follows python.executable),
+    // and the effective interpreter beside it as a comment.
     let printed: toml::Table = stdout.parse().expect("TOML");
-    let interpreters = printed["python"]["interpreters"]
-        .as_array()
-        .expect("interpreters");
-    assert_eq!(interpreters.len(), 1, "{stdout}");
-    let default = &interpreters[0];
-    assert_eq!(default["name"].as_str(), Some("default"), "{stdout}");
-    assert_eq!(
-        default["executable"].as_str(),
-        Some(common::python().display().to_string().as_str()),
-        "{stdout}"
+    assert!(printed["python"].get("interpreters").is_none(), "{stdout}");
+    let line = format!(
+        "#   default = {} (preload [], warm_workers 2)",
+        common::python().display()
     );
-    assert_eq!(default["preload"].as_array().map(Vec::len), Some(0));
-    assert_eq!(default["warm_workers"].as_integer(), Some(2));
+    assert!(
+        stdout.lines().any(|l| l == line),
+        "{line:?} not in {stdout}"
+    );
 }

@@ -975,14 +975,15 @@ impl Config {
         }
         // Every live session and every bound worker waiting in a pool holds a uid; twice that
         // leaves room for the one-shots and for uids not reused at once.
-        let warm: usize = self
+        // Saturating: counts come from the file, and a sum that wrapped could pass the check.
+        let holders = self
             .interpreters()
             .iter()
             .map(|i| i.warm_workers.unwrap_or(0))
-            .sum();
-        let holders = self.sessions.max + warm + self.pool.lean_workers;
+            .fold(self.sessions.max, usize::saturating_add)
+            .saturating_add(self.pool.lean_workers);
         if let Some((first, last)) = self.sandbox.session_uid_range()?
-            && u64::from(last - first) + 1 < holders as u64 * 2
+            && u64::from(last - first) + 1 < (holders as u64).saturating_mul(2)
         {
             return Err(ConfigError::field(
                 "sandbox.session_uids",

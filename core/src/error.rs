@@ -52,6 +52,13 @@ pub enum Error {
     },
     #[error("internal error: {0}")]
     Internal(String),
+    /// An interpreter of the configuration could not be used (at start).
+    #[error("{field} ({executable}): {why}")]
+    InterpreterUnusable {
+        field: String,
+        executable: String,
+        why: String,
+    },
 }
 
 impl Error {

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::cold::ColdRunner;
-use crate::error::Error;
 use crate::pool::{PoolStatus, WarmPool};
 
 /// One configured interpreter, running.
@@ -119,27 +118,62 @@ pub fn describe(interpreters: &[Arc<Interpreter>]) -> String {
 /// Asks `python` its version (`3.11.7`), at start: sessions choose by it before any worker
 /// of that interpreter has started. `-I -S`: nothing of the environment or site, only the
 /// interpreter itself. One of the server's children, known to the orphan sweep.
-pub fn read_version(python: &Path) -> Result<String, Error> {
+pub fn read_version(python: &Path) -> Result<String, String> {
     let mut command = std::process::Command::new(python);
-    command.args([
-        "-I",
-        "-S",
-        "-c",
-        "import sys; print(sys.version.split()[0])",
-    ]);
-    let output = crate::reaper::children()
-        .output(&mut command)
-        .map_err(Error::io(format!("cannot run {}", python.display())))?;
+    command
+        .args([
+            "-I",
+            "-S",
+            "-c",
+            "import sys; print(sys.version.split()[0])",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = crate::reaper::children()
+        .spawn(&mut command)
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    // An interpreter that hangs (a wrapper script waiting for something) must not hold the
+    // start for ever. Polled, not waited on: the child stays ours to kill until it is reaped.
+    let deadline = std::time::Instant::now() + VERSION_TIMEOUT;
+    let exited = loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break true,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            // An error to wait is ended like a hang: killed and reaped.
+            Ok(None) | Err(_) => break false,
+        }
+    };
+    if !exited {
+        let _ = child.kill();
+    }
+    let pid = child.id();
+    let output = child.wait_with_output();
+    crate::reaper::children().forget(pid);
+    let output = output.map_err(|e| format!("cannot read its version: {e}"))?;
+    if !exited {
+        return Err(format!(
+            "it did not tell its version within {} s",
+            VERSION_TIMEOUT.as_secs()
+        ));
+    }
     let version = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    if !output.status.success() || version.is_empty() {
-        return Err(Error::Internal(format!(
-            "{} did not tell its version: {}",
-            python.display(),
+    let looks_like_one = version.split('.').take(2).all(|n| n.parse::<u32>().is_ok())
+        && version.split('.').count() >= 2;
+    if !output.status.success() || !looks_like_one {
+        return Err(format!(
+            "it did not tell its version ({}): {}",
+            output.status,
             String::from_utf8_lossy(&output.stderr).trim()
-        )));
+        ));
     }
     Ok(version)
 }
+
+/// How long an interpreter may take to print its version at start.
+const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

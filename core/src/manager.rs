@@ -134,6 +134,24 @@ impl SessionManager {
             installer: Installer::new(&config.packages, staging),
         });
         let template = config.pool.template;
+        // First: an interpreter that cannot run is named by its entry before the sandbox
+        // probes its paths.
+        let interpreters = config.interpreters();
+        let mut versions = Vec::with_capacity(interpreters.len());
+        for (i, entry) in interpreters.iter().enumerate() {
+            let version = interpreter::read_version(&entry.executable).map_err(|why| {
+                Error::InterpreterUnusable {
+                    field: if config.python.interpreters.is_empty() {
+                        "python.executable".to_owned()
+                    } else {
+                        format!("python.interpreters[{i}] ({})", entry.name)
+                    },
+                    executable: entry.executable.display().to_string(),
+                    why,
+                }
+            })?;
+            versions.push(version);
+        }
         let sandbox = Sandbox::setup(
             config,
             &SandboxDirs {
@@ -160,11 +178,6 @@ impl SessionManager {
             );
         }
         let ex = &config.execution;
-        let interpreters = config.interpreters();
-        let mut versions = Vec::with_capacity(interpreters.len());
-        for entry in &interpreters {
-            versions.push(interpreter::read_version(&entry.executable)?);
-        }
         let Some(first) = interpreters.first() else {
             return Err(Error::Internal("no interpreter configured".into()));
         };
@@ -569,7 +582,10 @@ impl SessionManager {
     /// Makes the template start over (after a package install): new workers import afresh.
     /// Idle pooled workers are dropped too.
     pub fn restart_template(&self) {
-        for pool in self.pools() {
+        // installPackage changes the default interpreter's environment only: the others'
+        // templates have nothing new to import.
+        let default = &self.workers.interpreters[0].pool;
+        for pool in std::iter::once(default).chain(self.workers.lean_started()) {
             pool.drain("idle before the template restarted (a package was installed)");
             pool.restart_template();
         }

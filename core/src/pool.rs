@@ -90,7 +90,12 @@ impl WarmPool {
             last_error: Mutex::new(None),
             python_version: Mutex::new(None),
         });
-        tokio::spawn(Arc::clone(&pool).refill(shutdown));
+        // With several interpreters the logs must say whose pool failed.
+        let span = tracing::info_span!("pool", pool = %pool.name);
+        tokio::spawn(tracing::Instrument::instrument(
+            Arc::clone(&pool).refill(shutdown),
+            span,
+        ));
         pool
     }
 

@@ -129,7 +129,16 @@ impl Template {
             }),
             state: watch::channel(State::Starting).0,
         });
-        tokio::spawn(Arc::clone(&template).supervise(shutdown));
+        // With several interpreters (and the lean template) the logs must say whose failed.
+        let span = tracing::info_span!(
+            "template",
+            python = %template.spec.python.display(),
+            lean = template.spec.preload.is_empty()
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            Arc::clone(&template).supervise(shutdown),
+            span,
+        ));
         template
     }
 

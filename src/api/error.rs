@@ -243,7 +243,7 @@ impl From<Error> for ApiError {
             Error::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, C::ShuttingDown),
             Error::Draining => (StatusCode::SERVICE_UNAVAILABLE, C::Draining),
             Error::UnknownPython { .. } => (StatusCode::BAD_REQUEST, C::UnknownPython),
-            Error::Internal(_) | Error::Io { .. } => {
+            Error::Internal(_) | Error::Io { .. } | Error::InterpreterUnusable { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, C::Internal)
             }
             Error::Sandbox(sandbox) if sandbox.is_internal() => {

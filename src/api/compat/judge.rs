@@ -168,7 +168,8 @@ impl JudgeSettings {
             run_timeout: Duration::from_millis(config.judge.run_timeout_ms),
             compile_timeout: Duration::from_millis(config.judge.compile_timeout_ms),
             parallel: if config.judge.parallel == 0 {
-                config.pool.warm_workers.max(1)
+                // The judge runs on the default interpreter: its pool's size.
+                config.interpreters()[0].warm_workers.unwrap_or(1).max(1)
             } else {
                 config.judge.parallel
             },

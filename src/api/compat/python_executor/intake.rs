@@ -218,9 +218,11 @@ fn choose_python(
     }
 }
 
-/// `3.11` of `python:3.11`, `python:3.11-slim`, `python:3.11.7-bookworm`; `None` for any
-/// other image (another name, a registry, `latest`, a digest).
+/// `3.11` of `python:3.11`, `python:3.11-slim`, `python:3.11.7-bookworm` (a pinned
+/// `@sha256:…` after the tag is the same version); `None` for any other image (another name,
+/// a registry, `latest`, a digest alone).
 fn image_python_version(image: &str) -> Option<&str> {
+    let image = image.split_once('@').map_or(image, |(name, _digest)| name);
     let tag = image.strip_prefix("python:")?;
     let version = tag.split_once('-').map_or(tag, |(version, _)| version);
     let mut parts = version.split('.');
@@ -374,6 +376,9 @@ mod tests {
             ("docker.io/library/python:3.11", None),
             ("ubuntu:22.04", None),
             ("python", None),
+            ("python:3.11@sha256:0123abcd", Some("3.11")),
+            ("python:3.11-slim@sha256:0123abcd", Some("3.11")),
+            ("python@sha256:0123abcd", None),
         ] {
             assert_eq!(image_python_version(image), version, "{image}");
         }
