@@ -31,7 +31,7 @@ fn api() -> Api {
             .join(format!("uv-cache-{}", std::process::id()));
         assert!(uv().exists(), "uv is not at {} (make venv installs it)", uv().display());
         format!(
-            "[pool]\nwarm_workers = 2\n\n[packages]\nuv = {:?}\ncache_dir = {:?}\ndeny = [\"evil-*\", \"torch\"]\n",
+            "[pool]\nwarm_workers = 2\n\n[packages]\nuv = {:?}\ncache_dir = {:?}\ndeny = [\"evil-*\", \"torch\", \"text-unidecode\"]\n",
             uv().display().to_string(),
             cache.display().to_string(),
         )
@@ -153,6 +153,26 @@ async fn a_package_that_does_not_exist_fails_cleanly_and_the_session_goes_on() {
 }
 
 #[tokio::test]
+async fn a_dependency_the_deny_list_keeps_out_is_refused_naming_it() {
+    if !index_reachable("a_dependency_the_deny_list_keeps_out_is_refused_naming_it").await {
+        return;
+    }
+    let api = api();
+    let session = api.session().await;
+    // python-slugify is allowed; it needs text-unidecode, which is denied.
+    let (status, body) = install(&api, &session, json!(["python-slugify==8.0.4"])).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "package_not_allowed", "{body}");
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(
+        message.contains("`text-unidecode`") && message.contains("python-slugify==8.0.4"),
+        "{message}"
+    );
+    let reply = api.run(&session, "import slugify").await;
+    assert_eq!(common::ename(&reply), "ModuleNotFoundError", "{reply}");
+}
+
+#[tokio::test]
 async fn pip_install_in_a_cell_installs_before_the_rest_of_the_cell() {
     if !index_reachable("pip_install_in_a_cell_installs_before_the_rest_of_the_cell").await {
         return;
@@ -172,6 +192,18 @@ async fn pip_install_in_a_cell_installs_before_the_rest_of_the_cell() {
         "{stdout}"
     );
     assert!(stdout.ends_with("1,234,567\n"), "{stdout}");
+
+    // A `!pip` line inside a string is the string's text, not a command.
+    let value = common::value_of(
+        &api,
+        &session,
+        "doc = \"\"\"Set-up:\n!pip install this-package-does-not-exist-replpool\n\"\"\"\ndoc",
+    )
+    .await;
+    assert_eq!(
+        value,
+        "'Set-up:\\n!pip install this-package-does-not-exist-replpool\\n'"
+    );
 
     // Only installs: another pip command is the cell's error, and nothing of it runs.
     let reply = api.run(&session, "%pip list\nprint('ran')").await;
@@ -394,6 +426,44 @@ async fn an_install_past_its_timeout_is_stopped_with_its_processes() {
         ),
         (Some("install_timeout"), Some("install")),
         "{body}"
+    );
+    // A `%pip install` in a cell ends at the cell's deadline, not the installer's.
+    let (status, reply) = api
+        .post(
+            &format!("/v1/sessions/{session}/execute"),
+            json!({"code": "%pip install tabulate==0.9.0\nprint('ran')", "timeout_ms": 300}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        (&reply["category"], &reply["stdout"]),
+        (&json!("install"), &json!("")),
+        "{reply}"
+    );
+    assert!(
+        reply["error"]["evalue"]
+            .as_str()
+            .is_some_and(|e| e.contains("reached its deadline (300 ms)")),
+        "{reply}"
+    );
+    // A caller that gives up on a session being made with requirements leaves no session
+    // behind (no one would have its id).
+    let impatient = api
+        .http
+        .post(format!("{}/v1/sessions", server.base))
+        .json(&json!({"requirements": ["tabulate==0.9.0"]}))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(impatient.is_err(), "{impatient:?}");
+    assert!(
+        common::eventually_some(Duration::from_secs(10), || async {
+            let (_, listing) = api.get("/v1/sessions").await;
+            (listing["sessions"].as_array().map(Vec::len) == Some(1)).then_some(())
+        })
+        .await
+        .is_some(),
+        "the half-made session stayed"
     );
     let server_pid = server.pid();
     assert!(

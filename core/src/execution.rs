@@ -18,6 +18,10 @@ pub struct ExecRequest {
     pub filename: Option<String>,
     /// Tables and charts as data beside their pictures (on unless a request turns it off).
     pub data: bool,
+    /// The code is a notebook's cell: its top-level `%pip install` / `!pip install` lines
+    /// install into the session (see `packages::pip_lines`). Off for programs (the judge's,
+    /// python-executor's, scripts'), whose text is never rewritten.
+    pub pip_magic: bool,
 }
 
 impl Default for ExecRequest {
@@ -28,6 +32,7 @@ impl Default for ExecRequest {
             timeout: None,
             filename: None,
             data: true,
+            pip_magic: false,
         }
     }
 }

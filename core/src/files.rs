@@ -204,11 +204,16 @@ impl SessionFiles {
     /// so code that swaps a part of `dest` for a link meanwhile makes the copy fail, never
     /// write elsewhere. `bytes`: what the copy adds, checked against the quota first where
     /// the kernel does not enforce it.
-    pub async fn import_dir(
+    ///
+    /// `source` is kept (not removed) until the copy is over, even when the caller stopped
+    /// waiting; a copy that fails or is `stopped` removes what it made of `dest` itself, so
+    /// nothing half-copied stays behind a caller that went away.
+    pub async fn import_dir<S: AsRef<Path> + Send + 'static>(
         &self,
-        source: PathBuf,
+        source: S,
         dest: &str,
         bytes: u64,
+        stopped: Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<(), FileError> {
         let turn = tokio::time::timeout(BUSY_WAIT, Arc::clone(&self.turns).acquire_owned())
             .await
@@ -218,13 +223,56 @@ impl SessionFiles {
         let dest = dest.to_owned();
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
-            files.import_now(&source, &dest, bytes)
+            let copied = files.import_now(source.as_ref(), &dest, bytes, &stopped);
+            if copied.is_err() {
+                let _as_user = AsUser::assume(files.user);
+                let _ = files.delete_now(&dest);
+            }
+            copied
         })
         .await
         .map_err(|e| FileError::Io(std::io::Error::other(e)))?
     }
 
-    fn import_now(&self, source: &Path, dest: &str, bytes: u64) -> Result<(), FileError> {
+    /// Removes the entries of directory `dir` whose names start with `prefix`, but `keep`
+    /// (as the session's user, beneath its directory). No directory there: nothing to do.
+    pub async fn remove_entries(
+        &self,
+        dir: &str,
+        prefix: &str,
+        keep: Option<&str>,
+    ) -> Result<(), FileError> {
+        let (dir, prefix, keep) = (dir.to_owned(), prefix.to_owned(), keep.map(str::to_owned));
+        self.blocking(move |files| {
+            let names = lexical(&dir)?;
+            let root = files.open_root()?;
+            let entries = match read_dir_beneath(&root, &names) {
+                Ok((_, entries)) => entries,
+                Err(Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            for (name, _) in entries {
+                let wanted = name
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(prefix.as_str()) && keep.as_deref() != Some(n));
+                if wanted {
+                    let mut path = names.clone();
+                    path.push(name);
+                    remove_tree(&root, &path)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    fn import_now(
+        &self,
+        source: &Path,
+        dest: &str,
+        bytes: u64,
+        stopped: &std::sync::atomic::AtomicBool,
+    ) -> Result<(), FileError> {
         let names = lexical(dest)?;
         let Some((name, parents)) = names.split_last() else {
             return Err(invalid(dest, "names the session directory itself"));
@@ -262,6 +310,12 @@ impl SessionFiles {
         let mut stack = vec![(source.to_owned(), top)];
         while let Some((from, into)) = stack.pop() {
             for entry in std::fs::read_dir(&from)? {
+                if stopped.load(Ordering::Acquire) {
+                    return Err(FileError::Io(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "the copy was stopped: its caller went away",
+                    )));
+                }
                 let entry = entry?;
                 let kind = entry.file_type()?;
                 let entry_name = entry.file_name();

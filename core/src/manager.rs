@@ -1135,6 +1135,7 @@ mod tests {
             timeout: None,
             filename: None,
             data: true,
+            pip_magic: false,
         };
         let execution = manager.execute(id, &request, None).await.expect("runs");
         assert_eq!(execution.status, crate::execution::Status::Ok);

@@ -683,9 +683,13 @@ impl Session {
         // turn; their output opens the cell's stdout.
         let started = Instant::now();
         let started_at = SystemTime::now();
-        let (code, pip_output) = match packages::pip_lines(&request.code) {
+        let pip = match request.pip_magic {
+            true => packages::pip_lines(&request.code),
+            false => Ok(None),
+        };
+        let (code, pip_output) = match pip {
             Ok(None) => (None, None),
-            Ok(Some((wanted, rest))) => match self.install_locked(&wanted).await {
+            Ok(Some((wanted, rest))) => match self.install_in_cell(&wanted, timeout).await {
                 Ok(installed) => (Some(rest), Some(pip_report(&installed))),
                 Err(e) => {
                     let execution = install_failed(&e, count, started.elapsed());
@@ -1046,6 +1050,27 @@ impl Session {
         Ok(installed)
     }
 
+    /// A cell's `%pip install`: within the cell's deadline (and `packages.timeout_ms`), and
+    /// stopped by an interrupt as the cell would be.
+    async fn install_in_cell(
+        &self,
+        wanted: &[String],
+        timeout: Duration,
+    ) -> Result<Installed, PackageError> {
+        tokio::select! {
+            installed = self.install_locked(wanted) => installed,
+            _ = tokio::time::sleep(timeout) => Err(PackageError::Failed {
+                message: format!(
+                    "the cell reached its deadline ({} ms) while installing",
+                    timeout.as_millis()
+                ),
+            }),
+            _ = self.interrupt.notified() => Err(PackageError::Failed {
+                message: "interrupted while installing".into(),
+            }),
+        }
+    }
+
     /// The install itself; the caller holds the session's turn. The new layer is made beside
     /// the old one and only then becomes the session's: a failed install leaves the layer as
     /// it was.
@@ -1075,28 +1100,48 @@ impl Session {
             });
         }
         let files = self.files();
-        let used = files.usage().await.unwrap_or(0);
+        // Layers an earlier install made but never handed over (its caller went away while
+        // it copied) take the quota for nothing: they go first.
+        let live = self.layer.lock().dir.clone();
+        let live_name = live.as_deref().and_then(|d| d.rsplit('/').next());
+        if let Err(e) = files
+            .remove_entries(packages::LAYER_PARENT, LAYER_PREFIX, live_name)
+            .await
+        {
+            tracing::warn!("cannot remove the session's abandoned package layers: {e}");
+        }
+        let used = files.usage().await.map_err(|e| {
+            PackageError::Internal(format!("cannot measure the session's files: {e}"))
+        })?;
         let free = files.max_total_bytes().saturating_sub(used);
         let staged = packages
             .installer
-            .stage(self.python_executable().0, &all, free)
+            .stage(self.python_executable().0, &all, free, &packages.policy)
             .await?;
         let dir = format!(
-            "{}/packages-{:016x}",
+            "{}/{LAYER_PREFIX}{:016x}",
             packages::LAYER_PARENT,
             rand::random::<u64>()
         );
+        // A caller that goes away stops the copy, which then removes what it made; the
+        // staging directory stays until the copy is over.
+        let stopped = StopOnDrop::default();
+        let crate::packages::Staged {
+            dir: staged_dir,
+            pins,
+            bytes,
+            from_cache,
+            output,
+        } = staged;
         if let Err(e) = files
-            .import_dir(staged.dir.path().to_owned(), &dir, staged.bytes)
+            .import_dir(staged_dir, &dir, bytes, Arc::clone(&stopped.0))
             .await
         {
-            // Nothing half-installed stays: the partial copy goes, the old layer stands.
-            let _ = files.delete(&dir).await;
+            // Nothing half-installed stays: the copy removed its part, the old layer stands.
             return Err(match e {
-                crate::files::FileError::QuotaExceeded { .. } => PackageError::OverQuota {
-                    bytes: staged.bytes,
-                    free,
-                },
+                crate::files::FileError::QuotaExceeded { .. } => {
+                    PackageError::OverQuota { bytes, free }
+                }
                 crate::files::FileError::Io(io) if !session_made(&io) => PackageError::Io {
                     context: "cannot copy the packages into the session".into(),
                     source: io,
@@ -1114,7 +1159,7 @@ impl Session {
         let (previous, before) = {
             let mut layer = self.layer.lock();
             layer.requirements = all;
-            let before = std::mem::replace(&mut layer.pins, staged.pins.clone());
+            let before = std::mem::replace(&mut layer.pins, pins.clone());
             (layer.dir.replace(dir), before)
         };
         // The worker moves to the new layer at its next cell (the exec request names it);
@@ -1124,8 +1169,7 @@ impl Session {
         {
             tracing::warn!("cannot remove the session's previous package layer: {e}");
         }
-        let installed: Vec<String> = staged
-            .pins
+        let installed: Vec<String> = pins
             .iter()
             .filter(|pin| !before.contains(pin))
             .cloned()
@@ -1133,17 +1177,30 @@ impl Session {
         tracing::info!(
             session = %self.id,
             installed = ?installed,
-            from_cache = staged.from_cache,
-            bytes = staged.bytes,
+            from_cache = from_cache,
+            bytes = bytes,
             "packages installed"
         );
         Ok(Installed {
             installed,
-            packages: staged.pins,
-            from_cache: staged.from_cache,
+            packages: pins,
+            from_cache,
             duration_ms: started.elapsed().as_millis() as u64,
-            output: staged.output,
+            output,
         })
+    }
+}
+
+/// What each layer directory's name starts with, in [`packages::LAYER_PARENT`].
+const LAYER_PREFIX: &str = "packages-";
+
+/// Set when dropped: tells a blocking copy its caller went away.
+#[derive(Default)]
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

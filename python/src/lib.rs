@@ -160,6 +160,8 @@ impl NativePool {
             timeout: timeout_ms.map(Duration::from_millis),
             filename: None,
             data: true,
+            // Cells, as through the server's API.
+            pip_magic: true,
         };
         let execution = self.run(py, async move {
             manager.execute(&session, &request, None).await

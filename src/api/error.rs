@@ -254,7 +254,9 @@ impl From<Error> for ApiError {
                 PackageError::InvalidRequirement { .. } | PackageError::TooMany { .. } => {
                     (StatusCode::BAD_REQUEST, C::InvalidRequirement)
                 }
-                PackageError::NotAllowed { .. } => (StatusCode::FORBIDDEN, C::PackageNotAllowed),
+                PackageError::NotAllowed { .. } | PackageError::DependencyNotAllowed { .. } => {
+                    (StatusCode::FORBIDDEN, C::PackageNotAllowed)
+                }
                 PackageError::Disabled => (StatusCode::FORBIDDEN, C::InstallDisabled),
                 PackageError::Failed { .. } => (StatusCode::UNPROCESSABLE_ENTITY, C::InstallFailed),
                 PackageError::Timeout { .. } => {

@@ -19,7 +19,7 @@ use super::openapi::{self, ErrorBody};
 use super::{ApiError, AppState, stream};
 use crate::execution::{ExecRequest, Execution};
 use crate::files::{self, FileListing};
-use crate::manager::{Health, Readiness};
+use crate::manager::{Health, Readiness, SessionManager};
 use crate::session::{HistoryEntry, Installed, SessionInfo};
 
 pub fn routes(max_file_bytes: usize, state: AppState) -> OpenApiRouter<AppState> {
@@ -106,6 +106,8 @@ impl TryFrom<ExecuteBody> for ExecRequest {
             timeout: body.timeout_ms.map(Duration::from_millis),
             filename: None,
             data: body.data.unwrap_or(true),
+            // The native API's code is a notebook's cell.
+            pip_magic: true,
         })
     }
 }
@@ -306,13 +308,37 @@ async fn create_session(
         .manager
         .create_on(caller.owner(), options.python.as_deref())
         .await?;
-    let id = info.session_id;
-    // A session whose packages could not be installed is not handed out half made.
-    if let Err(e) = state.manager.install_packages(&id, &requirements).await {
-        let _ = state.manager.delete(&id);
-        return Err(e.into());
+    // A session whose packages could not be installed is not handed out half made; nor is
+    // one whose caller went away meanwhile (this future dropped): no one has its id.
+    let unfinished = DeleteOnDrop {
+        manager: &state.manager,
+        id: Some(info.session_id),
+    };
+    let id = unfinished.id.as_deref().unwrap_or_default();
+    state.manager.install_packages(id, &requirements).await?;
+    let info = state.manager.info(id)?;
+    unfinished.keep();
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+/// Deletes a session being made unless it is kept.
+struct DeleteOnDrop<'a> {
+    manager: &'a SessionManager,
+    id: Option<String>,
+}
+
+impl DeleteOnDrop<'_> {
+    fn keep(mut self) {
+        self.id = None;
     }
-    Ok((StatusCode::CREATED, Json(state.manager.info(&id)?)))
+}
+
+impl Drop for DeleteOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let _ = self.manager.delete(&id);
+        }
+    }
 }
 
 /// Installs packages into the session's own layer (never the shared base environment):

@@ -231,6 +231,8 @@ impl McpServer {
             // The tool's content is text and PNGs: tables and charts as JSON would cost the
             // worker their making and reach no one.
             data: false,
+            // A model writes `%pip install` as it would in a notebook.
+            pip_magic: true,
         };
         let execution = self
             .execute(args.session_id.as_deref(), &request, &context)

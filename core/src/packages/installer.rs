@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{PackageError, Requirement, requirement};
+use super::{PackageError, Policy, Requirement, requirement};
 use crate::config::PackagesConfig;
 use crate::reaper;
 
@@ -82,11 +82,12 @@ impl Installer {
         python: &Path,
         requirements: &[Requirement],
         max_bytes: u64,
+        policy: &Policy,
     ) -> Result<Staged, PackageError> {
         let timeout_ms = self.timeout.as_millis() as u64;
         tokio::time::timeout(
             self.timeout,
-            self.stage_now(python, requirements, max_bytes),
+            self.stage_now(python, requirements, max_bytes, policy),
         )
         .await
         .map_err(|_| PackageError::Timeout { timeout_ms })?
@@ -97,13 +98,14 @@ impl Installer {
         python: &Path,
         requirements: &[Requirement],
         max_bytes: u64,
+        policy: &Policy,
     ) -> Result<Staged, PackageError> {
         let base = self.base(python).await?;
         // Exact pins may be served by the cache alone, with no round trip to the index; what
         // is not pinned asks the index what is newest.
         if requirements.iter().all(Requirement::is_pinned) {
             match self
-                .stage_with(python, &base, requirements, max_bytes, true)
+                .stage_with(python, &base, requirements, max_bytes, policy, true)
                 .await
             {
                 Ok(staged) => return Ok(staged),
@@ -111,7 +113,7 @@ impl Installer {
                 Err(other) => return Err(other),
             }
         }
-        self.stage_with(python, &base, requirements, max_bytes, false)
+        self.stage_with(python, &base, requirements, max_bytes, policy, false)
             .await
     }
 
@@ -121,6 +123,7 @@ impl Installer {
         base: &Base,
         requirements: &[Requirement],
         max_bytes: u64,
+        policy: &Policy,
         offline: bool,
     ) -> Result<Staged, PackageError> {
         let mut output = String::new();
@@ -147,6 +150,28 @@ impl Installer {
             .filter(|pin| !in_base(base, pin))
             .map(str::to_owned)
             .collect();
+        // The lists hold for what comes in as a dependency (or through an extra) too, and are
+        // checked before anything of it is fetched.
+        for pin in &pins {
+            let name = pin.split_once("==").map_or(pin.as_str(), |(name, _)| name);
+            let name = requirement::normalize(name.trim());
+            let asked = requirements.iter().any(|r| r.name == name);
+            match policy.check(&Requirement {
+                name,
+                text: pin.clone(),
+            }) {
+                Err(PackageError::NotAllowed { package, why }) if !asked => {
+                    let by = requirements
+                        .iter()
+                        .map(|r| r.text.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(PackageError::DependencyNotAllowed { package, by, why });
+                }
+                Err(refused) => return Err(refused),
+                Ok(()) => {}
+            }
+        }
         let dir = tempfile::Builder::new()
             .prefix("install-")
             .tempdir_in(&self.staging)

@@ -25,6 +25,14 @@ pub enum PackageError {
     },
     #[error("package `{package}` is not allowed here: {why}")]
     NotAllowed { package: String, why: &'static str },
+    /// What was asked is allowed, but brings in (as a dependency, or through an extra) a
+    /// package the lists keep out.
+    #[error("package `{package}`, which {by} needs, is not allowed here: {why}")]
+    DependencyNotAllowed {
+        package: String,
+        by: String,
+        why: &'static str,
+    },
     #[error("too many requirements: a session holds at most {max}")]
     TooMany { max: usize },
     #[error("per-session package installs are disabled here (packages.enabled = false)")]
@@ -117,8 +125,9 @@ pub async fn install_extra_packages(config: &crate::Config) -> Result<(), Packag
 }
 
 /// `%pip install a b` / `!pip install a b` (and `pip3`, `python -m pip`, `python3 -m pip`)
-/// lines at the top level of a cell: what they ask for, and the cell with each such line made
-/// `pass` (so line numbers stay). `Err` names a `%pip` line that is not an install.
+/// lines at the top level of a cell (not indented, not inside a string, a bracket or a
+/// continued line): what they ask for, and the cell with each such line made `pass` (so line
+/// numbers stay). `Err` names a `%pip` line that is not an install, or installs nothing.
 pub fn pip_lines(code: &str) -> Result<Option<(Vec<String>, String)>, String> {
     // Every cell passes here: most have no `pip` at all, and cost one substring search.
     if !code.contains("pip") {
@@ -127,32 +136,42 @@ pub fn pip_lines(code: &str) -> Result<Option<(Vec<String>, String)>, String> {
     let mut wanted = Vec::new();
     let mut found = false;
     let mut rest = String::with_capacity(code.len());
+    let mut lexer = Lexer::default();
     for line in code.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
         let ending = &line[body.len()..];
-        let Some(command) = body.strip_prefix('%').or_else(|| body.strip_prefix('!')) else {
-            rest.push_str(line);
-            continue;
-        };
-        let words: Vec<&str> = command.split_whitespace().collect();
+        let command = lexer
+            .at_statement_start()
+            .then(|| body.strip_prefix('%').or_else(|| body.strip_prefix('!')))
+            .flatten();
+        let words = command.map(shell_words).unwrap_or_default();
         let args = match words.as_slice() {
-            ["pip" | "pip3", args @ ..] => args,
-            ["python" | "python3", "-m", "pip", args @ ..] => args,
+            [pip, args @ ..] if pip == "pip" || pip == "pip3" => args,
+            [python, m, pip, args @ ..]
+                if (python == "python" || python == "python3") && m == "-m" && pip == "pip" =>
+            {
+                args
+            }
             _ => {
+                lexer.feed(line);
                 rest.push_str(line);
                 continue;
             }
         };
         found = true;
         match args {
-            ["install", packages @ ..] => {
+            [install, packages @ ..] if install == "install" => {
+                let before = wanted.len();
                 for package in packages {
                     // `-q`/`--quiet`/`-U` are what notebooks write by habit; other options
                     // are refused by the requirement check with its own words.
-                    if matches!(*package, "-q" | "--quiet" | "-U" | "--upgrade") {
+                    if matches!(package.as_str(), "-q" | "--quiet" | "-U" | "--upgrade") {
                         continue;
                     }
-                    wanted.push((*package).to_owned());
+                    wanted.push(package.clone());
+                }
+                if wanted.len() == before {
+                    return Err(format!("`{}` names no package to install", body.trim()));
                 }
             }
             _ => {
@@ -166,6 +185,82 @@ pub fn pip_lines(code: &str) -> Result<Option<(Vec<String>, String)>, String> {
         rest.push_str(ending);
     }
     Ok(found.then_some((wanted, rest)))
+}
+
+/// A `%pip` line's words as a shell would split them: quotes group (`"humanize>=4"`), an
+/// unquoted `#` at a word's start begins a comment.
+fn shell_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut quote: Option<char> = None;
+    for c in line.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => word.get_or_insert_with(String::new).push(c),
+            None if c == '"' || c == '\'' => {
+                quote = Some(c);
+                word.get_or_insert_with(String::new);
+            }
+            None if c == '#' && word.is_none() => break,
+            None if c.is_whitespace() => words.extend(word.take()),
+            None => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    words
+}
+
+/// Just enough of Python's tokenizer to tell whether a line starts a statement: whether the
+/// lines before it left a string, a bracket or a `\` continuation open.
+#[derive(Default)]
+struct Lexer {
+    /// The open string's quote, and whether it is a triple one.
+    string: Option<(char, bool)>,
+    brackets: usize,
+    continued: bool,
+}
+
+impl Lexer {
+    fn at_statement_start(&self) -> bool {
+        self.string.is_none() && self.brackets == 0 && !self.continued
+    }
+
+    fn feed(&mut self, line: &str) {
+        self.continued = false;
+        let chars: Vec<char> = line.chars().collect();
+        let tripled =
+            |i: usize, q: char| chars.get(i + 1) == Some(&q) && chars.get(i + 2) == Some(&q);
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            match self.string {
+                Some(_) if c == '\\' => i += 1, // the escaped character is skipped
+                Some((quote, false)) if c == quote || c == '\n' => self.string = None,
+                Some((quote, true)) if c == quote && tripled(i, quote) => {
+                    self.string = None;
+                    i += 2;
+                }
+                Some(_) => {}
+                None => match c {
+                    '#' => break,
+                    '\'' | '"' => {
+                        let triple = tripled(i, c);
+                        self.string = Some((c, triple));
+                        if triple {
+                            i += 2;
+                        }
+                    }
+                    '(' | '[' | '{' => self.brackets += 1,
+                    ')' | ']' | '}' => self.brackets = self.brackets.saturating_sub(1),
+                    '\\' if chars[i + 1..].iter().all(|c| matches!(c, '\n' | '\r')) => {
+                        self.continued = true;
+                    }
+                    _ => {}
+                },
+            }
+            i += 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -191,6 +286,24 @@ mod tests {
             Ok(None)
         );
         assert_eq!(pip_lines("!ls -l\n%time 1"), Ok(None));
+    }
+
+    #[test]
+    fn pip_lines_inside_strings_brackets_or_continuations_are_code() {
+        let cell = "doc = \"\"\"Setup:\n!pip install x\n\"\"\"\nitems = [\n%pip install y\n]\ns = 'a' \\\n!pip install z\n";
+        assert_eq!(pip_lines(cell), Ok(None));
+        let cell = "a = '''x'''\n%pip install after\nb = \"it's\"\n!pip install two\n";
+        let (wanted, _) = pip_lines(cell).expect("ok").expect("found");
+        assert_eq!(wanted, ["after", "two"]);
+    }
+
+    #[test]
+    fn pip_words_are_split_as_a_shell_would() {
+        let cell = "%pip install \"humanize>=4\" 'tabulate==0.9.0' -q # for tables";
+        let (wanted, _) = pip_lines(cell).expect("ok").expect("found");
+        assert_eq!(wanted, ["humanize>=4", "tabulate==0.9.0"]);
+        let error = pip_lines("%pip install -q").expect_err("nothing to install");
+        assert!(error.contains("names no package"), "{error}");
     }
 
     #[test]

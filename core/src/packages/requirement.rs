@@ -34,6 +34,11 @@ impl Requirement {
         if text.len() > MAX_LEN {
             return Err(bad("it is longer than 200 bytes"));
         }
+        // A line break or a look-alike space inside would reach the installer as two lines,
+        // or as something other than it looks.
+        if text.chars().any(|c| c.is_control() || !c.is_ascii()) {
+            return Err(bad("it holds a control or non-ASCII character"));
+        }
         if text.starts_with('-') {
             return Err(bad(
                 "installer options are not accepted, only package names and versions",

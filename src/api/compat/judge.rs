@@ -202,6 +202,7 @@ async fn python(
             filename: None,
             // A judge reads stdout: no table or chart to make.
             data: false,
+            pip_magic: false,
         }
     })
     .await?;
@@ -261,6 +262,7 @@ async fn cpp(
                 timeout: Some(judge.compile_timeout),
                 filename: None,
                 data: false,
+                pip_magic: false,
             },
             None,
             Some(dir.path()),
@@ -308,6 +310,7 @@ async fn cpp(
             timeout: Some(judge.run_timeout),
             filename: None,
             data: false,
+            pip_magic: false,
         },
     )
     .await?;

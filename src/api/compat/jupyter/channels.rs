@@ -411,6 +411,8 @@ impl Kernel {
             // A front end shows the richest type it renders: the table and chart JSON are for
             // those that render them (nteract's data explorer), the rest fall back to HTML/PNG.
             data: true,
+            // `%pip install` in a notebook's cell installs, as in a Jupyter kernel.
+            pip_magic: true,
         };
         let (events, mut events_rx) = mpsc::unbounded_channel();
         let manager = Arc::clone(&self.manager);

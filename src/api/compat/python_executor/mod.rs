@@ -76,7 +76,8 @@ struct ExecForm {
     #[schema(value_type = String, format = Binary, content_media_type = "application/x-tar")]
     tar: Vec<u8>,
     /// JSON: `{"entrypoint", "stdin"?, "env_vars"?: ["K=v"], "script_args"?, "config"?:
-    /// {"timeout_seconds"}}` (`docker_image`, `requirements_txt` and `pre_commands` are refused).
+    /// {"timeout_seconds"}, "python_version"?, "docker_image"?: "python:X.Y[-variant]",
+    /// "requirements_txt"?}` (`pre_commands` is refused).
     #[schema(examples("{\"entrypoint\": \"main.py\"}"))]
     metadata: String,
 }
@@ -356,6 +357,7 @@ async fn execute_job(
                 filename: Some(job.entrypoint.clone()),
                 // Its result is read as `text/plain` only: no table or chart to make.
                 data: false,
+                pip_magic: false,
             },
             None,
         )
