@@ -687,21 +687,19 @@ impl Session {
             true => packages::pip_lines(&request.code),
             false => Ok(None),
         };
-        let (code, pip_output) = match pip {
+        let installed = match pip {
+            Ok(None) => Ok(None),
+            Ok(Some((wanted, rest))) => self
+                .install_in_cell(&wanted, timeout)
+                .await
+                .map(|installed| Some((rest, pip_report(&installed)))),
+            Err(refused) => Err(PackageError::Failed { message: refused }),
+        };
+        let (code, pip_output) = match installed {
+            Ok(Some((rest, report))) => (Some(rest), Some(report)),
             Ok(None) => (None, None),
-            Ok(Some((wanted, rest))) => match self.install_in_cell(&wanted, timeout).await {
-                Ok(installed) => (Some(rest), Some(pip_report(&installed))),
-                Err(e) => {
-                    let execution = install_failed(&e, count, started.elapsed());
-                    slot.unreported_reset = reset_before;
-                    slot.reset_reason = reset_reason;
-                    self.record(&request.code, started_at, &execution);
-                    self.executions.fetch_add(1, Ordering::AcqRel);
-                    return Ok(execution);
-                }
-            },
-            Err(refused) => {
-                let e = PackageError::Failed { message: refused };
+            Err(e) => {
+                // Nothing of the cell ran: it is over, with the install's error.
                 let execution = install_failed(&e, count, started.elapsed());
                 slot.unreported_reset = reset_before;
                 slot.reset_reason = reset_reason;
