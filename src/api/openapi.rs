@@ -31,10 +31,12 @@ use utoipa_axum::routes;
 
 use super::error::ErrorCode;
 
-/// The routes that need no token, whatever `auth.tokens` says: probes, and the API's own
-/// description.
+/// The routes that need no token, whatever `auth.tokens` says: probes, the API's own
+/// description, and the web console's files (which hold no data).
 pub fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs")
+        || path.starts_with("/docs/")
+        || super::console::is_console(path)
 }
 
 /// The tag of python-executor's operations, whose errors are its own shape.
