@@ -217,6 +217,8 @@ function addCell(after) {
   run.addEventListener("click", () => runCell(cell));
   stop.addEventListener("click", () => interrupt());
   editor.addEventListener("keydown", (ev) => editorKey(ev, cell));
+  // Grows with its code, so that a cell is read whole, not scrolled.
+  editor.addEventListener("input", () => { editor.rows = Math.max(3, editor.value.split("\n").length + 1); });
   if (after && after.nextSibling) $("cells").insertBefore(cell, after.nextSibling);
   else $("cells").append(cell);
   return cell;

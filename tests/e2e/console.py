@@ -224,7 +224,7 @@ def drive(base, page, steps, downloads):
     steps.shot("narrow")
     page.set_viewport_size({"width": 1280, "height": 800})
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(SHOTS / "final.png"))
+    page.screenshot(path=str(SHOTS / "final.png"), full_page=True)
 
 
 def main():
