@@ -398,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn public_routes_are_the_probes_and_the_description() {
+    fn public_routes_are_the_probes_the_description_and_the_console() {
         for path in [
             "/healthz",
             "/readyz",
@@ -406,10 +406,23 @@ mod tests {
             "/docs",
             "/docs/",
             "/docs/index.css",
+            "/",
+            "/console",
+            "/console/console.js",
+            "/console/console.css",
         ] {
             assert!(is_public(path), "{path}");
         }
-        for path in ["/v1/sessions", "/docsx", "/openapi.jsonx", "/health"] {
+        for path in [
+            "/v1/sessions",
+            "/docsx",
+            "/openapi.jsonx",
+            "/health",
+            "/consolex",
+            "/console/",
+            "/console/other.js",
+            "//",
+        ] {
             assert!(!is_public(path), "{path}");
         }
     }
