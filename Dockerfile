@@ -37,6 +37,8 @@ RUN mkdir -p src core/src python/src benches \
 COPY bootstrap bootstrap
 COPY core core
 COPY src src
+# The web console's files, compiled into the binary (src/api/console.rs).
+COPY console console
 COPY benches benches
 COPY python/src python/src
 # COPY keeps the files' times, which can be older than the stubs': touch the roots so cargo

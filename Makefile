@@ -10,7 +10,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 TEST_STAMP := $(VENV)/.tests-installed
 PACKAGE_STAMP := $(VENV)/.package-tools-installed
 
-.PHONY: serve test bench venv build package clean image test-image test-cluster k8s-nginx soak
+.PHONY: serve test bench venv build package clean image test-image test-cluster k8s-nginx soak test-e2e e2e-if-chromium
 
 # matplotlib's font list, built once into the venv (worker.py's `font_cache_dir`) rather than
 # by every template and worker at its start. Delete the directory to rebuild it (new fonts).
@@ -68,8 +68,32 @@ test: venv $(TEST_STAMP) $(BENCH_STAMP) build package
 	@echo "==> deploy/k8s, validated offline: yamllint and the Kubernetes schemas"
 	$(VENV_PY) -m unittest discover -s tests/k8s -p 'test_*.py'
 	$(VENV_PY) -m pytest -q python/tests
+	$(MAKE) e2e-if-chromium
 	@echo "==> the benchmark, quick, so that it cannot rot (no speed is asserted)"
 	cargo bench --locked --bench replpool -- --quick --out target/bench-quick.md --json target/bench-quick.json
+
+# The web console in a real browser (issue 23): Debian's chromium driven by Playwright for
+# Python, from a venv of its own (target/e2e-venv: playwright and nbformat, tests/e2e/
+# requirements.txt), against a server of its own. Needs /usr/bin/chromium (as root:
+# `apt-get update && apt-get install -y chromium`); Playwright's own browser download is not
+# used. Screenshots of each step go to target/e2e/.
+E2E_VENV := target/e2e-venv
+E2E_STAMP := $(E2E_VENV)/.installed
+CHROMIUM := /usr/bin/chromium
+
+$(E2E_STAMP): tests/e2e/requirements.txt
+	@echo "==> creating $(E2E_VENV) from tests/e2e/requirements.txt"
+	test -x $(E2E_VENV)/bin/python || $(PYTHON) -m venv $(E2E_VENV)
+	$(E2E_VENV)/bin/python -m pip install --disable-pip-version-check --quiet -r tests/e2e/requirements.txt
+	touch $(E2E_STAMP)
+
+test-e2e: venv build $(E2E_STAMP)
+	@test -x $(CHROMIUM) || { echo "no $(CHROMIUM): run (as root) apt-get update && apt-get install -y chromium"; exit 1; }
+	$(E2E_VENV)/bin/python tests/e2e/console.py --binary target/release/replpool --python $(CURDIR)/$(VENV_PY)
+
+# In `make test`: the browser test when chromium is there, a line saying so when it is not.
+e2e-if-chromium:
+	@if test -x $(CHROMIUM); then $(MAKE) test-e2e; else echo "skipped: no $(CHROMIUM) (apt-get install chromium)"; fi
 
 # Two nodes behind nginx on loopback (issue 18: routing by id, node death, draining). Not in
 # `make test`: it installs nginx (apt, as root) when missing and takes about a minute. The

@@ -176,6 +176,10 @@ async fn exactly_the_operations_without_security_need_no_token() {
     assert_eq!(
         public,
         [
+            "get /",
+            "get /console",
+            "get /console/console.css",
+            "get /console/console.js",
             "get /docs",
             "get /docs/",
             "get /docs/{file}",

@@ -6,6 +6,7 @@
 
 mod auth;
 mod compat;
+mod console;
 mod error;
 mod json;
 mod mcp;
@@ -107,6 +108,7 @@ fn routes(max_file_bytes: usize, state: AppState) -> (Router<AppState>, utoipa::
         .merge(OpenApiRouter::from(native))
         .merge(compat::routes(state))
         .merge(openapi::routes())
+        .merge(console::routes())
         .split_for_parts();
     document.merge(native_document);
     openapi::add_common_responses(&mut document);

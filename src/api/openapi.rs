@@ -31,10 +31,12 @@ use utoipa_axum::routes;
 
 use super::error::ErrorCode;
 
-/// The routes that need no token, whatever `auth.tokens` says: probes, and the API's own
-/// description.
+/// The routes that need no token, whatever `auth.tokens` says: probes, the API's own
+/// description, and the web console's files (which hold no data).
 pub fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs") || path.starts_with("/docs/")
+    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs")
+        || path.starts_with("/docs/")
+        || super::console::is_console(path)
 }
 
 /// The tag of python-executor's operations, whose errors are its own shape.
@@ -396,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn public_routes_are_the_probes_and_the_description() {
+    fn public_routes_are_the_probes_the_description_and_the_console() {
         for path in [
             "/healthz",
             "/readyz",
@@ -404,10 +406,23 @@ mod tests {
             "/docs",
             "/docs/",
             "/docs/index.css",
+            "/",
+            "/console",
+            "/console/console.js",
+            "/console/console.css",
         ] {
             assert!(is_public(path), "{path}");
         }
-        for path in ["/v1/sessions", "/docsx", "/openapi.jsonx", "/health"] {
+        for path in [
+            "/v1/sessions",
+            "/docsx",
+            "/openapi.jsonx",
+            "/health",
+            "/consolex",
+            "/console/",
+            "/console/other.js",
+            "//",
+        ] {
             assert!(!is_public(path), "{path}");
         }
     }
