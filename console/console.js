@@ -6,6 +6,7 @@
 const TOKEN_KEY = "replpool.token";
 const REFRESH_MS = 4000;
 let current = null; // the session shown in the session view
+let running = new AbortController(); // the session view's running cells: aborted when it changes
 
 const $ = (id) => document.getElementById(id);
 
@@ -41,7 +42,8 @@ class ApiFailure extends Error {
 }
 
 async function api(method, path, body, options) {
-  const opts = { method, headers: authHeaders(), ...(options || {}) };
+  const { background, ...rest } = options || {};
+  const opts = { method, headers: authHeaders(), ...rest, background };
   if (body !== undefined && !(body instanceof Blob) && !(body instanceof File)) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -49,7 +51,7 @@ async function api(method, path, body, options) {
     opts.body = body;
   }
   const reply = await fetch(path, opts);
-  if (reply.status === 401) needToken();
+  if (reply.status === 401) needToken(!opts.background);
   if (!reply.ok) {
     let parsed = null;
     try { parsed = await reply.json(); } catch (_) { /* not JSON */ }
@@ -58,9 +60,11 @@ async function api(method, path, body, options) {
   return reply;
 }
 
-function needToken() {
+// Focus moves to the token field only after something the user did: the background refresh
+// moving it every few seconds would pull a keyboard user out of whatever they were in.
+function needToken(moveFocus) {
   $("auth-msg").textContent = "This server needs a token: type one above.";
-  $("token").focus();
+  if (moveFocus) $("token").focus();
 }
 
 function setupToken() {
@@ -121,7 +125,7 @@ function mib(bytes) { return bytes == null ? "–" : (bytes / 1048576).toFixed(1
 async function refreshSessions() {
   let sessions;
   try {
-    sessions = (await (await api("GET", "/v1/sessions")).json()).sessions;
+    sessions = (await (await api("GET", "/v1/sessions", undefined, { background: true })).json()).sessions;
     $("sessions-msg").textContent = "";
   } catch (e) {
     $("sessions-msg").textContent = "Could not list sessions: " + e.message;
@@ -136,9 +140,12 @@ async function refreshSessions() {
     const actions = el("td", {},
       button("Open", `Open session ${id}`, () => openSession(id)), " ",
       button("Reset", `Reset session ${id}`, () => act(api("POST", `/v1/sessions/${id}/reset`))), " ",
-      button("Delete", `Delete session ${id}`, () => act(api("DELETE", `/v1/sessions/${id}`).then(() => {
-        if (current === id) closeSession();
-      }))), " ",
+      button("Delete", `Delete session ${id}`, () => {
+        if (!window.confirm(`Delete session ${id}, its variables and its files?`)) return;
+        act(api("DELETE", `/v1/sessions/${id}`).then(() => {
+          if (current === id) closeSession();
+        }));
+      }), " ",
       button(".ipynb", `Download session ${id} as a notebook`, () => downloadNotebook(id)));
     const row = el("tr", { class: id === current ? "current" : "" },
       el("td", { text: id }), el("td", { text: s.state }), el("td", { text: String(s.executions ?? s.execution_count) }),
@@ -186,6 +193,8 @@ function downloadNotebook(id) {
 // --- the session view: cells --------------------------------------------------------------
 
 function openSession(id) {
+  running.abort();
+  running = new AbortController();
   current = id;
   $("view-id").textContent = id;
   $("session-view").hidden = false;
@@ -197,6 +206,8 @@ function openSession(id) {
 }
 
 function closeSession() {
+  running.abort();
+  running = new AbortController();
   current = null;
   $("session-view").hidden = true;
 }
@@ -206,16 +217,17 @@ let cellSeq = 0;
 function addCell(after) {
   const n = ++cellSeq;
   const editor = el("textarea", { id: `code-${n}`, spellcheck: "false", rows: "3" });
-  const prompt = el("span", { class: "prompt", text: "In [ ]:" });
+  // The prompt says when a cell is done ("In [3]:"); a screen reader hears that, not each chunk.
+  const prompt = el("span", { class: "prompt", text: "In [ ]:", "aria-live": "polite" });
   const run = el("button", { type: "button", text: "Run", "aria-label": `Run cell ${n}` });
   const stop = el("button", { type: "button", text: "Interrupt", "aria-label": `Interrupt cell ${n}`, hidden: "" });
-  const output = el("div", { class: "output", "aria-live": "polite" });
+  const output = el("div", { class: "output" });
   const cell = el("div", { class: "cell" },
     el("div", { class: "cell-head" }, el("label", { for: editor.id, text: `Cell ${n}` }), prompt, run, stop),
     editor, output);
   cell.parts = { editor, prompt, run, stop, output };
   run.addEventListener("click", () => runCell(cell));
-  stop.addEventListener("click", () => interrupt());
+  stop.addEventListener("click", () => interrupt(cell.dataset.session));
   editor.addEventListener("keydown", (ev) => editorKey(ev, cell));
   // Grows with its code, so that a cell is read whole, not scrolled.
   editor.addEventListener("input", () => { editor.rows = Math.max(3, editor.value.split("\n").length + 1); });
@@ -242,14 +254,14 @@ function editorKey(ev, cell) {
   }
 }
 
-async function interrupt() {
-  if (!current) return;
-  try { await api("POST", `/v1/sessions/${current}/interrupt`); } catch (e) { $("sessions-msg").textContent = e.message; }
+async function interrupt(id) {
+  try { await api("POST", `/v1/sessions/${id}/interrupt`); } catch (e) { $("sessions-msg").textContent = e.message; }
 }
 
 async function runCell(cell, advance) {
   const { editor, prompt, run, stop, output } = cell.parts;
   const id = current;
+  cell.dataset.session = id;
   output.replaceChildren();
   prompt.textContent = "In [*]:";
   run.disabled = true;
@@ -260,36 +272,50 @@ async function runCell(cell, advance) {
     next.parts.editor.focus();
   }
   let streamed = false;
+  let ended = false;
   try {
     const reply = await api("POST", `/v1/sessions/${id}/execute?stream=true`, { code: editor.value },
-      { headers: authHeaders({ "Accept": "text/event-stream" }) });
+      { headers: authHeaders({ "Accept": "text/event-stream" }), signal: running.signal });
     for await (const ev of sseEvents(reply.body)) {
-      if (ev.event === "stream") {
-        streamed = true;
-        const d = JSON.parse(ev.data);
-        appendText(output, d.text, d.name === "stderr" ? "stderr" : "stdout");
-      } else if (ev.event === "display") {
-        streamed = true;
-        output.append(renderBundle(JSON.parse(ev.data)));
-      } else if (ev.event === "result") {
-        const x = JSON.parse(ev.data);
-        prompt.textContent = `In [${x.execution_count}]:`;
-        if (!streamed) {
-          if (x.stdout) appendText(output, x.stdout, "stdout");
-          if (x.stderr) appendText(output, x.stderr, "stderr");
-          for (const b of x.display || []) output.append(renderBundle(b));
+      // One odd event (session code can display any bundle) costs its own output, never
+      // the rest of the cell's.
+      try {
+        if (ev.event === "stream") {
+          streamed = true;
+          const d = JSON.parse(ev.data);
+          appendText(output, String(d.text ?? ""), d.name === "stderr" ? "stderr" : "stdout");
+        } else if (ev.event === "display") {
+          streamed = true;
+          output.append(renderBundle(JSON.parse(ev.data)));
+        } else if (ev.event === "result") {
+          ended = true;
+          const x = JSON.parse(ev.data);
+          prompt.textContent = `In [${Number(x.execution_count) || "?"}]:`;
+          if (!streamed) {
+            if (x.stdout) appendText(output, String(x.stdout), "stdout");
+            if (x.stderr) appendText(output, String(x.stderr), "stderr");
+            for (const b of Array.isArray(x.display) ? x.display : []) output.append(renderBundle(b));
+          }
+          if (x.result) output.append(renderBundle(x.result));
+          if (x.error || x.status !== "ok") output.append(renderError(x));
+          if (x.truncated) appendText(output, "(output truncated)", "stderr");
+          if (x.session_reset) appendText(output, "(the session was reset: earlier variables are gone)", "stderr");
+        } else if (ev.event === "error") {
+          ended = true;
+          const e = JSON.parse(ev.data).error || {};
+          prompt.textContent = "In [!]:";
+          appendText(output, `${e.code} (${e.category}): ${e.message}`, "error");
         }
-        if (x.result) output.append(renderBundle(x.result));
-        if (x.error || x.status !== "ok") output.append(renderError(x));
-        if (x.truncated) appendText(output, "(output truncated)", "stderr");
-        if (x.session_reset) appendText(output, "(the session was reset: earlier variables are gone)", "stderr");
-      } else if (ev.event === "error") {
-        const e = JSON.parse(ev.data).error || {};
-        prompt.textContent = "In [!]:";
-        appendText(output, `${e.code} (${e.category}): ${e.message}`, "error");
+      } catch (e) {
+        appendText(output, `(an output could not be shown: ${e.message})`, "error");
       }
     }
+    if (!ended) {
+      prompt.textContent = "In [!]:";
+      appendText(output, "the stream ended before the cell's result (the connection was lost)", "error");
+    }
   } catch (e) {
+    if (e.name === "AbortError") return; // the view moved on: the cell is not shown any more
     prompt.textContent = "In [!]:";
     appendText(output, e.message, "error");
   } finally {
@@ -304,10 +330,12 @@ async function runCell(cell, advance) {
 async function* sseEvents(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
+  try {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
-    buffer += value.replace(/\r\n?/g, "\n");
+    // A `\r\n` may be cut between two chunks: a trailing `\r` waits for the next one.
+    buffer = (buffer + value).replace(/\r\n/g, "\n").replace(/\r(?=.)/gs, "\n");
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, end);
@@ -324,6 +352,9 @@ async function* sseEvents(body) {
       }
       if (ev.data.length) yield { event: ev.event, data: ev.data.join("\n") };
     }
+  }
+  } finally {
+    reader.cancel().catch(() => {});
   }
 }
 
@@ -349,28 +380,40 @@ function renderError(x) {
 // tables are rebuilt from their data; other HTML is shown in a sandboxed frame (no scripts,
 // an opaque origin) only when there is nothing else.
 function renderBundle(bundle) {
+  if (bundle === null || typeof bundle !== "object") return el("pre", { class: "result", text: String(bundle) });
+  const plain = typeof bundle["text/plain"] === "string" ? bundle["text/plain"] : "";
   const table = bundle["application/vnd.dataresource+json"];
-  if (table && table.schema && Array.isArray(table.data)) return renderTable(table);
+  if (table && table.schema && Array.isArray(table.schema.fields) && Array.isArray(table.data)) {
+    return renderTable(table);
+  }
   if (typeof bundle["image/png"] === "string") {
-    return el("img", { src: "data:image/png;base64," + bundle["image/png"].trim(), alt: bundle["text/plain"] || "plot" });
+    return el("img", { src: "data:image/png;base64," + bundle["image/png"].trim(), alt: plain || "plot" });
   }
   if (typeof bundle["image/jpeg"] === "string") {
-    return el("img", { src: "data:image/jpeg;base64," + bundle["image/jpeg"].trim(), alt: bundle["text/plain"] || "image" });
+    return el("img", { src: "data:image/jpeg;base64," + bundle["image/jpeg"].trim(), alt: plain || "image" });
   }
-  if (typeof bundle["text/plain"] === "string") return el("pre", { class: "result", text: bundle["text/plain"] });
   if (typeof bundle["text/html"] === "string") {
-    const frame = el("iframe", { sandbox: "", title: "HTML output", referrerpolicy: "no-referrer" });
+    // An opaque origin, no scripts, and a policy of its own: it cannot even load from here.
+    const frame = el("iframe", {
+      sandbox: "", title: "HTML output", referrerpolicy: "no-referrer",
+      csp: "default-src 'none'; img-src data:; style-src 'unsafe-inline'",
+    });
     frame.srcdoc = bundle["text/html"];
     return frame;
   }
+  if (plain) return el("pre", { class: "result", text: plain });
   return el("pre", { class: "result", text: JSON.stringify(bundle) });
 }
 
 function renderTable(resource) {
-  const fields = resource.schema.fields || [];
+  const fields = resource.schema.fields.filter((f) => f && typeof f === "object");
+  const cell = (row, name) => {
+    const v = row && typeof row === "object" && Object.hasOwn(row, name) ? row[name] : null;
+    return v == null ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
+  };
   const head = el("tr", {}, ...fields.map((f) => el("th", { scope: "col", text: String(f.name) })));
   const rows = resource.data.map((row) =>
-    el("tr", {}, ...fields.map((f) => el("td", { text: row[f.name] == null ? "" : String(row[f.name]) }))));
+    el("tr", {}, ...fields.map((f) => el("td", { text: cell(row, f.name) }))));
   const table = el("table", { class: "dataframe" }, el("thead", {}, head), el("tbody", {}, ...rows));
   const wrap = el("div", { class: "table-wrap" }, table);
   if (resource.truncated) wrap.append(el("p", { text: `(first ${rows.length} of ${resource.total_rows} rows)` }));
@@ -392,6 +435,7 @@ async function refreshFiles() {
     $("files-msg").textContent = "Could not list files: " + e.message;
     return;
   }
+  if (id !== current) return; // another session was opened meanwhile
   const list = $("file-list");
   list.replaceChildren();
   for (const f of files) {
@@ -407,10 +451,11 @@ async function refreshFiles() {
 }
 
 async function upload(fileList) {
-  if (!current) return;
+  const id = current;
+  if (!id) return;
   for (const f of fileList) {
     try {
-      await api("PUT", `/v1/sessions/${current}/files/${encodeURIComponent(f.name)}`, f);
+      await api("PUT", `/v1/sessions/${id}/files/${encodeURIComponent(f.name)}`, f);
     } catch (e) {
       $("files-msg").textContent = `Upload of ${f.name} failed: ${e.message}`;
     }

@@ -108,3 +108,32 @@ async fn the_page_is_no_way_around_auth() {
     let (status, _) = Api::with_token(base(), TOKEN).get("/v1/sessions").await;
     assert_eq!(status, 200);
 }
+
+/// A file a session's code wrote is never a page of this origin (the console's, whose tab
+/// holds the token): served with a sandboxing policy and no sniffing.
+#[tokio::test]
+async fn a_session_file_is_never_a_page_of_this_origin() {
+    let api = Api::with_token(base(), TOKEN);
+    let session = api.session().await;
+    api.run(
+        &session,
+        "open('evil.html', 'w').write('<script>parent.stolen = sessionStorage</script>')",
+    )
+    .await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/sessions/{session}/files/evil.html", base()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        header(&response, "content-type"),
+        "text/html; charset=utf-8"
+    );
+    assert_eq!(header(&response, "x-content-type-options"), "nosniff");
+    assert_eq!(
+        header(&response, "content-security-policy"),
+        "sandbox; default-src 'none'"
+    );
+}

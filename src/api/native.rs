@@ -633,7 +633,20 @@ async fn get_file(
 ) -> Result<Response, ApiError> {
     state.manager.authorize(&id, caller.owner())?;
     let data = state.manager.get_file(&id, &path).await?;
-    Ok(([(header::CONTENT_TYPE, files::content_type(&path))], data).into_response())
+    // A session's code wrote it: an `.html` or `.svg` opened from this origin (the console's,
+    // whose tab holds the token) must not run as a page of it.
+    Ok((
+        [
+            (header::CONTENT_TYPE, files::content_type(&path)),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "sandbox; default-src 'none'",
+            ),
+        ],
+        data,
+    )
+        .into_response())
 }
 
 /// Deletes a file.

@@ -221,6 +221,9 @@ def drive(base, page, steps, downloads):
 
     page.set_viewport_size({"width": 420, "height": 800})
     page.locator("#cells").scroll_into_view_if_needed()
+    # One column, and nothing wider than the window (a wide table scrolls in its own box).
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 420, f"the page is {width} px wide in a 420 px window"
     steps.shot("narrow")
     page.set_viewport_size({"width": 1280, "height": 800})
     page.evaluate("window.scrollTo(0, 0)")
