@@ -424,9 +424,14 @@ function renderTable(resource) {
 
 function filePath(path) { return path.split("/").map(encodeURIComponent).join("/"); }
 
+let filesAsked = 0;
+
 async function refreshFiles() {
   if (!current) return;
   const id = current;
+  // Listings cross on the wire (a cell's end and an upload's both ask): only the one asked
+  // last may draw, or an older "No files." could cover a newer listing.
+  const asked = ++filesAsked;
   let files;
   try {
     files = (await (await api("GET", `/v1/sessions/${id}/files`)).json()).files;
@@ -435,7 +440,7 @@ async function refreshFiles() {
     $("files-msg").textContent = "Could not list files: " + e.message;
     return;
   }
-  if (id !== current) return; // another session was opened meanwhile
+  if (asked !== filesAsked || id !== current) return; // a later listing, or another session
   const list = $("file-list");
   list.replaceChildren();
   for (const f of files) {
