@@ -559,28 +559,13 @@ impl Bench {
 
     /// Waits until `/healthz` shows the pool of interpreter `name` full.
     async fn wait_for_interpreter_pool(&self, name: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let health: Value = self
-                .http
-                .get(self.url("/healthz"))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let pool = health["interpreters"]
+        self.wait_for_health(&format!("the pool of {name}"), |health| {
+            health["interpreters"]
                 .as_array()
                 .and_then(|all| all.iter().find(|i| i["name"] == name))
-                .map(|i| i["pool"].clone());
-            if pool.as_ref().is_some_and(pool_full) {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the pool of {name} never filled: {health}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+                .is_some_and(|i| pool_full(&i["pool"]))
+        })
+        .await
     }
 
     /// Both sides through the same Python client (benches/peers/jupyter_api_peer.py): replpool's
@@ -1085,6 +1070,18 @@ impl Bench {
     /// Every `{ready, target}` under `/healthz`'s `pool` and `lean_pool` counts, so that a
     /// second pool (of one-shot workers) is waited for too once it runs.
     async fn wait_for_pool(&self) -> anyhow::Result<()> {
+        self.wait_for_health("the pool", |health| {
+            pool_full(&health["pool"]) && pool_full(&health["lean_pool"])
+        })
+        .await
+    }
+
+    /// Polls `/healthz` until `full` holds of it (`what` never filled, after two minutes).
+    async fn wait_for_health(
+        &self,
+        what: &str,
+        full: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let health: Value = self
@@ -1094,10 +1091,10 @@ impl Bench {
                 .await?
                 .json()
                 .await?;
-            if pool_full(&health["pool"]) && pool_full(&health["lean_pool"]) {
+            if full(&health) {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "the pool never filled: {health}");
+            anyhow::ensure!(Instant::now() < deadline, "{what} never filled: {health}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

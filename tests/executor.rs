@@ -5,49 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Api, shared_with};
+use common::{Api, shared_with, submit, tar_of};
 use serde_json::{Value, json};
 
 const CONFIG: &str = "[pool]\nwarm_workers = 2\n";
 
 fn api() -> Api {
     Api::new(shared_with(CONFIG))
-}
-
-/// A tar archive of `files`; names are written as they are (even `../x`), as a hostile client
-/// could.
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, content) in files {
-        let mut header = tar::Header::new_old();
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_cksum();
-        builder.append(&header, content.as_bytes()).expect("append");
-    }
-    builder.into_inner().expect("tar")
-}
-
-async fn submit(api: &Api, route: &str, files: &[(&str, &str)], metadata: Value) -> (u16, Value) {
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "tar",
-            reqwest::multipart::Part::bytes(tar_of(files)).file_name("files.tar"),
-        )
-        .text("metadata", metadata.to_string());
-    let response = api
-        .http
-        .post(api.url(route))
-        .multipart(form)
-        .send()
-        .await
-        .expect("sent");
-    let status = response.status().as_u16();
-    let body = response.json().await.expect("JSON body");
-    common::assert_categorized(status, &body);
-    (status, body)
 }
 
 async fn eval(api: &Api, body: Value) -> Value {

@@ -256,32 +256,7 @@ async fn wait_for_pool_of(api: &Api, name: &str) {
 
 /// A multipart python-executor request: a tar of `main.py` and its metadata.
 async fn exec_sync(api: &Api, code: &str, metadata: Value) -> (u16, Value) {
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(code.len() as u64);
-    header.set_mode(0o644);
-    header.set_entry_type(tar::EntryType::Regular);
-    builder
-        .append_data(&mut header, "main.py", code.as_bytes())
-        .expect("append");
-    let tar = builder.into_inner().expect("tar");
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "tar",
-            reqwest::multipart::Part::bytes(tar).file_name("files.tar"),
-        )
-        .text("metadata", metadata.to_string());
-    let response = api
-        .http
-        .post(api.url("/api/v1/exec/sync"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("sent");
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.expect("JSON body");
-    common::assert_categorized(status, &body);
-    (status, body)
+    common::submit(api, "/api/v1/exec/sync", &[("main.py", code)], metadata).await
 }
 
 #[tokio::test]

@@ -230,20 +230,6 @@ async fn pip_install_in_a_cell_installs_before_the_rest_of_the_cell() {
     );
 }
 
-/// A tar archive of `files` (python-executor's `exec/sync` takes one).
-fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (name, content) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_path(name).expect("path");
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        builder.append(&header, content.as_bytes()).expect("append");
-    }
-    builder.into_inner().expect("tar")
-}
-
 #[tokio::test]
 async fn python_executor_installs_requirements_txt_before_the_program() {
     if !index_reachable("python_executor_installs_requirements_txt_before_the_program").await {
@@ -254,25 +240,16 @@ async fn python_executor_installs_requirements_txt_before_the_program() {
         "entrypoint": "main.py",
         "requirements_txt": "# what the program needs\ntermcolor==2.4.0  # colours\n\n",
     });
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "tar",
-            reqwest::multipart::Part::bytes(tar_of(&[(
-                "main.py",
-                "import termcolor\nprint(termcolor.__name__, 'ok')\n",
-            )]))
-            .file_name("files.tar"),
-        )
-        .text("metadata", metadata.to_string());
-    let response = api
-        .http
-        .post(api.url("/api/v1/exec/sync"))
-        .multipart(form)
-        .send()
-        .await
-        .expect("send");
-    let status = response.status().as_u16();
-    let result: Value = response.json().await.expect("json");
+    let (status, result) = common::submit(
+        &api,
+        "/api/v1/exec/sync",
+        &[(
+            "main.py",
+            "import termcolor\nprint(termcolor.__name__, 'ok')\n",
+        )],
+        metadata,
+    )
+    .await;
     assert_eq!(status, 200, "{result}");
     assert_eq!(result["status"], "completed", "{result}");
     assert_eq!(result["stdout"], "termcolor ok\n", "{result}");

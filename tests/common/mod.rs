@@ -842,3 +842,46 @@ pub async fn assert_outside_the_view(api: &Api, session: &str, more: &[&str]) {
     let code = format!("import os\n[p for p in {hidden:?} if os.path.lexists(p)]");
     assert_eq!(value_of(api, session, &code).await, "[]");
 }
+
+/// python-executor: a tar archive of `files`; names are written as they are (even `../x`), as a hostile client
+/// could.
+pub fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (name, content) in files {
+        let mut header = tar::Header::new_old();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        builder.append(&header, content.as_bytes()).expect("append");
+    }
+    builder.into_inner().expect("tar")
+}
+
+/// python-executor: `files` and `metadata` posted as multipart to `route` (`/api/v1/exec/sync`
+/// or `/exec/async`).
+pub async fn submit(
+    api: &Api,
+    route: &str,
+    files: &[(&str, &str)],
+    metadata: Value,
+) -> (u16, Value) {
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "tar",
+            reqwest::multipart::Part::bytes(tar_of(files)).file_name("files.tar"),
+        )
+        .text("metadata", metadata.to_string());
+    let response = api
+        .http
+        .post(api.url(route))
+        .multipart(form)
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status().as_u16();
+    let body = response.json().await.expect("JSON body");
+    assert_categorized(status, &body);
+    (status, body)
+}
