@@ -70,7 +70,11 @@ test: venv $(TEST_STAMP) $(BENCH_STAMP) build package
 	$(VENV_PY) -m pytest -q python/tests
 	$(MAKE) e2e-if-chromium
 	@echo "==> the benchmark, quick, so that it cannot rot (no speed is asserted)"
-	cargo bench --locked --bench replpool -- --quick --out target/bench-quick.md --json target/bench-quick.json
+	@# The dev profile: the harness `cargo build --all-targets` made above, against the release
+	@# server. Built as `cargo bench` builds it (release, dev-dependencies' features unified)
+	@# the server's library compiled once more, a release build of minutes for a run whose
+	@# numbers nobody reads; `make bench` measures with the release harness.
+	cargo bench --locked --profile dev --bench replpool -- --quick --out target/bench-quick.md --json target/bench-quick.json
 
 # The web console in a real browser (issue 23): Debian's chromium driven by Playwright for
 # Python, from a venv of its own (target/e2e-venv: playwright and nbformat, tests/e2e/

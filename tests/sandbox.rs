@@ -216,7 +216,7 @@ async fn a_fork_bomb_is_contained_and_other_sessions_answer() {
             // Every process forks for ever, and shrugs off the refusals: the limit stays full
             // until the session ends.
             let code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass";
-            api.exec(&bomb, json!({"code": code, "timeout_ms": 5000}))
+            api.exec(&bomb, json!({"code": code, "timeout_ms": 10000}))
                 .await
         })
     };
@@ -228,13 +228,13 @@ async fn a_fork_bomb_is_contained_and_other_sessions_answer() {
     })
     .await;
     assert!(filled, "the fork bomb never got going ({most} processes)");
-    let asked = Instant::now();
     let reply = api.run(&other, "1 + 1").await;
-    let took = asked.elapsed();
     assert_eq!(reply["result"]["text/plain"], "2", "{reply}");
+    // The answer came while the bomb still ran (not after its deadline freed the machine). How
+    // fast is for the bench: a time limit here failed on a loaded CI machine (1.3 s).
     assert!(
-        took < Duration::from_secs(1),
-        "1 + 1 took {took:?} beside the bomb"
+        !running.is_finished(),
+        "the other session answered only after the bomb's cell had ended"
     );
     let reply = running.await.expect("bomb task");
     assert!(
