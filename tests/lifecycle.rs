@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Api, Server, eventually, fd_count, processes_of, zombies_of};
+use common::{Api, Server, eventually, eventually_some, fd_count, processes_of, zombies_of};
 use serde_json::json;
 
 /// A server whose workers import nothing: they start in milliseconds, and these tests are
@@ -116,6 +116,83 @@ async fn without_warm_workers_everything_runs_cold_and_health_says_why() {
     assert_eq!(health["status"], "degraded");
     let reason = health["reason"].as_str().expect("reason");
     assert!(reason.contains("no_such_module_for_replpool"), "{reason}");
+}
+
+/// `replpool_cold_starts_waiting` from /metrics.
+async fn cold_starts_waiting(api: &Api) -> Option<f64> {
+    let response = api.http.get(api.url("/metrics")).send().await.ok()?;
+    let text = response.text().await.ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("replpool_cold_starts_waiting "))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn cold_starts_wait_for_a_permit() {
+    // Warm workers fail their preload, so cells run cold; a cold worker's preload holds its
+    // start on a blocker until the test lets it go.
+    use std::os::unix::fs::PermissionsExt;
+    let (blocker, hold) = common::blocker().await;
+    let modules = tempfile::Builder::new()
+        .tempdir_in(common::blocker_parent())
+        .expect("tempdir");
+    std::fs::set_permissions(modules.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let module = modules.path().join("replpool_test_cold_hold.py");
+    std::fs::write(
+        &module,
+        format!(
+            "import json, sys
+if not json.loads(sys.argv[1]).get('cold'):
+                 raise ImportError('warm workers do not start in this test')
+{hold}
+"
+        ),
+    )
+    .expect("write the module");
+    std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let server = Server::start_with_env(
+        "[pool]
+warm_workers = 1
+acquire_timeout_ms = 100
+cold_starts = 1
+",
+        &[
+            ("REPLPOOL_PYTHON_PRELOAD", r#"["replpool_test_cold_hold"]"#),
+            ("PYTHONPATH", modules.path().to_str().expect("UTF-8 path")),
+        ],
+    );
+    let api = Api::new(&server.base);
+    let run = |session: String| {
+        let api = Api::new(&server.base);
+        tokio::spawn(async move { api.run(&session, "'ran'").await })
+    };
+    let (a, b) = (api.session().await, api.session().await);
+    let (first, second) = (run(a), run(b));
+    // One start holds the only permit; the other execution waits for one, and has started
+    // nothing.
+    let held = blocker.accept().await;
+    let waiting = eventually_some(Duration::from_secs(30), || async {
+        (cold_starts_waiting(&api).await == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(waiting.is_some(), "the second cold start is not waiting");
+    assert!(!blocker.has_waiting(), "two cold starts at once");
+    drop(held);
+    drop(blocker.accept().await);
+    for cell in [first, second] {
+        let reply = cell.await.expect("the cell");
+        assert_eq!(
+            (
+                &reply["status"],
+                &reply["mode"],
+                &reply["result"]["text/plain"]
+            ),
+            (&json!("ok"), &json!("cold"), &json!("'ran'")),
+            "{reply}"
+        );
+    }
+    assert_eq!(cold_starts_waiting(&api).await, Some(0.0));
 }
 
 #[tokio::test]

@@ -5,34 +5,88 @@
 //! one only in `mode` and in its cost (the interpreter start and imports, about a second). A
 //! cold worker imports what it can of the preload list: the preload failing is one of the
 //! reasons to run cold, so it must not stop the fallback too.
+//!
+//! Cold starts are few at a time (`pool.cold_starts`): each costs about a second of CPU, and
+//! they happen most when the server is already short of it (warm workers not refilled in
+//! time). Unbounded, an overloaded server started more of them, which slowed everything
+//! further, until starts passed their own timeout and cells were refused. An execution past
+//! its acquire timeout waits for a start permit or its warm worker, whichever comes first.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::metrics;
 use crate::sandbox::SessionSandbox;
 use crate::worker::{Cell, CellOutcome, EventSender, Worker, WorkerError, WorkerSpec};
 
 #[derive(Debug, Clone)]
 pub struct ColdRunner {
     spec: WorkerSpec,
+    starts: ColdStarts,
+}
+
+/// The permits for cold starts, one set for the whole server: every interpreter's starts
+/// take the same CPUs.
+#[derive(Debug, Clone)]
+pub struct ColdStarts {
+    permits: Arc<Semaphore>,
+}
+
+/// The right to start one cold interpreter; given back once it has started (its cell runs
+/// without it).
+#[derive(Debug)]
+pub struct ColdStart {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ColdStarts {
+    /// `at_once` starts at a time; 0: one per CPU the server may use.
+    pub fn new(at_once: usize) -> ColdStarts {
+        let at_once = match at_once {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        ColdStarts {
+            permits: Arc::new(Semaphore::new(at_once)),
+        }
+    }
+
+    /// Waits for a permit. Counted in `replpool_cold_starts_waiting` while it waits (a
+    /// dropped wait, e.g. the warm worker came first, counts off too).
+    pub async fn permit(&self) -> ColdStart {
+        let _waiting = metrics::ColdStartWait::begin();
+        // The semaphore is never closed, so this cannot fail; if it did, the start goes
+        // ahead unbounded rather than never.
+        ColdStart {
+            _permit: Arc::clone(&self.permits).acquire_owned().await.ok(),
+        }
+    }
 }
 
 impl ColdRunner {
-    /// A runner starting workers like `spec`, but cold.
-    pub fn new(spec: &WorkerSpec) -> ColdRunner {
+    /// A runner starting workers like `spec`, but cold, `starts` at a time.
+    pub fn new(spec: &WorkerSpec, starts: ColdStarts) -> ColdRunner {
         ColdRunner {
             spec: WorkerSpec {
                 cold: true,
                 ..spec.clone()
             },
+            starts,
         }
     }
 
-    /// Starts an interpreter in `dir` as the session's user, runs the cell, and ends the
-    /// interpreter.
+    /// Waits for the right to start a cold interpreter (see the module's comment).
+    pub async fn permit(&self) -> ColdStart {
+        self.starts.permit().await
+    }
+
+    /// Starts an interpreter in `dir` as the session's user (holding `start` until it has),
+    /// runs the cell, and ends the interpreter.
     pub async fn run(
         &self,
+        start: ColdStart,
         dir: &Path,
         sandbox: &SessionSandbox,
         cell: &Cell<'_>,
@@ -41,7 +95,9 @@ impl ColdRunner {
     ) -> Result<CellOutcome, WorkerError> {
         let mut worker = Worker::start(&self.spec).await?;
         tracing::info!(pid = worker.pid(), "running cold");
-        let outcome = match worker.attach(dir, sandbox).await {
+        let attached = worker.attach(dir, sandbox).await;
+        drop(start);
+        let outcome = match attached {
             Ok(()) => worker.execute(cell, events, interrupt).await,
             Err(e) => Err(e),
         };

@@ -476,6 +476,9 @@ pub struct PoolConfig {
     pub start_timeout_ms: u64,
     /// How long an execution waits for a warm worker before it runs cold instead.
     pub acquire_timeout_ms: u64,
+    /// Cold interpreters starting at once, server-wide (0: one per CPU). Past its acquire
+    /// timeout an execution waits for a start or its warm worker, whichever comes first.
+    pub cold_starts: usize,
     /// Fork workers from a preloaded template process (milliseconds per worker) rather than
     /// start each one directly (about a second each).
     pub template: bool,
@@ -490,6 +493,7 @@ impl Default for PoolConfig {
             warm_workers: 2,
             start_timeout_ms: 60_000,
             acquire_timeout_ms: 5_000,
+            cold_starts: 0,
             template: true,
             lean_workers: 4,
         }

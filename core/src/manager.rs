@@ -10,7 +10,7 @@ use dashmap::DashMap;
 use tokio_util::sync::CancellationToken;
 
 use crate::binding::{Places, SessionPlace};
-use crate::cold::ColdRunner;
+use crate::cold::{ColdRunner, ColdStarts};
 use crate::config::Config;
 use crate::error::Error;
 use crate::execution::{ExecRequest, Execution};
@@ -225,6 +225,7 @@ impl SessionManager {
             )
         });
         let preload_use = PreloadUse::new(&spec.preload);
+        let cold_starts = ColdStarts::new(config.pool.cold_starts);
         // One template and pool per interpreter: a worker forks only from its own Python.
         let interpreters: Vec<Arc<Interpreter>> = interpreters
             .into_iter()
@@ -243,7 +244,7 @@ impl SessionManager {
                     default = i == 0,
                     "interpreter"
                 );
-                let cold = ColdRunner::new(&spec);
+                let cold = ColdRunner::new(&spec, cold_starts.clone());
                 let template = template.then(|| Template::start(spec.clone(), shutdown.clone()));
                 let pool = WarmPool::start(
                     metrics::sessions_pool(&entry.name, i == 0),

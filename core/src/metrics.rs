@@ -33,6 +33,7 @@ pub const TEMPLATE_FORKS: &str = "replpool_template_forks_total";
 pub const TEMPLATE_RESTARTS: &str = "replpool_template_restarts_total";
 pub const WORKERS_DIED: &str = "replpool_workers_died_total";
 pub const COLD_FALLBACKS: &str = "replpool_cold_fallbacks_total";
+pub const COLD_STARTS_WAITING: &str = "replpool_cold_starts_waiting";
 pub const LIMIT_REFUSALS: &str = "replpool_limit_refusals_total";
 
 /// The core's histograms, all in seconds.
@@ -264,6 +265,23 @@ pub fn cold_fallback() {
     counter!(COLD_FALLBACKS).increment(1);
 }
 
+/// An execution waiting for a cold start permit (`pool.cold_starts`), for as long as this
+/// lives: the gauge says how many wait now.
+pub struct ColdStartWait(());
+
+impl ColdStartWait {
+    pub fn begin() -> ColdStartWait {
+        gauge!(COLD_STARTS_WAITING).increment(1.0);
+        ColdStartWait(())
+    }
+}
+
+impl Drop for ColdStartWait {
+    fn drop(&mut self) {
+        gauge!(COLD_STARTS_WAITING).decrement(1.0);
+    }
+}
+
 /// What a session's limits refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
@@ -352,6 +370,10 @@ pub fn register() {
         COLD_FALLBACKS,
         "Executions that ran cold (in a fresh interpreter) for want of a warm worker"
     );
+    describe_gauge!(
+        COLD_STARTS_WAITING,
+        "Executions waiting for a cold start permit (pool.cold_starts) or their warm worker"
+    );
     describe_counter!(LIMIT_REFUSALS, "What sessions' limits refused, by limit");
 
     for outcome in OUTCOMES {
@@ -375,6 +397,7 @@ pub fn register() {
         counter!(WORKERS_DIED, "cause" => cause.label()).absolute(0);
     }
     counter!(COLD_FALLBACKS).absolute(0);
+    gauge!(COLD_STARTS_WAITING).set(0.0);
     for limit in Limit::ALL {
         counter!(LIMIT_REFUSALS, "limit" => limit.label()).absolute(0);
     }

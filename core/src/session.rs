@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::binding::BoundWorker;
+use crate::cold::ColdStart;
 use crate::error::Error;
 use crate::execution::{Category, ExecRequest, Execution, Mode, Status};
 use crate::files::{FileLimits, SessionFiles};
@@ -670,6 +671,13 @@ impl Session {
         if slot.worker.is_none() {
             self.take_replacement(&mut slot).await;
         }
+        let cold_start = match slot.worker {
+            Some(_) => None,
+            None => tokio::select! {
+                start = self.cold_start_or_replacement(&mut slot) => start,
+                _ = self.closed.cancelled() => return Err(Error::SessionClosed),
+            },
+        };
         // A loss of the namespace not yet reported is reported by this reply.
         let reset_before = std::mem::take(&mut slot.unreported_reset);
         let reset_reason = slot.reset_reason.take();
@@ -730,16 +738,21 @@ impl Session {
         };
         let ran = {
             let run = async {
-                match slot.worker.as_mut() {
-                    Some(worker) => (
+                match (slot.worker.as_mut(), cold_start) {
+                    (Some(worker), _) => (
                         Mode::Warm,
                         worker.execute(&cell, events, &self.interrupt).await,
                     ),
-                    None => (
+                    (None, start) => (
                         Mode::Cold,
                         self.interpreter
                             .cold
                             .run(
+                                // Always given with no worker; if not, waited for here.
+                                match start {
+                                    Some(start) => start,
+                                    None => self.interpreter.cold.permit().await,
+                                },
                                 self.dir.path(),
                                 &self.sandbox,
                                 &cell,
@@ -1014,6 +1027,34 @@ impl Session {
             Ok(finished) => finished,
         };
         slot.replacement = None;
+        self.install_replacement(slot, finished);
+    }
+
+    /// Past the acquire timeout: a cold start permit, or (None) the replacement worker
+    /// installed, whichever comes first. Cold starts are bounded server-wide (see
+    /// [`crate::cold`]); a replacement that fails leaves only the permit to wait for.
+    async fn cold_start_or_replacement(&self, slot: &mut Slot) -> Option<ColdStart> {
+        let cold = &self.interpreter.cold;
+        let Some(handle) = slot.replacement.as_mut() else {
+            return Some(cold.permit().await);
+        };
+        let finished = tokio::select! {
+            start = cold.permit() => return Some(start),
+            finished = handle => finished,
+        };
+        slot.replacement = None;
+        self.install_replacement(slot, finished);
+        match slot.worker {
+            Some(_) => None,
+            None => Some(cold.permit().await),
+        }
+    }
+
+    fn install_replacement(
+        &self,
+        slot: &mut Slot,
+        finished: Result<Result<Worker, WorkerError>, tokio::task::JoinError>,
+    ) {
         match finished {
             Ok(Ok(worker)) => {
                 self.worker_pid.store(worker.pid(), Ordering::Release);

@@ -691,6 +691,21 @@ impl Blocker {
     pub async fn accept(&self) -> tokio::net::UnixStream {
         self.listener.accept().await.expect("blocker connected").0
     }
+
+    /// Whether a connection is waiting to be accepted now (accepting it, and letting it go):
+    /// the listening socket is non-blocking, so this asks the kernel, without waiting.
+    #[allow(dead_code)] // not every test binary asks
+    pub fn has_waiting(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        match nix::sys::socket::accept(self.listener.as_raw_fd()) {
+            Ok(fd) => {
+                let _ = nix::unistd::close(fd);
+                true
+            }
+            Err(nix::errno::Errno::EAGAIN) => false,
+            Err(e) => panic!("accept on the blocker: {e}"),
+        }
+    }
 }
 
 /// Where blockers' sockets live (made if missing): a directory everyone may enter, exposed

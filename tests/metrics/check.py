@@ -32,6 +32,7 @@ FAMILIES = {
     "replpool_template_restarts": "counter",
     "replpool_workers_died": "counter",
     "replpool_cold_fallbacks": "counter",
+    "replpool_cold_starts_waiting": "gauge",
     "replpool_limit_refusals": "counter",
     "replpool_http_requests": "counter",
     "replpool_process_resident_memory_bytes": "gauge",
