@@ -473,3 +473,118 @@ async fn an_initialize_over_mcp_max_sessions_is_refused() {
     let again = initialize(&api.http, &server.base).await;
     assert_eq!(again.status().as_u16(), 200);
 }
+
+/// One request to `/mcp` naming MCP session `id`, with `accept` and, for a POST, `body`: its
+/// status and its body (a GET's open stream: a placeholder, as it does not end).
+async fn to_mcp_session(
+    api: &Api,
+    method: reqwest::Method,
+    id: &str,
+    accept: &str,
+    body: Option<&Value>,
+) -> (u16, String) {
+    let streams = method == reqwest::Method::GET;
+    let mut request = api
+        .http
+        .request(method, api.url("/mcp"))
+        .header("accept", accept)
+        .header("mcp-session-id", id)
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    if streams && response.status().is_success() {
+        return (status, "(an open event stream)".to_owned());
+    }
+    (status, response.text().await.expect("body"))
+}
+
+/// An MCP session is the caller's whose `initialize` opened it: another token naming its id
+/// (in a call, a GET of its stream, a DELETE, or a request rmcp refuses before it looks at
+/// the session) is answered exactly as a made-up id is, and the session lives on for its
+/// owner.
+#[tokio::test]
+async fn another_owners_mcp_session_is_answered_as_an_unknown_one() {
+    let owner = Api::with_token(base(), TOKEN_A);
+    let other = Api::with_token(base(), TOKEN_B);
+    let opened = initialize(&owner.http, base()).await;
+    assert_eq!(opened.status().as_u16(), 200);
+    let theirs = mcp_session_id(&opened);
+    opened.text().await.expect("initialize answered");
+    let both = "application/json, text/event-stream";
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _) = to_mcp_session(
+        &owner,
+        reqwest::Method::POST,
+        &theirs,
+        both,
+        Some(&initialized),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    let made_up = "5f0c8d3e-2b7a-4e19-9c61-0d4f3a2b1e7c";
+    let call = |code: &str| {
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+               "params": {"name": "run_python", "arguments": {"code": code}}})
+    };
+    let not_found = (404, "Not Found: Session not found".to_owned());
+    let tries = [
+        (
+            "a tools/call",
+            reqwest::Method::POST,
+            both,
+            Some(call("6 * 7")),
+            Some(&not_found),
+        ),
+        (
+            "a GET of its stream",
+            reqwest::Method::GET,
+            "text/event-stream",
+            None,
+            Some(&not_found),
+        ),
+        // rmcp looks at `Accept` before the session: so must the answer to another owner.
+        (
+            "a POST without SSE in Accept",
+            reqwest::Method::POST,
+            "application/json",
+            Some(call("1")),
+            None,
+        ),
+        // rmcp closes an unknown session as if it were there.
+        ("a DELETE", reqwest::Method::DELETE, both, None, None),
+    ];
+    for (what, method, accept, body, expected) in &tries {
+        let answer = to_mcp_session(&other, method.clone(), &theirs, accept, body.as_ref()).await;
+        let unknown = to_mcp_session(&other, method.clone(), made_up, accept, body.as_ref()).await;
+        assert_eq!(answer, unknown, "{what}");
+        if let Some(expected) = expected {
+            assert_eq!(&answer, *expected, "{what}");
+        }
+    }
+
+    let (status, reply) = to_mcp_session(
+        &owner,
+        reqwest::Method::POST,
+        &theirs,
+        both,
+        Some(&call("6 * 7")),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("result:\\n42"), "{reply}");
+    let (status, _) = to_mcp_session(&owner, reqwest::Method::DELETE, &theirs, both, None).await;
+    assert_eq!(status, 202);
+    let (status, _) = to_mcp_session(
+        &owner,
+        reqwest::Method::POST,
+        &theirs,
+        both,
+        Some(&call("1")),
+    )
+    .await;
+    assert_eq!(status, 404, "a closed session is gone");
+}
