@@ -108,12 +108,17 @@ fn assert_tour(out: &Value) {
     }
     let run = &tools["run_python"]["schema"];
     assert_eq!(run["required"], json!(["code"]), "{run}");
-    for field in ["session_id", "code", "timeout_s"] {
+    for field in ["session_id", "code", "timeout_s", "python"] {
         assert!(
             run["properties"][field]["description"].is_string(),
             "{field}: {run}"
         );
     }
+    let create = &tools["create_session"]["schema"];
+    assert!(
+        create["properties"]["python"]["description"].is_string(),
+        "{create}"
+    );
 
     let session_id = out["session_id"].as_str().expect("create_session's id");
     assert!(text(&out["create"]).contains(session_id), "{out}");
@@ -587,4 +592,82 @@ async fn another_owners_mcp_session_is_answered_as_an_unknown_one() {
     )
     .await;
     assert_eq!(status, 404, "a closed session is gone");
+}
+
+/// What `python -c 'import sys; print(sys.version.split()[0])'` says.
+fn version_of(python: &std::path::Path) -> String {
+    let output = std::process::Command::new(python)
+        .args(["-c", "import sys; print(sys.version.split()[0])"])
+        .output()
+        .expect("run the interpreter");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// `create_session` and a one-shot `run_python` take `python`, as the native API does: the
+/// session and the one-shot run on the interpreter chosen (the venv's Python under another
+/// path, without the preload); an unknown one is refused as `POST /v1/sessions` refuses it;
+/// `python` beside a `session_id` is refused as invalid. A server of its own, with two
+/// interpreters.
+#[tokio::test]
+async fn create_session_and_a_one_shot_run_on_the_python_chosen() {
+    let first = common::python();
+    // Another name of the same venv's interpreter: `sys.executable` tells them apart.
+    let second = first.with_file_name("python3");
+    let server = common::Server::start(&format!(
+        "[pool]\nwarm_workers = 1\n\n\
+         [[python.interpreters]]\nname = \"first\"\nexecutable = {:?}\n\n\
+         [[python.interpreters]]\nname = \"second\"\nexecutable = {:?}\npreload = []\n",
+        first.display().to_string(),
+        second.display().to_string(),
+    ));
+    let version = version_of(&second);
+    let url = server.url("/mcp");
+    let out = client(&["pythons", "--url", &url, "--python", "second"]).await;
+
+    let created = &out["create"];
+    assert_eq!(created["is_error"], false, "{out}");
+    assert_eq!(
+        created["structured"]["python"],
+        json!({"name": "second", "version": version}),
+        "{out}"
+    );
+    assert!(
+        text(created).contains(&format!("python: second ({version})")),
+        "{out}"
+    );
+    let on_second = format!("{} False", second.display());
+    assert!(text(&out["which"]).contains(&on_second), "{out}");
+    assert!(text(&out["one_shot"]).contains(&on_second), "{out}");
+
+    let (status, native) = Api::new(&server.base)
+        .post("/v1/sessions", json!({"python": "no-such-python"}))
+        .await;
+    assert_eq!(status, 400, "{native}");
+    assert_eq!(native["error"]["code"], "unknown_python", "{native}");
+    for refused in [&out["unknown"], &out["unknown_one_shot"]] {
+        assert_eq!(refused["is_error"], true, "{out}");
+        assert_eq!(refused["structured"], native, "{out}");
+        assert_eq!(
+            text(refused),
+            format!(
+                "unknown_python (request): {}",
+                native["error"]["message"].as_str().expect("message")
+            ),
+            "{out}"
+        );
+    }
+
+    let with_session = &out["with_session"];
+    assert_eq!(with_session["is_error"], true, "{out}");
+    assert_eq!(
+        with_session["structured"]["error"]["code"], "invalid_request",
+        "{out}"
+    );
+    assert!(
+        text(with_session).contains("already has its interpreter"),
+        "{out}"
+    );
 }
