@@ -108,12 +108,17 @@ fn assert_tour(out: &Value) {
     }
     let run = &tools["run_python"]["schema"];
     assert_eq!(run["required"], json!(["code"]), "{run}");
-    for field in ["session_id", "code", "timeout_s"] {
+    for field in ["session_id", "code", "timeout_s", "python"] {
         assert!(
             run["properties"][field]["description"].is_string(),
             "{field}: {run}"
         );
     }
+    let create = &tools["create_session"]["schema"];
+    assert!(
+        create["properties"]["python"]["description"].is_string(),
+        "{create}"
+    );
 
     let session_id = out["session_id"].as_str().expect("create_session's id");
     assert!(text(&out["create"]).contains(session_id), "{out}");
@@ -472,4 +477,197 @@ async fn an_initialize_over_mcp_max_sessions_is_refused() {
     assert!(closed.status().is_success(), "{}", closed.status());
     let again = initialize(&api.http, &server.base).await;
     assert_eq!(again.status().as_u16(), 200);
+}
+
+/// One request to `/mcp` naming MCP session `id`, with `accept` and, for a POST, `body`: its
+/// status and its body (a GET's open stream: a placeholder, as it does not end).
+async fn to_mcp_session(
+    api: &Api,
+    method: reqwest::Method,
+    id: &str,
+    accept: &str,
+    body: Option<&Value>,
+) -> (u16, String) {
+    let streams = method == reqwest::Method::GET;
+    let mut request = api
+        .http
+        .request(method, api.url("/mcp"))
+        .header("accept", accept)
+        .header("mcp-session-id", id)
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    if streams && response.status().is_success() {
+        return (status, "(an open event stream)".to_owned());
+    }
+    (status, response.text().await.expect("body"))
+}
+
+/// An MCP session is the caller's whose `initialize` opened it: another token naming its id
+/// (in a call, a GET of its stream, a DELETE, or a request rmcp refuses before it looks at
+/// the session) is answered exactly as a made-up id is, and the session lives on for its
+/// owner.
+#[tokio::test]
+async fn another_owners_mcp_session_is_answered_as_an_unknown_one() {
+    let owner = Api::with_token(base(), TOKEN_A);
+    let other = Api::with_token(base(), TOKEN_B);
+    let opened = initialize(&owner.http, base()).await;
+    assert_eq!(opened.status().as_u16(), 200);
+    let theirs = mcp_session_id(&opened);
+    opened.text().await.expect("initialize answered");
+    let both = "application/json, text/event-stream";
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let (status, _) = to_mcp_session(
+        &owner,
+        reqwest::Method::POST,
+        &theirs,
+        both,
+        Some(&initialized),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    let made_up = "5f0c8d3e-2b7a-4e19-9c61-0d4f3a2b1e7c";
+    let call = |code: &str| {
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+               "params": {"name": "run_python", "arguments": {"code": code}}})
+    };
+    let not_found = (404, "Not Found: Session not found".to_owned());
+    let tries = [
+        (
+            "a tools/call",
+            reqwest::Method::POST,
+            both,
+            Some(call("6 * 7")),
+            Some(&not_found),
+        ),
+        (
+            "a GET of its stream",
+            reqwest::Method::GET,
+            "text/event-stream",
+            None,
+            Some(&not_found),
+        ),
+        // rmcp looks at `Accept` before the session: so must the answer to another owner.
+        (
+            "a POST without SSE in Accept",
+            reqwest::Method::POST,
+            "application/json",
+            Some(call("1")),
+            None,
+        ),
+        // rmcp closes an unknown session as if it were there.
+        ("a DELETE", reqwest::Method::DELETE, both, None, None),
+    ];
+    for (what, method, accept, body, expected) in &tries {
+        let answer = to_mcp_session(&other, method.clone(), &theirs, accept, body.as_ref()).await;
+        let unknown = to_mcp_session(&other, method.clone(), made_up, accept, body.as_ref()).await;
+        assert_eq!(answer, unknown, "{what}");
+        if let Some(expected) = expected {
+            assert_eq!(&answer, *expected, "{what}");
+        }
+    }
+
+    let (status, reply) = to_mcp_session(
+        &owner,
+        reqwest::Method::POST,
+        &theirs,
+        both,
+        Some(&call("6 * 7")),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("result:\\n42"), "{reply}");
+    let (status, _) = to_mcp_session(&owner, reqwest::Method::DELETE, &theirs, both, None).await;
+    assert_eq!(status, 202);
+    let (status, _) = to_mcp_session(
+        &owner,
+        reqwest::Method::POST,
+        &theirs,
+        both,
+        Some(&call("1")),
+    )
+    .await;
+    assert_eq!(status, 404, "a closed session is gone");
+}
+
+/// What `python -c 'import sys; print(sys.version.split()[0])'` says.
+fn version_of(python: &std::path::Path) -> String {
+    let output = std::process::Command::new(python)
+        .args(["-c", "import sys; print(sys.version.split()[0])"])
+        .output()
+        .expect("run the interpreter");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// `create_session` and a one-shot `run_python` take `python`, as the native API does: the
+/// session and the one-shot run on the interpreter chosen (the venv's Python under another
+/// path, without the preload); an unknown one is refused as `POST /v1/sessions` refuses it;
+/// `python` beside a `session_id` is refused as invalid. A server of its own, with two
+/// interpreters.
+#[tokio::test]
+async fn create_session_and_a_one_shot_run_on_the_python_chosen() {
+    let first = common::python();
+    // Another name of the same venv's interpreter: `sys.executable` tells them apart.
+    let second = first.with_file_name("python3");
+    let server = common::Server::start(&format!(
+        "[pool]\nwarm_workers = 1\n\n\
+         [[python.interpreters]]\nname = \"first\"\nexecutable = {:?}\n\n\
+         [[python.interpreters]]\nname = \"second\"\nexecutable = {:?}\npreload = []\n",
+        first.display().to_string(),
+        second.display().to_string(),
+    ));
+    let version = version_of(&second);
+    let url = server.url("/mcp");
+    let out = client(&["pythons", "--url", &url, "--python", "second"]).await;
+
+    let created = &out["create"];
+    assert_eq!(created["is_error"], false, "{out}");
+    assert_eq!(
+        created["structured"]["python"],
+        json!({"name": "second", "version": version}),
+        "{out}"
+    );
+    assert!(
+        text(created).contains(&format!("python: second ({version})")),
+        "{out}"
+    );
+    let on_second = format!("{} False", second.display());
+    assert!(text(&out["which"]).contains(&on_second), "{out}");
+    assert!(text(&out["one_shot"]).contains(&on_second), "{out}");
+
+    let (status, native) = Api::new(&server.base)
+        .post("/v1/sessions", json!({"python": "no-such-python"}))
+        .await;
+    assert_eq!(status, 400, "{native}");
+    assert_eq!(native["error"]["code"], "unknown_python", "{native}");
+    for refused in [&out["unknown"], &out["unknown_one_shot"]] {
+        assert_eq!(refused["is_error"], true, "{out}");
+        assert_eq!(refused["structured"], native, "{out}");
+        assert_eq!(
+            text(refused),
+            format!(
+                "unknown_python (request): {}",
+                native["error"]["message"].as_str().expect("message")
+            ),
+            "{out}"
+        );
+    }
+
+    let with_session = &out["with_session"];
+    assert_eq!(with_session["is_error"], true, "{out}");
+    assert_eq!(
+        with_session["structured"]["error"]["code"], "invalid_request",
+        "{out}"
+    );
+    assert!(
+        text(with_session).contains("already has its interpreter"),
+        "{out}"
+    );
 }

@@ -5,25 +5,32 @@
 //! describe, so `/openapi.json` does not list it (docs/architecture.md, "MCP"). It sits
 //! behind the same layers as every route: the bearer token (the caller's owner reaches the
 //! tools through the request's extensions, which rmcp hands each call), the request count by
-//! route, the trace span.
+//! route, the trace span. Each MCP session is kept to the caller whose `initialize` opened
+//! it ([`keep_to_owner`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tower::Layer;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::{ApiError, ErrorCode};
 use crate::mcp::McpServer;
 use crate::{Config, SessionManager};
 
 pub const PATH: &str = "/mcp";
+
+/// The header that names an MCP session (rmcp's `Mcp-Session-Id`).
+const SESSION_HEADER: &str = "mcp-session-id";
 
 /// Adds `/mcp` to `router`.
 pub fn mount(
@@ -49,6 +56,11 @@ pub fn mount(
     let sessions = Arc::new(LocalSessionManager::default());
     let service =
         StreamableHttpService::new(move || Ok(server.clone()), Arc::clone(&sessions), settings);
+    let owners = SessionOwners {
+        sessions: Arc::clone(&sessions),
+        owners: Arc::default(),
+    };
+    let service = axum::middleware::from_fn_with_state(owners, keep_to_owner).layer(service);
     let cap = SessionCap {
         sessions,
         max: config.mcp.max_sessions,
@@ -91,4 +103,84 @@ async fn refuse_over_cap(State(cap): State<SessionCap>, request: Request, next: 
         .into_response();
     }
     next.run(request).await
+}
+
+/// Which caller's `initialize` opened each MCP session, by its id: rmcp knows a session by its
+/// id alone, and a caller with another token who learned one could otherwise post into it,
+/// read its stream or close it.
+#[derive(Clone)]
+struct SessionOwners {
+    sessions: Arc<LocalSessionManager>,
+    owners: Arc<Mutex<HashMap<String, Option<String>>>>,
+}
+
+/// What rmcp is shown instead of another owner's session id: not a UUID, so never the id of
+/// one of its sessions.
+const NO_SESSION: HeaderValue = HeaderValue::from_static("not-a-session-of-this-caller");
+
+/// Keeps each MCP session to its owner. A request naming another owner's session reaches rmcp
+/// with an id no session has, so rmcp answers it as it answers a made-up id, whatever it checks
+/// first (its `Accept`, its body, its protocol version): 404 `Not Found: Session not found` to
+/// a POST or a GET, and 202 to a DELETE, which then closes nothing. Nothing in the reply tells
+/// another owner's session from none. Without tokens every caller is the same owner.
+async fn keep_to_owner(
+    State(owners): State<SessionOwners>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .and_then(|caller| caller.owner().map(str::to_owned));
+    let method = request.method().clone();
+    let named = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|id| id.to_str().ok())
+        .map(str::to_owned);
+    match &named {
+        Some(id) => {
+            let theirs = owners
+                .owners
+                .lock()
+                .get(id)
+                .is_some_and(|owner| *owner != caller);
+            if theirs {
+                tracing::warn!(
+                    caller = caller.as_deref().unwrap_or("-"),
+                    "an MCP request named another owner's MCP session: answered as an unknown one"
+                );
+                request.headers_mut().insert(SESSION_HEADER, NO_SESSION);
+                return next.run(request).await;
+            }
+        }
+        None if method == Method::POST => {
+            // An `initialize`: the owners of sessions rmcp has closed (DELETEd, or idle past
+            // its keep-alive) are forgotten, so the map is never larger than rmcp's by more
+            // than the sessions opened since.
+            let open = owners.sessions.sessions.read().await;
+            owners
+                .owners
+                .lock()
+                .retain(|id, _| open.contains_key(id.as_str()));
+        }
+        None => {}
+    }
+    let response = next.run(request).await;
+    match named {
+        None if method == Method::POST => {
+            if let Some(opened) = response
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|id| id.to_str().ok())
+            {
+                owners.owners.lock().insert(opened.to_owned(), caller);
+            }
+        }
+        Some(id) if method == Method::DELETE && response.status().is_success() => {
+            owners.owners.lock().remove(&id);
+        }
+        _ => {}
+    }
+    response
 }

@@ -70,6 +70,20 @@ pub struct RunPython {
     #[serde(default)]
     #[schemars(range(min = 0.001))]
     pub timeout_s: Option<f64>,
+    /// Only without session_id: the Python to run the one-shot on, as create_session's
+    /// python. A session keeps the interpreter it was created with.
+    #[serde(default)]
+    pub python: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// The Python to start: an interpreter's name, or a version (`3.12` is the first
+    /// interpreter whose version is 3.12.x). Default: the server's first interpreter. An
+    /// unknown one is refused with the list of those there are.
+    #[serde(default)]
+    pub python: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -188,17 +202,25 @@ type ToolResult = Result<CallToolResult, ErrorData>;
 impl McpServer {
     /// A new session.
     #[tool(
-        description = "Start a Python session (a warm interpreter with numpy, pandas and matplotlib imported) and return its session_id. Pass it to run_python so that cells share variables, and to the file tools. Sessions idle for long are ended by the server; close_session ends one now."
+        description = "Start a Python session (a warm interpreter with numpy, pandas and matplotlib imported) and return its session_id and which Python it runs (python chooses one by name or version). Pass the session_id to run_python so that cells share variables, and to the file tools. Sessions idle for long are ended by the server; close_session ends one now."
     )]
-    async fn create_session(&self, context: RequestContext<RoleServer>) -> ToolResult {
+    async fn create_session(
+        &self,
+        Parameters(args): Parameters<CreateSession>,
+        context: RequestContext<RoleServer>,
+    ) -> ToolResult {
         Ok(
-            match self.manager.create_for(owner(&context).as_deref()).await {
+            match self
+                .manager
+                .create_on(owner(&context).as_deref(), args.python.as_deref())
+                .await
+            {
                 Ok(info) => done(
                     format!(
-                        "session_id: {}\nPass it to run_python, upload_file, read_file, list_files, install_packages, reset_session and close_session.",
-                        info.session_id
+                        "session_id: {}\npython: {} ({})\nPass it to run_python, upload_file, read_file, list_files, install_packages, reset_session and close_session.",
+                        info.session_id, info.python.name, info.python.version
                     ),
-                    json!({"session_id": info.session_id}),
+                    json!({"session_id": info.session_id, "python": info.python}),
                 ),
                 Err(e) => refusal(e),
             },
@@ -206,7 +228,7 @@ impl McpServer {
     }
 
     #[tool(
-        description = "Run Python code and return what it printed (stdout, stderr), the value of its last expression, any error (with its category: syntax, runtime, timeout, interrupted, memory, ...) and each matplotlib figure as a PNG image (a large one as a resource link). With session_id, variables persist between calls; without, the code runs once in a fresh interpreter."
+        description = "Run Python code and return what it printed (stdout, stderr), the value of its last expression, any error (with its category: syntax, runtime, timeout, interrupted, memory, ...) and each matplotlib figure as a PNG image (a large one as a resource link). With session_id, variables persist between calls; without, the code runs once in a fresh interpreter (of the Python that python names, if given)."
     )]
     async fn run_python(
         &self,
@@ -218,6 +240,13 @@ impl McpServer {
             Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t.min(1e9))),
             Some(_) => return Ok(invalid("timeout_s must be a positive number of seconds")),
         };
+        if let (Some(id), Some(_)) = (&args.session_id, &args.python) {
+            // A tool error, as rmcp makes of arguments that do not deserialize: the model
+            // reads it and calls again.
+            return Ok(invalid(&format!(
+                "python chooses the interpreter of a one-shot; session {id} already has its interpreter (chosen by create_session): omit python, or session_id"
+            )));
+        }
         if let Some(id) = &args.session_id
             && let Err(refused) = self.authorize(id, &context)
         {
@@ -235,7 +264,12 @@ impl McpServer {
             pip_magic: true,
         };
         let execution = self
-            .execute(args.session_id.as_deref(), &request, &context)
+            .execute(
+                args.session_id.as_deref(),
+                args.python.as_deref(),
+                &request,
+                &context,
+            )
             .await;
         let large = match &args.session_id {
             Some(session_id) => content::LargeFigures::Link { session_id },
@@ -425,13 +459,15 @@ impl McpServer {
 }
 
 impl McpServer {
-    /// Runs the cell, telling a client that asked for progress (a `progressToken`) that it is
-    /// still running: every `mcp.progress_interval_ms` and on each output chunk. A cancelled
-    /// call interrupts a session's cell (the reply still comes, as `interrupted`), and ends
-    /// a one-shot's interpreter (dropping its execution kills the worker).
+    /// Runs the cell (a one-shot on the interpreter `python` names), telling a client that
+    /// asked for progress (a `progressToken`) that it is still running: every
+    /// `mcp.progress_interval_ms` and on each output chunk. A cancelled call interrupts a
+    /// session's cell (the reply still comes, as `interrupted`), and ends a one-shot's
+    /// interpreter (dropping its execution kills the worker).
     async fn execute(
         &self,
         session_id: Option<&str>,
+        python: Option<&str>,
         request: &ExecRequest,
         context: &RequestContext<RoleServer>,
     ) -> Result<Execution, Error> {
@@ -444,7 +480,7 @@ impl McpServer {
                 Some(id) => self.manager.execute(id, request, events_tx.as_ref()).await,
                 None => {
                     self.manager
-                        .execute_once(request, events_tx.as_ref(), None)
+                        .execute_once_on(request, events_tx.as_ref(), None, python)
                         .await
                 }
             }

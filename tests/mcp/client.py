@@ -185,13 +185,32 @@ async def cancel(session, out):
             "run_python", {"session_id": sid, "code": "print('after')"}))
 
 
+WHICH_PYTHON = "import sys\nprint(sys.executable, 'np' in globals())"
+
+
+async def pythons(session, out, python):
+    """create_session and a one-shot on the interpreter `python` names; an unknown one; and
+    `python` beside a session_id."""
+    created = await session.call_tool("create_session", {"python": python})
+    out["create"] = result(created)
+    sid = (created.structured_content or {}).get("session_id")
+    out["which"] = result(await session.call_tool("run_python", {"session_id": sid, "code": WHICH_PYTHON}))
+    out["unknown"] = result(await session.call_tool("create_session", {"python": "no-such-python"}))
+    out["one_shot"] = result(await session.call_tool("run_python", {"code": WHICH_PYTHON, "python": python}))
+    out["unknown_one_shot"] = result(await session.call_tool(
+        "run_python", {"code": WHICH_PYTHON, "python": "no-such-python"}))
+    out["with_session"] = result(await session.call_tool(
+        "run_python", {"session_id": sid, "code": "1", "python": python}))
+    await session.call_tool("close_session", {"session_id": sid})
+
+
 async def call(session, out, tool, arguments):
     out["result"] = result(await session.call_tool(tool, arguments))
 
 
 async def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("scenario", choices=["tour", "large_figure", "cancel", "call"])
+    parser.add_argument("scenario", choices=["tour", "large_figure", "cancel", "pythons", "call"])
     parser.add_argument("--url")
     parser.add_argument("--token")
     parser.add_argument("--stdio", help="the replpool binary, for `replpool mcp`")
@@ -199,6 +218,7 @@ async def main():
     parser.add_argument("--bridge-url", help="`replpool mcp --url`: a bridge to a server")
     parser.add_argument("--tool")
     parser.add_argument("--arguments", default="{}")
+    parser.add_argument("--python", help="`pythons`: the interpreter to choose")
     args = parser.parse_args()
     out = {}
     async with connect(args) as session:
@@ -211,6 +231,8 @@ async def main():
             await large_figure(session, out)
         elif args.scenario == "cancel":
             await cancel(session, out)
+        elif args.scenario == "pythons":
+            await pythons(session, out, args.python)
         else:
             await call(session, out, args.tool, json.loads(args.arguments))
     json.dump(out, sys.stdout)
