@@ -127,41 +127,39 @@ async fn cold_starts_waiting(api: &Api) -> Option<f64> {
         .and_then(|value| value.trim().parse().ok())
 }
 
-#[tokio::test]
-async fn cold_starts_wait_for_a_permit() {
-    // Warm workers fail their preload, so cells run cold; a cold worker's preload holds its
-    // start on a blocker until the test lets it go.
+/// A server whose warm workers fail their preload, so that cells run cold, and whose cold
+/// workers' preload waits on a blocker (`hold` is its code) until the test lets each go. The
+/// modules' directory goes with the server.
+fn server_of_held_cold_starts(pool: &str, hold: &str) -> (Server, tempfile::TempDir) {
     use std::os::unix::fs::PermissionsExt;
-    let (blocker, hold) = common::blocker().await;
     let modules = tempfile::Builder::new()
         .tempdir_in(common::blocker_parent())
         .expect("tempdir");
     std::fs::set_permissions(modules.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
     let module = modules.path().join("replpool_test_cold_hold.py");
-    std::fs::write(
-        &module,
-        format!(
-            "import json, sys
-if not json.loads(sys.argv[1]).get('cold'):
-                 raise ImportError('warm workers do not start in this test')
-{hold}
-"
-        ),
-    )
-    .expect("write the module");
+    let code = format!(
+        "import json, sys\n\
+         if not json.loads(sys.argv[1]).get('cold'):\n    \
+         raise ImportError('warm workers do not start in this test')\n\
+         {hold}\n"
+    );
+    std::fs::write(&module, code).expect("write the module");
     std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let server = Server::start_with_env(
-        "[pool]
-warm_workers = 1
-acquire_timeout_ms = 100
-cold_starts = 1
-",
+        &format!("[pool]\nwarm_workers = 1\nacquire_timeout_ms = 100\n{pool}"),
         &[
             ("REPLPOOL_PYTHON_PRELOAD", r#"["replpool_test_cold_hold"]"#),
             ("PYTHONPATH", modules.path().to_str().expect("UTF-8 path")),
         ],
     );
+    (server, modules)
+}
+
+#[tokio::test]
+async fn cold_starts_wait_for_a_permit() {
+    let (blocker, hold) = common::blocker().await;
+    let (server, _modules) = server_of_held_cold_starts("cold_starts = 1\n", &hold);
     let api = Api::new(&server.base);
     let run = |session: String| {
         let api = Api::new(&server.base);
@@ -193,6 +191,46 @@ cold_starts = 1
         );
     }
     assert_eq!(cold_starts_waiting(&api).await, Some(0.0));
+}
+
+#[tokio::test]
+async fn a_cell_refused_for_a_failed_cold_start_takes_no_number() {
+    let (blocker, hold) = common::blocker().await;
+    // The start timeout is the test's own wait: the first cold start is held past it.
+    let (server, _modules) = server_of_held_cold_starts("start_timeout_ms = 3000\n", &hold);
+    let api = Api::new(&server.base);
+    let s = api.session().await;
+    let refused = {
+        let api = Api::new(&server.base);
+        let s = s.clone();
+        tokio::spawn(async move {
+            api.post(
+                &format!("/v1/sessions/{s}/execute"),
+                json!({"code": "'ran'"}),
+            )
+            .await
+        })
+    };
+    let held = blocker.accept().await;
+    let (status, body) = refused.await.expect("the refused cell");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (503, &json!("worker_unavailable")),
+        "{body}"
+    );
+    drop(held);
+    let ran = {
+        let api = Api::new(&server.base);
+        let s = s.clone();
+        tokio::spawn(async move { api.run(&s, "'ran'").await })
+    };
+    drop(blocker.accept().await);
+    let reply = ran.await.expect("the cell");
+    assert_eq!(
+        (&reply["status"], &reply["mode"], &reply["execution_count"]),
+        (&json!("ok"), &json!("cold"), &json!(1)),
+        "{reply}"
+    );
 }
 
 #[tokio::test]

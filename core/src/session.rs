@@ -784,6 +784,9 @@ impl Session {
             Err(e) if mode == Mode::Cold && e.is_start_failure() => {
                 slot.unreported_reset = reset_before;
                 slot.reset_reason = reset_reason;
+                // Nor does it count: the next cell that runs takes this number (executions
+                // are one at a time, the slot is held: no other took one since).
+                self.execution_count.fetch_sub(1, Ordering::AcqRel);
                 return Err(Error::WorkerUnavailable(e));
             }
             Err(e) => {
