@@ -194,6 +194,116 @@ async fn cold_starts_wait_for_a_permit() {
 }
 
 #[tokio::test]
+async fn a_cell_interrupted_while_it_waits_for_a_cold_start_never_starts() {
+    let (blocker, hold) = common::blocker().await;
+    let (server, _modules) = server_of_held_cold_starts("cold_starts = 1\n", &hold);
+    let api = Api::new(&server.base);
+    let run = |session: &str, code: &'static str| {
+        let api = Api::new(&server.base);
+        let session = session.to_owned();
+        tokio::spawn(async move { api.run(&session, code).await })
+    };
+    let (a, b) = (api.session().await, api.session().await);
+    let first = run(&a, "'ran'");
+    let held = blocker.accept().await;
+    let second = run(&b, "open('started', 'w').close()");
+    let waiting = eventually_some(Duration::from_secs(30), || async {
+        (cold_starts_waiting(&api).await == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(
+        waiting.is_some(),
+        "the second cell is not waiting for a start"
+    );
+    let (status, body) = api
+        .post(&format!("/v1/sessions/{b}/interrupt"), json!({}))
+        .await;
+    assert_eq!((status, &body), (200, &json!({"interrupted": true})));
+    // Answered while the first start is still held: it never waited for a start again.
+    let reply = tokio::time::timeout(Duration::from_secs(60), second)
+        .await
+        .expect("the interrupted cell was not answered while the first start was held")
+        .expect("the interrupted cell");
+    assert_eq!(
+        (
+            &reply["status"],
+            &reply["category"],
+            &reply["error"]["ename"]
+        ),
+        (
+            &json!("error"),
+            &json!("interrupted"),
+            &json!("KeyboardInterrupt")
+        ),
+        "{reply}"
+    );
+    assert!(!first.is_finished(), "the first start was let go early");
+    assert_eq!(cold_starts_waiting(&api).await, Some(0.0));
+    drop(held);
+    assert_eq!(first.await.expect("the first cell")["status"], "ok");
+    let (_, files) = api.get(&format!("/v1/sessions/{b}/files")).await;
+    assert_eq!(files["files"], json!([]), "{files}");
+}
+
+#[tokio::test]
+async fn an_install_in_a_cell_holds_no_cold_start() {
+    // An index that takes connections and never answers: the install waits on it for as long
+    // as the test wants.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("uv-cache-cold-{}", std::process::id()));
+    let (blocker, hold) = common::blocker().await;
+    let (server, _modules) = server_of_held_cold_starts(
+        &format!(
+            "cold_starts = 1\n\n[packages]\nuv = {:?}\ncache_dir = {:?}\n\
+             index_url = \"http://127.0.0.1:{port}/simple\"\n",
+            common::uv().display().to_string(),
+            cache.display().to_string(),
+        ),
+        &hold,
+    );
+    let api = Api::new(&server.base);
+    let (a, b) = (api.session().await, api.session().await);
+    let installing = {
+        let api = Api::new(&server.base);
+        tokio::spawn(async move {
+            api.exec(
+                &a,
+                json!({"code": "%pip install tabulate==0.9.0\nprint('ran')", "timeout_ms": 120000}),
+            )
+            .await
+        })
+    };
+    // The install has reached the index (its connection is there to take)...
+    let (held_index, _) = tokio::task::spawn_blocking(move || silent.accept())
+        .await
+        .expect("accept task")
+        .expect("the installer connected");
+    // ...and the other session's cell starts cold and ends meanwhile.
+    let other = {
+        let api = Api::new(&server.base);
+        tokio::spawn(async move { api.run(&b, "'ran'").await })
+    };
+    drop(blocker.accept().await);
+    let reply = tokio::time::timeout(Duration::from_secs(60), other)
+        .await
+        .expect("the other cell waited for the install")
+        .expect("the other cell");
+    assert_eq!(
+        (&reply["status"], &reply["mode"]),
+        (&json!("ok"), &json!("cold")),
+        "{reply}"
+    );
+    assert!(!installing.is_finished(), "the install ended early");
+    // The index goes away: the install fails, its cell with it.
+    drop(held_index);
+    let reply = installing.await.expect("the installing cell");
+    assert_eq!(reply["category"], "install", "{reply}");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[tokio::test]
 async fn a_cell_refused_for_a_failed_cold_start_takes_no_number() {
     let (blocker, hold) = common::blocker().await;
     // The start timeout is the test's own wait: the first cold start is held past it.

@@ -457,14 +457,32 @@ async fn an_initialize_over_mcp_max_sessions_is_refused() {
     let refused = initialize(&api.http, &server.base).await;
     assert_eq!(refused.status().as_u16(), 503);
     let body: Value = refused.json().await.expect("JSON body");
-    assert_eq!(
-        body,
-        json!({"error": {
-            "code": "too_many_sessions",
-            "category": "unavailable",
-            "message": "the MCP session limit (1, mcp.max_sessions) is reached: close one (DELETE /mcp) or wait for an idle one to expire",
-        }}),
-    );
+    let over = json!({"error": {
+        "code": "too_many_sessions",
+        "category": "unavailable",
+        "message": "the MCP session limit (1, mcp.max_sessions) is reached: close one (DELETE /mcp) or wait for an idle one to expire",
+    }});
+    assert_eq!(body, over);
+    // An Mcp-Session-Id that is not text names no session (for rmcp too, which opens one):
+    // such an initialize is counted like any other.
+    let disguised = api
+        .http
+        .post(server.url("/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header(
+            "mcp-session-id",
+            reqwest::header::HeaderValue::from_bytes(b"\xff").expect("header value"),
+        )
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                       "clientInfo": {"name": "test", "version": "0"}},
+        }))
+        .send()
+        .await
+        .expect("initialize sent");
+    assert_eq!(disguised.status().as_u16(), 503);
+    assert_eq!(disguised.json::<Value>().await.expect("JSON body"), over);
 
     let closed = api
         .http

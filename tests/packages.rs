@@ -14,13 +14,7 @@ use std::time::Duration;
 use common::{Api, shared_with};
 use serde_json::{Value, json};
 
-/// uv, as the Makefile installs it into the venv (bootstrap/tools-requirements.txt), or
-/// `REPLPOOL_TEST_UV`.
-fn uv() -> PathBuf {
-    std::env::var_os("REPLPOOL_TEST_UV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/uv"))
-}
+use common::uv;
 
 /// One server for the binary, with a cache of its own (empty at start: a first install
 /// really downloads) and a deny list.

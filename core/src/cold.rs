@@ -48,6 +48,7 @@ impl ColdStarts {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
+        tracing::info!(at_once, "cold starts at once (pool.cold_starts)");
         ColdStarts {
             permits: Arc::new(Semaphore::new(at_once)),
         }
@@ -95,7 +96,16 @@ impl ColdRunner {
     ) -> Result<CellOutcome, WorkerError> {
         let mut worker = Worker::start(&self.spec).await?;
         tracing::info!(pid = worker.pid(), "running cold");
-        let attached = worker.attach(dir, sandbox).await;
+        // Bounded as the start is: a permit is never held by a start that hangs.
+        let attached = match tokio::time::timeout(
+            self.spec.start_timeout,
+            worker.attach(dir, sandbox),
+        )
+        .await
+        {
+            Ok(attached) => attached,
+            Err(_) => Err(WorkerError::StartTimeout(self.spec.start_timeout)),
+        };
         drop(start);
         let outcome = match attached {
             Ok(()) => worker.execute(cell, events, interrupt).await,

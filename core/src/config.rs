@@ -467,6 +467,9 @@ impl Default for PythonConfig {
     }
 }
 
+/// The most `pool.cold_starts` may be.
+pub const MAX_COLD_STARTS: usize = 4096;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
@@ -870,6 +873,14 @@ impl Config {
                 return Err(ConfigError::field(field, "must be greater than 0"));
             }
         }
+        // More would make tokio's semaphore panic (its limit is 2^61 - 1); a few thousand
+        // starts at once is already more than any machine runs.
+        if self.pool.cold_starts > MAX_COLD_STARTS {
+            return Err(ConfigError::field(
+                "pool.cold_starts",
+                format!("must be at most {MAX_COLD_STARTS} (0: one per CPU)"),
+            ));
+        }
         if !crate::node::is_valid(&self.server.node) {
             return Err(ConfigError::field(
                 "server.node",
@@ -1214,6 +1225,18 @@ mod tests {
         let config = load_str("", &[]).expect("valid");
         assert_eq!(config.pool.warm_workers, 2);
         assert_eq!(config.server.bind.to_string(), "127.0.0.1:8765");
+    }
+
+    #[test]
+    fn cold_starts_default_to_one_per_cpu_and_have_a_ceiling() {
+        assert_eq!(load_str("", &[]).expect("valid").pool.cold_starts, 0);
+        let most = format!("[pool]\ncold_starts = {MAX_COLD_STARTS}\n");
+        assert_eq!(
+            load_str(&most, &[]).expect("valid").pool.cold_starts,
+            MAX_COLD_STARTS
+        );
+        let err = load_str("[pool]\ncold_starts = 9223372036854775807\n", &[]).unwrap_err();
+        assert!(err.to_string().contains("pool.cold_starts"), "{err}");
     }
 
     #[test]

@@ -668,16 +668,20 @@ impl Session {
             metrics::worker_died(WorkerDeath::Idle);
             self.lose_worker(&mut slot, "it died while idle");
         }
+        // An interrupt from here on is this cell's (the slot is ours): one that comes while
+        // the cell waits for a worker ends it unstarted. Registered now, because
+        // `notify_waiters` reaches only those already waiting.
+        let interrupted = self.interrupt.notified();
+        tokio::pin!(interrupted);
+        interrupted.as_mut().enable();
+        let mut stopped = false;
         if slot.worker.is_none() {
-            self.take_replacement(&mut slot).await;
+            stopped = tokio::select! {
+                biased;
+                _ = &mut interrupted => true,
+                _ = self.take_replacement(&mut slot) => false,
+            };
         }
-        let cold_start = match slot.worker {
-            Some(_) => None,
-            None => tokio::select! {
-                start = self.cold_start_or_replacement(&mut slot) => start,
-                _ = self.closed.cancelled() => return Err(Error::SessionClosed),
-            },
-        };
         // A loss of the namespace not yet reported is reported by this reply.
         let reset_before = std::mem::take(&mut slot.unreported_reset);
         let reset_reason = slot.reset_reason.take();
@@ -687,10 +691,24 @@ impl Session {
             .timeout
             .unwrap_or(limits.default_timeout)
             .min(limits.max_timeout);
-        // `%pip install` lines install before the rest of the cell runs, with the cell's
-        // turn; their output opens the cell's stdout.
         let started = Instant::now();
         let started_at = SystemTime::now();
+        let unstarted = |slot: &mut Slot, execution: Execution| {
+            // Nothing of the cell ran: the reply is owed a loss it did not report.
+            slot.unreported_reset = reset_before;
+            slot.reset_reason = reset_reason.clone();
+            self.record(&request.code, started_at, &execution);
+            self.executions.fetch_add(1, Ordering::AcqRel);
+            execution
+        };
+        if stopped {
+            return Ok(unstarted(
+                &mut slot,
+                interrupted_unstarted(count, started.elapsed()),
+            ));
+        }
+        // `%pip install` lines install before the rest of the cell runs, with the cell's
+        // turn; their output opens the cell's stdout.
         let pip = match request.pip_magic {
             true => packages::pip_lines(&request.code),
             false => Ok(None),
@@ -709,11 +727,27 @@ impl Session {
             Err(e) => {
                 // Nothing of the cell ran: it is over, with the install's error.
                 let execution = install_failed(&e, count, started.elapsed());
-                slot.unreported_reset = reset_before;
-                slot.reset_reason = reset_reason;
-                self.record(&request.code, started_at, &execution);
-                self.executions.fetch_add(1, Ordering::AcqRel);
-                return Ok(execution);
+                return Ok(unstarted(&mut slot, execution));
+            }
+        };
+        // Without a worker, the cold start's turn (after the install: a permit is for
+        // starting interpreters, not for waiting on an index).
+        let cold_start = match slot.worker {
+            Some(_) => None,
+            None => {
+                let waited = tokio::select! {
+                    biased;
+                    _ = self.closed.cancelled() => return Err(Error::SessionClosed),
+                    _ = &mut interrupted => None,
+                    start = self.cold_start_or_replacement(&mut slot) => Some(start),
+                };
+                match waited {
+                    Some(start) => start,
+                    None => {
+                        let execution = interrupted_unstarted(count, started.elapsed());
+                        return Ok(unstarted(&mut slot, execution));
+                    }
+                }
             }
         };
         if let (Some(text), Some(events)) = (&pip_output, events) {
@@ -1042,8 +1076,11 @@ impl Session {
             return Some(cold.permit().await);
         };
         let finished = tokio::select! {
-            start = cold.permit() => return Some(start),
+            // A worker that is ready is taken over a permit that is free: no start is paid for
+            // in vain.
+            biased;
             finished = handle => finished,
+            start = cold.permit() => return Some(start),
         };
         slot.replacement = None;
         self.install_replacement(slot, finished);
@@ -1280,6 +1317,24 @@ fn pip_report(installed: &Installed) -> String {
 }
 
 /// A cell whose `%pip install` failed: an error of category `install`, nothing of it run.
+/// A cell interrupted while it waited for a worker (the acquire timeout, a cold start's
+/// turn): nothing of it ran.
+fn interrupted_unstarted(count: u64, elapsed: Duration) -> Execution {
+    let mut execution = Execution::without_reply(
+        Status::Error,
+        Category::Interrupted,
+        ErrorInfo {
+            ename: "KeyboardInterrupt".into(),
+            evalue: "interrupted before it started (it was waiting for a worker)".into(),
+            traceback: Vec::new(),
+        },
+        count,
+        elapsed,
+    );
+    execution.session_reset = false;
+    execution
+}
+
 fn install_failed(e: &PackageError, count: u64, elapsed: Duration) -> Execution {
     let mut execution = Execution::without_reply(
         Status::Error,

@@ -85,8 +85,7 @@ struct SessionCap {
 /// bare 500). Counting and creating are not one step: concurrent `initialize`s may pass the
 /// cap by a few, which is fine for a bound on memory.
 async fn refuse_over_cap(State(cap): State<SessionCap>, request: Request, next: Next) -> Response {
-    let opens_a_session =
-        request.method() == Method::POST && !request.headers().contains_key("mcp-session-id");
+    let opens_a_session = request.method() == Method::POST && named_session(&request).is_none();
     if opens_a_session && cap.sessions.sessions.read().await.len() >= cap.max {
         tracing::warn!(
             max = cap.max,
@@ -103,6 +102,15 @@ async fn refuse_over_cap(State(cap): State<SessionCap>, request: Request, next: 
         .into_response();
     }
     next.run(request).await
+}
+
+/// The MCP session a request names: its `Mcp-Session-Id`, read as rmcp reads it (a value
+/// that is not text names none, and rmcp opens a new session for such an `initialize`).
+fn named_session(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|id| id.to_str().ok())
 }
 
 /// Which caller's `initialize` opened each MCP session, by its id: rmcp knows a session by its
@@ -133,18 +141,12 @@ async fn keep_to_owner(
         .get::<Caller>()
         .and_then(|caller| caller.owner().map(str::to_owned));
     let method = request.method().clone();
-    let named = request
-        .headers()
-        .get(SESSION_HEADER)
-        .and_then(|id| id.to_str().ok())
-        .map(str::to_owned);
+    let named = named_session(&request).map(str::to_owned);
     match &named {
         Some(id) => {
-            let theirs = owners
-                .owners
-                .lock()
-                .get(id)
-                .is_some_and(|owner| *owner != caller);
+            // An id with no owner recorded is no one's to use either: every session rmcp
+            // opened had its owner written before its id left in the reply.
+            let theirs = !matches!(owners.owners.lock().get(id), Some(owner) if *owner == caller);
             if theirs {
                 tracing::warn!(
                     caller = caller.as_deref().unwrap_or("-"),

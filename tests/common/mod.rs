@@ -708,6 +708,15 @@ impl Blocker {
     }
 }
 
+/// uv, as the Makefile installs it into the venv (bootstrap/tools-requirements.txt), or
+/// `REPLPOOL_TEST_UV`.
+#[allow(dead_code)] // not every test binary installs
+pub fn uv() -> PathBuf {
+    std::env::var_os("REPLPOOL_TEST_UV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/uv"))
+}
+
 /// Where blockers' sockets live (made if missing): a directory everyone may enter, exposed
 /// in every test server's filesystem view (see [`write_config`]). Not under /tmp or /var/tmp,
 /// which a worker has of its own: under /run/replpool-tests when root (where workers change
