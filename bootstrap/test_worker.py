@@ -412,6 +412,7 @@ def table_corpus():
         ("a column named index, the index named", pandas.DataFrame({"index": [1, 2]}, index=[5, 6]).rename_axis("i")),
         ("the bench's table", pandas.DataFrame({"i": range(1000), "s": [f"row {i}" for i in range(1000)]})),
         ("every dtype", pandas.DataFrame(mixed)),
+        ("named columns", pandas.DataFrame({"a": [1.0], "b": ["x"]}).rename_axis(columns="c")),
         ("odd column names", pandas.DataFrame([range(len(odd_names))], columns=odd_names)),
         ("float frame", pandas.DataFrame(rng.random((1000, 3)), columns=list("abc"))),
     ]

@@ -880,9 +880,12 @@ def table_cells(dtype, array, pandas, numpy, dumps):
         if type(value) is not str
     ):
         return None
-    if UNLIKE_PANDAS_ESCAPES.search("".join(strings)):
+    text = "".join(strings)
+    if UNLIKE_PANDAS_ESCAPES.search(text):
         return None
     escape = json.encoder.encode_basestring_ascii
+    if "/" not in text:
+        return [escape(value) if type(value) is str else "null" for value in values]
     return [escape(value).replace("/", "\\/") if type(value) is str else "null" for value in values]
 
 
