@@ -344,6 +344,133 @@ class TableResourceTest(unittest.TestCase):
         self.assertEqual(frame["display"][1999]["t"]["total_rows"], 2)
 
 
+def table_corpus():
+    """(what, object) pairs of the shapes quick_table_json takes, with the values whose text is
+    easiest to get wrong."""
+    import numpy
+    import pandas
+
+    rng = numpy.random.default_rng(21)
+    edges = [
+        0.0, -0.0, 1.0, -1.5, 0.5, 2.5, 0.1 + 0.2, 1 / 3, 2 / 3, 1e-300, 1e300, -1e300, 5e-324,
+        2.2250738585072014e-308, 1.7976931348623157e308, 1e-15, 1e-16, 9.9999999999e-16, 1e15,
+        1e15 + 0.3, 1e16 - 1, 1e16, 1e17, 123456789.123456789, 0.99999999995, 0.00000000005,
+        9.99999999995e-6, 4.35, 1.00000000005, 2**53, 2**63, 2**64, float("nan"), float("inf"),
+        float("-inf"),
+    ]
+    # Every kind of double: random bit patterns (subnormals, NaN payloads, all exponents), and
+    # decimals of every scale, where the rounding at ten decimals shows.
+    bits = rng.integers(0, 2**64, 20_000, dtype=numpy.uint64, endpoint=False).view(numpy.float64)
+    scaled = rng.random(20_000) * 10.0 ** rng.integers(-20, 21, 20_000)
+    floats = numpy.concatenate([numpy.array(edges, dtype="float64"), bits, scaled, -scaled, scaled.round(3)])
+    ints = [0, 1, -1, 2**31, -(2**31) - 1, 2**53 + 1, 2**63 - 1, -(2**63)]
+    ints += rng.integers(-(2**63), 2**63 - 1, 1000).tolist()
+    strings = [
+        "", "plain", 'say "hi"', "back\\slash", "a/b", "</script>", "<&>", "tab\there",
+        "line\nbreak\r\n", "\x00nul", "\x01\x08\x0b\x0c\x1b\x1f", "é", "naïve café", "中文",
+        "emoji 😀 and 🏳️‍🌈", "\u2028\u2029", "\ufeff", "\uffff", "%s %d %% {}", '"},{"', "\\u0041",
+        "\\\\u007f", "x" * 10_000,
+    ]
+    # Every code point but DEL and the surrogates, a stretch per string.
+    code_points = [c for c in range(0x110000) if c != 0x7F and not 0xD800 <= c <= 0xDFFF]
+    every_char = ["".join(map(chr, code_points[i : i + 4096])) for i in range(0, len(code_points), 4096)]
+    groups = pandas.DataFrame({"k": rng.integers(0, 100, 10_000), "v": rng.random(10_000)})
+    mixed = {
+        "f": floats[:1000],
+        "i": ints[:1000],
+        "b": rng.random(1000) > 0.5,
+        "s": (strings * 50)[:1000],
+        "o": pandas.Series((strings * 50)[:1000], dtype=object),
+    }
+    odd_names = ['q"uote', "back\\slash", "a/b", "é😀", "%s%%", "tab\t", "\x01", " "]
+    python_str = pandas.StringDtype("python", na_value=numpy.nan)
+
+    return [
+        ("floats", pandas.Series(floats)),
+        ("named floats, named index", pandas.Series(floats[:100], name="v", index=pandas.RangeIndex(100, name="k"))),
+        ("a groupby's result", groups.groupby("k")["v"].mean()),
+        ("ints", pandas.Series(ints, dtype="int64", name="i")),
+        ("bools", pandas.Series([True, False, True], name="b")),
+        ("strings", pandas.Series(strings, name="s")),
+        ("every character", pandas.Series(every_char)),
+        ("strings with missing", pandas.Series(["a", None, "c", float("nan")])),
+        ("object strings", pandas.Series(strings, dtype=object)),
+        ("object strings, None and NaN", pandas.Series(["a", None, float("nan"), "d/e"], dtype=object)),
+        ("python-stored str", pandas.Series(strings, dtype=python_str)),
+        ("empty series", pandas.Series([], dtype="float64")),
+        ("empty str series", pandas.Series([], dtype="str", name="s")),
+        ("one row", pandas.DataFrame({"a": [1.5]})),
+        ("series named values", pandas.Series([1, 2], name="values")),
+        ("str index", pandas.Series([1.0, 2.0], index=["a/b", 'q"uote'])),
+        ("object index", pandas.Series([1, 2], index=pandas.Index(["x", "y"], dtype=object, name='é/"'))),
+        ("int index named index", pandas.Series([1, 2], index=pandas.Index([3, 4], name="index"))),
+        ("float index", pandas.Series(range(len(floats)), index=floats)),
+        ("bool index", pandas.Series([1, 2], index=[True, False])),
+        ("stepped range index", pandas.Series(range(10), index=range(5, 105, 10))),
+        ("repeated index (no primary key)", pandas.Series([1.0, 2.0, 3.0], index=[1, 1, 2])),
+        ("empty frame", pandas.DataFrame({"a": [], "b": []})),
+        ("a column named index, the index named", pandas.DataFrame({"index": [1, 2]}, index=[5, 6]).rename_axis("i")),
+        ("the bench's table", pandas.DataFrame({"i": range(1000), "s": [f"row {i}" for i in range(1000)]})),
+        ("every dtype", pandas.DataFrame(mixed)),
+        ("named columns", pandas.DataFrame({"a": [1.0], "b": ["x"]}).rename_axis(columns="c")),
+        ("odd column names", pandas.DataFrame([range(len(odd_names))], columns=odd_names)),
+        ("float frame", pandas.DataFrame(rng.random((1000, 3)), columns=list("abc"))),
+    ]
+
+
+@unittest.skipUnless(HAVE_PANDAS, "pandas is not installed")
+class QuickTableJsonTest(unittest.TestCase):
+    def test_its_text_is_pandas_text_byte_for_byte(self):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an index named "index" is not round-trippable
+            for what, obj in table_corpus():
+                with self.subTest(what):
+                    self.assertEqual(worker.quick_table_json(obj), obj.to_json(orient="table"))
+
+    def test_other_shapes_are_left_to_pandas(self):
+        import numpy
+        import pandas
+
+        class Sub(pandas.DataFrame):
+            pass
+
+        two = pandas.Index([1, 2])
+        left = [
+            ("datetimes", pandas.Series(pandas.date_range("2026-01-01", periods=2))),
+            ("timedeltas", pandas.Series(pandas.to_timedelta([1, 2], unit="s"))),
+            ("datetime index", pandas.Series([1, 2], index=pandas.date_range("2026-01-01", periods=2))),
+            ("categorical", pandas.Series(["a", "b"], dtype="category")),
+            ("multiindex", pandas.Series([1, 2], index=pandas.MultiIndex.from_tuples([("a", 1), ("b", 2)]))),
+            ("multiindex columns", pandas.DataFrame([[1]], columns=pandas.MultiIndex.from_tuples([("a", "b")]))),
+            ("nullable ints", pandas.Series([1, None], dtype="Int64")),
+            ("nullable bools", pandas.Series([True, None], dtype="boolean")),
+            ("string with NA", pandas.Series(["a", None], dtype="string")),
+            ("float32", pandas.Series([0.1], dtype="float32")),
+            ("uint64", pandas.Series([2**64 - 1], dtype="uint64")),
+            ("mixed objects", pandas.Series(["a", 1], dtype=object)),
+            ("numpy strings in objects", pandas.Series([numpy.str_("a")], dtype=object)),
+            ("a subclass", Sub({"a": [1]})),
+            ("a series named empty", pandas.Series([1], name="")),
+            ("a series named 0", pandas.Series([1], name=0)),
+            ("a series named 1", pandas.Series([1], name=1)),
+            ("integer column names", pandas.DataFrame([[1, 2]])),
+            ("repeated column names", pandas.DataFrame([[1, 2]], columns=["a", "a"])),
+            ("a column named as the index", pandas.DataFrame({"index": [1, 2]})),
+            ("a series named as its index", pandas.Series([1, 2], name="k", index=two.rename("k"))),
+            ("an index named empty", pandas.Series([1, 2], index=two.rename(""))),
+            ("an index named 0", pandas.Series([1, 2], index=two.rename(0))),
+            ("a name with NUL", pandas.DataFrame({"a\x00b": [1]})),
+            ("DEL", pandas.Series(["a\x7f"])),
+            ("a lone surrogate", pandas.Series(["a\ud800"], dtype=object)),
+            ("no columns", pandas.DataFrame(index=range(3))),
+        ]
+        for what, obj in left:
+            with self.subTest(what):
+                self.assertIsNone(worker.quick_table_json(obj))
+
+
 class FigurePngTest(unittest.TestCase):
     """A figure is shown as savefig(bbox_inches="tight") would make it (Jupyter's inline
     backend), from one draw where the figure's own canvas holds all of it."""
