@@ -93,11 +93,13 @@ impl Kernels {
         }
     }
 
-    /// The spec `name` names, ignoring case as Jupyter does.
-    fn spec(&self, name: &str) -> Option<&Spec> {
+    /// The spec `name` names, ignoring case as Jupyter does; another name is refused,
+    /// listing the specs there are.
+    fn spec(&self, name: &str) -> Result<&Spec, JupyterError> {
         self.specs
             .iter()
             .find(|spec| spec.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| JupyterError::spec_not_found(name, &self.spec_names()))
     }
 
     /// The spec of the interpreter a session runs.
@@ -256,11 +258,7 @@ async fn get_spec(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<KernelSpecEntry>, JupyterError> {
-    let kernels = &state.jupyter;
-    let spec = kernels
-        .spec(&name)
-        .ok_or_else(|| JupyterError::spec_not_found(&name, &kernels.spec_names()))?;
-    Ok(Json(spec.entry()))
+    Ok(Json(state.jupyter.spec(&name)?.entry()))
 }
 
 /// The caller's kernels: every session of theirs, however it was made.
@@ -324,19 +322,10 @@ async fn start_kernel(
         })?
     };
     let interpreter = match request.name.as_deref() {
+        Some(name) => Some(state.jupyter.spec(name)?.interpreter.as_str()),
         None => None,
-        Some(name) => {
-            let kernels = &state.jupyter;
-            let spec = kernels
-                .spec(name)
-                .ok_or_else(|| JupyterError::spec_not_found(name, &kernels.spec_names()))?;
-            Some(spec.interpreter.clone())
-        }
     };
-    let info = state
-        .manager
-        .create_on(caller.owner(), interpreter.as_deref())
-        .await?;
+    let info = state.manager.create_on(caller.owner(), interpreter).await?;
     let kernel = model_of(&state, &info)?;
     let location = format!("/api/kernels/{}", kernel.id);
     Ok((
