@@ -272,10 +272,22 @@ fn clients_script() -> PathBuf {
 
 /// Runs `clients.py MODE URL TOKEN` to its end (its own timeouts bound it); its JSON.
 fn run_clients(mode: &str, url: &str, token: &str, jupyter_dir: &std::path::Path) -> Value {
+    run_clients_with(mode, url, token, &[], jupyter_dir)
+}
+
+/// [`run_clients`] with the mode's further arguments.
+fn run_clients_with(
+    mode: &str,
+    url: &str,
+    token: &str,
+    args: &[&str],
+    jupyter_dir: &std::path::Path,
+) -> Value {
     let mut command = Command::new(client_python());
     command
         .arg(clients_script())
         .args([mode, url, token])
+        .args(args)
         .envs(jupyter_env(jupyter_dir))
         .stdin(Stdio::null());
     // SAFETY: prctl is async-signal-safe: the clients die with the test.
@@ -763,4 +775,298 @@ async fn a_client_that_does_not_read_is_disconnected() {
         .await
         .expect("delete");
     assert_eq!(response.status().as_u16(), 204);
+}
+
+/// The venv's Python, and the same interpreter under its other name (`sys.executable` tells
+/// them apart, and nothing depends on another Python being installed).
+fn two_pythons() -> (PathBuf, PathBuf) {
+    let first = common::python();
+    let second = first.with_file_name("python3");
+    (first, second)
+}
+
+/// A server with two interpreters: `first` (the default, with numpy) and `second` (without a
+/// preload).
+fn server_with_two_interpreters() -> Server {
+    let (first, second) = two_pythons();
+    Server::start(&format!(
+        "[pool]\nwarm_workers = 1\n\n\
+         [[python.interpreters]]\nname = \"first\"\nexecutable = {:?}\npreload = [\"numpy as np\"]\n\n\
+         [[python.interpreters]]\nname = \"second\"\nexecutable = {:?}\npreload = []\n",
+        first.display().to_string(),
+        second.display().to_string(),
+    ))
+}
+
+fn version_of(python: &std::path::Path) -> String {
+    let output = Command::new(python)
+        .args(["-c", "import sys; print(sys.version.split()[0])"])
+        .output()
+        .expect("run the interpreter");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// Each interpreter is a kernel spec: `python3` the default's, `python3-<name>` another's,
+/// each saying its version and preload; names are compared ignoring case; an unknown one is
+/// refused with the specs there are; a session made natively is a kernel of its
+/// interpreter's spec.
+#[tokio::test]
+async fn each_interpreter_is_a_kernel_spec_of_its_own() {
+    let server = server_with_two_interpreters();
+    let (first, second) = two_pythons();
+    let (v1, v2) = (version_of(&first), version_of(&second));
+    let api = Api::new(&server.base);
+    let (status, specs) = api.get("/api/kernelspecs").await;
+    assert_eq!(status, 200, "{specs}");
+    assert_eq!(specs["default"], "python3", "{specs}");
+    let display: Vec<(&str, &Value, &Value)> = specs["kernelspecs"]
+        .as_object()
+        .expect("kernelspecs")
+        .iter()
+        .map(|(key, spec)| (key.as_str(), &spec["name"], &spec["spec"]["display_name"]))
+        .collect();
+    assert_eq!(
+        display,
+        [
+            (
+                "python3",
+                &json!("python3"),
+                &json!(format!(
+                    "Python {v1} (replpool: first, numpy as np preloaded)"
+                ))
+            ),
+            (
+                "python3-second",
+                &json!("python3-second"),
+                &json!(format!("Python {v2} (replpool: second, no preload)"))
+            ),
+        ],
+        "{specs}"
+    );
+    for name in ["python3-second", "PYTHON3-Second"] {
+        let (status, one) = api.get(&format!("/api/kernelspecs/{name}")).await;
+        assert_eq!(status, 200, "{one}");
+        assert_eq!(one, specs["kernelspecs"]["python3-second"], "{name}");
+    }
+
+    // Unknown specs, the default interpreter's name under `python3-` among them: what
+    // jupyter_server says of a missing spec, with replpool's error beside it.
+    let unknown = |name: &str| {
+        let message =
+            format!("Kernel spec {name} not found (this server's specs: python3, python3-second)");
+        json!({
+            "message": message, "reason": "Not Found",
+            "error": {"code": "kernel_spec_not_found", "message": message, "category": "request"},
+        })
+    };
+    let (status, body) = api.get("/api/kernelspecs/python3-first").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body, unknown("python3-first"));
+    let (status, body) = api
+        .post("/api/kernels", json!({"name": "python3-third"}))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body, unknown("python3-third"));
+    let (status, sessions) = api.get("/v1/sessions").await;
+    assert_eq!(status, 200, "{sessions}");
+    assert_eq!(
+        sessions["sessions"],
+        json!([]),
+        "a refused kernel left a session"
+    );
+
+    // Sessions made natively are kernels of their interpreters' specs.
+    let (status, on_second) = api.post("/v1/sessions", json!({"python": "second"})).await;
+    assert_eq!(status, 201, "{on_second}");
+    let on_second = on_second["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let on_default = api.session().await;
+    let (status, kernels) = api.get("/api/kernels").await;
+    assert_eq!(status, 200, "{kernels}");
+    let mut named: Vec<(String, Value)> = kernels
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|k| (session_of(k["id"].as_str().expect("id")), k["name"].clone()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want = vec![
+        (on_second.clone(), json!("python3-second")),
+        (on_default.clone(), json!("python3")),
+    ];
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(named, want, "{kernels}");
+    assert_eq!(api.delete(&format!("/v1/sessions/{on_second}")).await, 204);
+    assert_eq!(api.delete(&format!("/v1/sessions/{on_default}")).await, 204);
+}
+
+/// Sends a request on `channel` and reads what it causes, up to its reply and the `idle`
+/// after it: (msg_type, content) of each message parented to it.
+async fn ask<S>(ws: &mut S, channel: &str, msg_type: &str, content: Value) -> Vec<(String, Value)>
+where
+    S: futures::Sink<WsMessage>
+        + futures::Stream<Item = Result<WsMessage, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+    <S as futures::Sink<WsMessage>>::Error: std::fmt::Debug,
+{
+    let (msg_id, frame) = request(channel, msg_type, content);
+    ws.send(frame).await.expect("send");
+    let (mut replied, mut idle) = (false, false);
+    let mut seen = Vec::new();
+    while !(replied && idle) {
+        let message = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("an answer within a minute")
+            .expect("the socket is open")
+            .expect("a frame");
+        let WsMessage::Text(text) = message else {
+            continue;
+        };
+        let msg: Value = serde_json::from_str(&text).expect("a message");
+        if msg["parent_header"]["msg_id"] != msg_id.as_str() {
+            continue;
+        }
+        let kind = msg["header"]["msg_type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        replied |= kind.ends_with("_reply");
+        idle |= kind == "status" && msg["content"]["execution_state"] == "idle";
+        seen.push((kind, msg["content"].clone()));
+    }
+    seen
+}
+
+/// The content of the one message of `msg_type` among `seen`.
+fn the<'a>(seen: &'a [(String, Value)], msg_type: &str) -> &'a Value {
+    let found: Vec<&Value> = seen
+        .iter()
+        .filter(|(kind, _)| kind == msg_type)
+        .map(|(_, content)| content)
+        .collect();
+    assert_eq!(found.len(), 1, "one {msg_type} in {seen:?}");
+    found[0]
+}
+
+/// A kernel started with the second interpreter's spec runs on it — its kernel_info says its
+/// version, `sys.executable` is its path — and keeps it through restarts over REST and over
+/// the control channel; nbclient through jupyter_server's `GatewayKernelManager` picks it by
+/// name too.
+#[tokio::test]
+async fn a_kernel_of_another_spec_runs_on_its_interpreter() {
+    let server = server_with_two_interpreters();
+    let (_, second) = two_pythons();
+    let version = version_of(&second);
+    let api = Api::new(&server.base);
+    let (status, kernel) = api
+        .post("/api/kernels", json!({"name": "python3-second"}))
+        .await;
+    assert_eq!(status, 201, "{kernel}");
+    assert_eq!(kernel["name"], "python3-second", "{kernel}");
+    let id = kernel["id"].as_str().expect("id").to_owned();
+    let session = session_of(&id);
+    let (status, info) = api.get(&format!("/v1/sessions/{session}")).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(
+        info["python"],
+        json!({"name": "second", "version": version}),
+        "{info}"
+    );
+
+    let url = format!(
+        "{}/api/kernels/{id}/channels",
+        server.base.replacen("http://", "ws://", 1)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .expect("the channels connect");
+    let info = ask(&mut ws, "shell", "kernel_info_request", json!({})).await;
+    let info = the(&info, "kernel_info_reply");
+    assert_eq!(info["language_info"]["version"], version.as_str(), "{info}");
+    assert_eq!(
+        info["banner"],
+        format!("Python {version} on replpool (interpreter second)"),
+        "{info}"
+    );
+    let executable = json!({"text/plain": format!("'{}'", second.display())});
+    let which = "import sys\nsys.executable";
+    let ran = ask(&mut ws, "shell", "execute_request", json!({"code": which})).await;
+    assert_eq!(the(&ran, "execute_result")["data"], executable, "{ran:?}");
+
+    // Restarted over REST: a fresh namespace, the same spec and interpreter.
+    ask(
+        &mut ws,
+        "shell",
+        "execute_request",
+        json!({"code": "x = 1"}),
+    )
+    .await;
+    let (status, restarted) = api
+        .post(&format!("/api/kernels/{id}/restart"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{restarted}");
+    assert_eq!(restarted["name"], "python3-second", "{restarted}");
+    let ran = ask(
+        &mut ws,
+        "shell",
+        "execute_request",
+        json!({"code": format!("print('x' in dir())\n{which}")}),
+    )
+    .await;
+    assert_eq!(
+        the(&ran, "stream"),
+        &json!({"name": "stdout", "text": "False\n"}),
+        "{ran:?}"
+    );
+    assert_eq!(the(&ran, "execute_result")["data"], executable, "{ran:?}");
+
+    // Restarted over the control channel: the same.
+    let restart = ask(
+        &mut ws,
+        "control",
+        "shutdown_request",
+        json!({"restart": true}),
+    )
+    .await;
+    assert_eq!(
+        the(&restart, "shutdown_reply"),
+        &json!({"status": "ok", "restart": true})
+    );
+    let ran = ask(&mut ws, "shell", "execute_request", json!({"code": which})).await;
+    assert_eq!(the(&ran, "execute_result")["data"], executable, "{ran:?}");
+    let info = ask(&mut ws, "control", "kernel_info_request", json!({})).await;
+    assert_eq!(
+        the(&info, "kernel_info_reply")["language_info"]["version"],
+        version.as_str()
+    );
+    drop(ws);
+    let (status, model) = api.get(&format!("/api/kernels/{id}")).await;
+    assert_eq!(status, 200, "{model}");
+    assert_eq!(model["name"], "python3-second", "{model}");
+    assert_eq!(api.delete(&format!("/api/kernels/{id}")).await, 204);
+
+    // nbclient through jupyter_server's GatewayKernelManager, on the second spec.
+    let base = server.base.clone();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_owned();
+    let result = tokio::task::spawn_blocking(move || {
+        run_clients_with("nbclient-spec", &base, "-", &["python3-second"], &path)
+    })
+    .await
+    .expect("the client ran");
+    assert_eq!(
+        result["outputs"],
+        json!([{"output_type": "execute_result", "execution_count": 1,
+                "mime": ["text/plain"], "text/plain": format!("'{}'", second.display())}]),
+        "{result}"
+    );
+    // The kernel it ran in was a session of the second interpreter's, shut down after.
+    let (status, kernels) = api.get("/api/kernels").await;
+    assert_eq!(status, 200, "{kernels}");
+    assert_eq!(kernels, json!([]), "{kernels}");
 }

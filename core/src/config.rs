@@ -1060,10 +1060,15 @@ impl Config {
                     format!("{:?} must be letters, digits, `.`, `-` or `_`", entry.name),
                 ));
             }
-            if !seen.insert(entry.name.as_str()) {
+            // Ignoring case: each entry is a Jupyter kernel spec too (`python3-<name>`), and
+            // Jupyter compares spec names ignoring case.
+            if !seen.insert(entry.name.to_ascii_lowercase()) {
                 return Err(ConfigError::field(
                     field("name"),
-                    format!("{:?} names another entry already", entry.name),
+                    format!(
+                        "{:?} names another entry already (names are compared ignoring case)",
+                        entry.name
+                    ),
                 ));
             }
             if !executable_exists(&entry.executable) {
@@ -1564,6 +1569,12 @@ mod tests {
         };
         let twice = format!("{}{}", entry("a", "sh"), entry("a", "sh"));
         let err = load_str(&twice, &[]).unwrap_err();
+        assert!(
+            err.to_string().contains("python.interpreters[1].name"),
+            "{err}"
+        );
+        let twice_but_case = format!("{}{}", entry("deb", "sh"), entry("Deb", "sh"));
+        let err = load_str(&twice_but_case, &[]).unwrap_err();
         assert!(
             err.to_string().contains("python.interpreters[1].name"),
             "{err}"

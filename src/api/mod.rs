@@ -45,7 +45,7 @@ pub struct AppState {
     pub prometheus: PrometheusHandle,
     /// `/metrics` is served without a token (`metrics.public`).
     pub metrics_public: bool,
-    /// The Jupyter kernel API's spec and open channels.
+    /// The Jupyter kernel API's specs and open channels.
     pub jupyter: Arc<compat::jupyter::Kernels>,
 }
 
@@ -53,6 +53,7 @@ pub struct AppState {
 /// description (`/openapi.json`, `/docs`). Request bodies are bounded by `execution.max_frame_bytes`, file
 /// uploads by `files.max_bytes` (413 above them).
 pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
+    let jupyter = Arc::new(compat::jupyter::Kernels::new(config, &manager));
     let state = AppState {
         manager,
         judge: Arc::new(JudgeSettings::from_config(config)),
@@ -61,7 +62,7 @@ pub fn router(manager: Arc<SessionManager>, config: &Config) -> Router {
         tokens: Arc::new(auth::Tokens::new(config.auth.tokens.clone())),
         prometheus: crate::metrics::install(),
         metrics_public: config.metrics.public,
-        jupyter: Arc::new(compat::jupyter::Kernels::from_config(config)),
+        jupyter,
     };
     let max_file_bytes = usize::try_from(config.files.max_bytes).unwrap_or(usize::MAX);
     let (routes, document) = routes(max_file_bytes, state.clone());

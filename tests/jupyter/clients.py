@@ -4,6 +4,8 @@
         nbclient executes a notebook of several cells through jupyter_server's gateway
         kernel manager (GatewayKernelManager: REST + the channels' websocket), allow_errors
         on; prints the executed cells' outputs as JSON.
+    clients.py nbclient-spec REPLPOOL_URL TOKEN SPEC
+        The same, with the kernel spec SPEC: one cell, `sys.executable`; prints its outputs.
     clients.py gateway JUPYTER_URL JUPYTER_TOKEN
         Against a `jupyter server --gateway-url=<replpool>`: its kernel specs (as that server
         lists them from replpool), then a kernel started through it and a cell run over its
@@ -85,6 +87,29 @@ def run_nbclient(url, token):
             for cell in nb.cells
         ]
     }
+
+
+def run_nbclient_spec(url, token, spec):
+    """One cell through GatewayKernelManager on the kernel spec `spec`."""
+    from jupyter_server.gateway.gateway_client import GatewayClient
+    from jupyter_server.gateway.managers import GatewayKernelManager
+    from nbclient import NotebookClient
+
+    GatewayClient.instance(url=url, auth_token=None if token == "-" else token, request_timeout=60.0)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import sys\nsys.executable")]
+    nb.metadata["kernelspec"] = {"name": spec, "display_name": spec, "language": "python"}
+    client = NotebookClient(
+        nb,
+        kernel_manager_class=GatewayKernelManager,
+        kernel_name=spec,
+        timeout=60,
+        startup_timeout=60,
+    )
+    # GatewayKernelManager.start_kernel reads the spec from its own arguments (default
+    # "python3"), not from the manager's kernel_name: nbclient hands them through execute().
+    client.execute(kernel_name=spec)
+    return {"outputs": [summarize(o) for o in nb.cells[0].outputs]}
 
 
 def run_gateway(url, token):
@@ -231,6 +256,8 @@ def main():
     mode, url, token = sys.argv[1:4]
     if mode == "nbclient":
         result = run_nbclient(url, token)
+    elif mode == "nbclient-spec":
+        result = run_nbclient_spec(url, token, sys.argv[4])
     elif mode == "gateway":
         result = run_gateway(url, token)
     elif mode == "protocol":

@@ -34,6 +34,8 @@ struct Kernel {
     manager: Arc<SessionManager>,
     kernels: Arc<Kernels>,
     session: String,
+    /// The session's interpreter's spec: what `kernel_info` says.
+    spec: spec::Spec,
     /// The `session` of the kernel's message headers (one per connection).
     header_session: String,
     out: mpsc::Sender<String>,
@@ -56,7 +58,7 @@ const WRITE_STALL: Duration = Duration::from_secs(10);
 /// How often an idle connection looks whether its session still exists.
 const SESSION_CHECK: Duration = Duration::from_secs(5);
 
-pub async fn serve(socket: WebSocket, state: AppState, session: String) {
+pub async fn serve(socket: WebSocket, state: AppState, session: String, spec: spec::Spec) {
     let _connection = state.jupyter.connect(&session);
     let (sink, mut incoming) = socket.split();
     let (out, out_rx) = mpsc::channel(OUT_QUEUE);
@@ -67,6 +69,7 @@ pub async fn serve(socket: WebSocket, state: AppState, session: String) {
         manager: state.manager,
         kernels: state.jupyter,
         session,
+        spec,
         header_session: message::new_id(),
         out,
         closing: closing.clone(),
@@ -341,10 +344,7 @@ impl Kernel {
     }
 
     fn kernel_info(&self) -> Value {
-        spec::kernel_info(
-            self.manager.python_version().as_deref(),
-            &self.kernels.preload,
-        )
+        spec::kernel_info(&self.spec)
     }
 
     /// The session's history as `history_reply` tuples: `(session, line, input)`, or

@@ -24,11 +24,12 @@ impl JupyterError {
         ))
     }
 
-    pub fn spec_not_found(name: &str) -> JupyterError {
+    /// `available`: the spec names, comma-separated.
+    pub fn spec_not_found(name: &str, available: &str) -> JupyterError {
         JupyterError(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::KernelSpecNotFound,
-            format!("Kernel spec {name} not found (this server has one: python3)"),
+            format!("Kernel spec {name} not found (this server's specs: {available})"),
         ))
     }
 }

@@ -5,8 +5,9 @@
 //! A kernel is a replpool session, nothing more: `POST /api/kernels` creates one of the
 //! caller's sessions (the same limits, owner and eviction), `GET /api/kernels` lists the
 //! caller's sessions, a session made through `/v1/sessions` is a kernel here too, and the two
-//! ids are the same id written two ways (`ids.rs`). One kernel spec, `python3`. The messages
-//! on `/api/kernels/{id}/channels` are translated in `channels.rs`. Errors are
+//! ids are the same id written two ways (`ids.rs`). One kernel spec per interpreter
+//! (`spec.rs`): `python3` is the default one, and a kernel's spec is its session's interpreter's.
+//! The messages on `/api/kernels/{id}/channels` are translated in `channels.rs`. Errors are
 //! jupyter_server's `{"message", "reason"}` with replpool's `error` beside it (`error.rs`).
 
 mod channels;
@@ -31,13 +32,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::error::{JupyterError, JupyterErrorBody};
-use self::spec::{KernelSpecEntry, KernelSpecs, SPEC_NAME};
-use crate::Config;
+use self::spec::{KernelSpecEntry, KernelSpecs, Spec};
 use crate::api::auth::Caller;
 use crate::api::error::{ErrorCode, wrong_node};
 use crate::api::json::Json;
 use crate::api::{ApiError, AppState};
 use crate::session::SessionInfo;
+use crate::{Config, SessionManager};
 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -50,10 +51,11 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(channels))
 }
 
-/// What the Jupyter surface keeps beyond the manager's sessions: what its kernel spec says,
-/// and how many websockets each kernel has open (a kernel model's `connections`).
+/// What the Jupyter surface keeps beyond the manager's sessions: its kernel specs, and how
+/// many websockets each kernel has open (a kernel model's `connections`).
 pub struct Kernels {
-    preload: Vec<String>,
+    /// One per interpreter, the default's (`python3`) first.
+    specs: Vec<Spec>,
     /// A cell's deadline: a notebook cell has none of its own, so the operator's cap on any
     /// execution (`execution.max_timeout_ms`) is its bound.
     cell_timeout: Duration,
@@ -63,19 +65,57 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    pub fn from_config(config: &Config) -> Kernels {
+    /// The specs of the manager's interpreters, each with its preload from `config` (the
+    /// running interpreters know their versions, the configuration their preloads).
+    pub fn new(config: &Config, manager: &SessionManager) -> Kernels {
+        let configured = config.interpreters();
+        let interpreters: Vec<(String, String, Vec<String>)> = manager
+            .interpreters()
+            .iter()
+            .map(|interpreter| {
+                let preload = configured
+                    .iter()
+                    .find(|entry| entry.name == interpreter.name)
+                    .and_then(|entry| entry.preload.clone())
+                    .unwrap_or_default();
+                (
+                    interpreter.name.clone(),
+                    interpreter.version.clone(),
+                    preload,
+                )
+            })
+            .collect();
         Kernels {
-            // The one kernel spec is the default interpreter's.
-            preload: config
-                .interpreters()
-                .into_iter()
-                .next()
-                .and_then(|i| i.preload)
-                .unwrap_or_default(),
+            specs: Spec::all(&interpreters),
             cell_timeout: Duration::from_millis(config.execution.max_timeout_ms),
             max_message_bytes: config.execution.max_frame_bytes,
             connections: DashMap::new(),
         }
+    }
+
+    /// The spec `name` names, ignoring case as Jupyter does; another name is refused,
+    /// listing the specs there are.
+    fn spec(&self, name: &str) -> Result<&Spec, JupyterError> {
+        self.specs
+            .iter()
+            .find(|spec| spec.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| JupyterError::spec_not_found(name, &self.spec_names()))
+    }
+
+    /// The spec of the interpreter a session runs.
+    fn spec_of(&self, info: &SessionInfo) -> Option<&Spec> {
+        self.specs
+            .iter()
+            .find(|spec| spec.interpreter == info.python.name)
+    }
+
+    /// The specs' names, for a refusal of another.
+    fn spec_names(&self) -> String {
+        self.specs
+            .iter()
+            .map(|spec| spec.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn connections(&self, session: &str) -> usize {
@@ -94,7 +134,7 @@ impl Kernels {
     fn model(&self, info: &SessionInfo) -> Option<Kernel> {
         Some(Kernel {
             id: ids::kernel_id(&info.session_id)?,
-            name: SPEC_NAME,
+            name: self.spec_of(info)?.name.clone(),
             last_activity: info.last_used_at.clone(),
             execution_state: info.state,
             connections: self.connections(&info.session_id),
@@ -128,9 +168,9 @@ impl Drop for Connection {
 struct Kernel {
     /// The kernel's id: its session's id, written as Jupyter front ends route kernel ids.
     id: String,
-    /// The kernel spec's name (always `python3`).
-    #[schema(value_type = String)]
-    name: &'static str,
+    /// The kernel spec's name: its session's interpreter's (`python3` for the default one,
+    /// `python3-<interpreter name in lower case>` for another).
+    name: String,
     /// When it last ran something or was created (RFC 3339, UTC).
     last_activity: String,
     /// `idle` or `busy`.
@@ -145,7 +185,7 @@ struct Kernel {
 /// ignored, as jupyter_server ignores them.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 struct StartKernel {
-    /// The kernel spec (`python3`, the default).
+    /// The kernel spec (default `python3`, the default interpreter's), ignoring case.
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -181,21 +221,25 @@ fn model_of(state: &AppState, info: &SessionInfo) -> Result<Kernel, JupyterError
         JupyterError(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
-            format!("session {} has no kernel id", info.session_id),
+            format!(
+                "session {} is no kernel (no kernel id, or no spec of its interpreter {})",
+                info.session_id, info.python.name
+            ),
         ))
     })
 }
 
-/// The kernel specs: one, `python3`, the workers' interpreter with the preload.
+/// The kernel specs, one per interpreter: `python3` (the default, and the default
+/// interpreter's), `python3-<name in lower case>` for each other one.
 #[utoipa::path(
     get,
     path = "/api/kernelspecs",
     operation_id = "jupyter_kernelspecs",
     tag = "jupyter",
-    responses((status = 200, description = "The kernel specs (jupyter_server's shape)", body = KernelSpecs)),
+    responses((status = 200, description = "The kernel specs (jupyter_server's shape), one per interpreter", body = KernelSpecs)),
 )]
 async fn list_specs(State(state): State<AppState>) -> Json<KernelSpecs> {
-    Json(spec::specs(&state.jupyter.preload))
+    Json(spec::specs(&state.jupyter.specs))
 }
 
 /// One kernel spec.
@@ -204,7 +248,7 @@ async fn list_specs(State(state): State<AppState>) -> Json<KernelSpecs> {
     path = "/api/kernelspecs/{name}",
     operation_id = "jupyter_kernelspec",
     tag = "jupyter",
-    params(("name" = String, Path, description = "The spec's name: `python3`")),
+    params(("name" = String, Path, description = "The spec's name (case is ignored): `python3`, or `python3-<interpreter name in lower case>`")),
     responses(
         (status = 200, description = "The spec", body = KernelSpecEntry),
         (status = 404, description = "`kernel_spec_not_found`", body = JupyterErrorBody),
@@ -214,10 +258,7 @@ async fn get_spec(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<KernelSpecEntry>, JupyterError> {
-    if name != SPEC_NAME {
-        return Err(JupyterError::spec_not_found(&name));
-    }
-    Ok(Json(spec::entry(&state.jupyter.preload)))
+    Ok(Json(state.jupyter.spec(&name)?.entry()))
 }
 
 /// The caller's kernels: every session of theirs, however it was made.
@@ -238,13 +279,13 @@ async fn list_kernels(State(state): State<AppState>, caller: Caller) -> Json<Vec
     )
 }
 
-/// Starts a kernel: a new session of the caller's, on a warm worker with the preload.
+/// Starts a kernel: a new session of the caller's, on a warm worker of the spec's interpreter.
 #[utoipa::path(
     post,
     path = "/api/kernels",
     operation_id = "jupyter_start_kernel",
     tag = "jupyter",
-    request_body(content = Option<StartKernel>, description = "Empty, or `{\"name\": \"python3\"}` (`env`, `path` and other fields are ignored)", content_type = "application/json"),
+    request_body(content = Option<StartKernel>, description = "Empty (`python3`), or `{\"name\": \"<spec>\"}`: one of `GET /api/kernelspecs` (`env`, `path` and other fields are ignored)", content_type = "application/json"),
     responses(
         (status = 201, description = "The kernel", body = Kernel, headers(("location" = String, description = "`/api/kernels/{id}`")),
             links(
@@ -256,7 +297,7 @@ async fn list_kernels(State(state): State<AppState>, caller: Caller) -> Json<Vec
             ),
         ),
         (status = 400, description = "`invalid_json`", body = JupyterErrorBody),
-        (status = 404, description = "`kernel_spec_not_found`: a `name` other than `python3`", body = JupyterErrorBody),
+        (status = 404, description = "`kernel_spec_not_found`: a `name` that is none of the specs", body = JupyterErrorBody),
         (status = 422, description = "`invalid_request`: not an object of that shape", body = JupyterErrorBody),
         (status = 429, description = "`too_many_sessions`: the token's own limit, every one of its sessions busy", body = JupyterErrorBody),
         (status = 503, description = "`too_many_sessions` (at `sessions.max`), `worker_unavailable`, `sandbox_unavailable`, `shutting_down`, `draining`", body = JupyterErrorBody),
@@ -280,12 +321,11 @@ async fn start_kernel(
             ApiError::new(status, code, e.to_string())
         })?
     };
-    if let Some(name) = request.name.as_deref()
-        && name != SPEC_NAME
-    {
-        return Err(JupyterError::spec_not_found(name));
-    }
-    let info = state.manager.create_for(caller.owner()).await?;
+    let interpreter = match request.name.as_deref() {
+        Some(name) => Some(state.jupyter.spec(name)?.interpreter.as_str()),
+        None => None,
+    };
+    let info = state.manager.create_on(caller.owner(), interpreter).await?;
     let kernel = model_of(&state, &info)?;
     let location = format!("/api/kernels/{}", kernel.id);
     Ok((
@@ -363,7 +403,8 @@ async fn interrupt_kernel(
 }
 
 /// Restarts the kernel: its running cell is interrupted, then its worker replaced by a fresh
-/// warm one (the session's reset: a new namespace; its id and files stay).
+/// warm one of the same interpreter (the session's reset: a new namespace; its id, files and
+/// spec stay).
 #[utoipa::path(
     post,
     path = "/api/kernels/{id}/restart",
@@ -419,6 +460,15 @@ async fn channels(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, JupyterError> {
     let session = session_of(&state, &caller, &id)?;
+    // A session keeps its interpreter for its life, restarts included: its spec is read once.
+    let info = state.manager.info(&session)?;
+    let spec = state.jupyter.spec_of(&info).cloned().ok_or_else(|| {
+        JupyterError(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            format!("no kernel spec of interpreter {}", info.python.name),
+        ))
+    })?;
     let upgrade = upgrade.map_err(|rejection| {
         ApiError::new(
             rejection.status(),
@@ -430,5 +480,5 @@ async fn channels(
     Ok(upgrade
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| channels::serve(socket, state, session)))
+        .on_upgrade(move |socket| channels::serve(socket, state, session, spec)))
 }

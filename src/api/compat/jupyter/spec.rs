@@ -1,4 +1,5 @@
-//! The one kernel spec, and what a kernel says of itself (`kernel_info_reply`).
+//! The kernel specs — one per interpreter — and what a kernel says of itself
+//! (`kernel_info_reply`).
 
 use std::collections::BTreeMap;
 
@@ -8,12 +9,106 @@ use utoipa::ToSchema;
 
 use super::message::PROTOCOL_VERSION;
 
-/// The spec's name: what front ends ask for by default.
+/// The default interpreter's spec: what front ends ask for by default.
 pub const SPEC_NAME: &str = "python3";
+
+/// The spec name of an interpreter that is not the default: `python3-` and its name in lower
+/// case. Interpreter names are letters, digits, `.`, `-` and `_`, all of which a spec name may
+/// hold; Jupyter compares spec names ignoring case (and lists them in lower case), which is
+/// why the config refuses two interpreter names that differ only in case. The suffix keeps it
+/// from ever being `python3`, whatever the interpreter is called.
+pub fn spec_name(interpreter: &str) -> String {
+    format!("{SPEC_NAME}-{}", interpreter.to_ascii_lowercase())
+}
+
+/// One interpreter as a kernel spec.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// `python3` for the default interpreter, [`spec_name`] for the others.
+    pub name: String,
+    /// The `[[python.interpreters]]` entry's name: what a kernel's session is created on.
+    pub interpreter: String,
+    /// `3.11.7`, as the interpreter told it at start.
+    version: String,
+    preload: Vec<String>,
+    /// The server has other interpreters: names and versions tell the specs apart.
+    among_several: bool,
+}
+
+impl Spec {
+    /// The specs of `interpreters` (name, version, preload), the default first.
+    pub fn all(interpreters: &[(String, String, Vec<String>)]) -> Vec<Spec> {
+        let among_several = interpreters.len() > 1;
+        interpreters
+            .iter()
+            .enumerate()
+            .map(|(i, (name, version, preload))| Spec {
+                name: if i == 0 {
+                    SPEC_NAME.to_owned()
+                } else {
+                    spec_name(name)
+                },
+                interpreter: name.clone(),
+                version: version.clone(),
+                preload: preload.clone(),
+                among_several,
+            })
+            .collect()
+    }
+
+    /// What a front end shows in its launcher: that this is replpool, which Python, and what
+    /// is imported already. A server with one interpreter says `Python 3` (as it always
+    /// has); with several, each spec says its version and its interpreter's name.
+    fn display_name(&self) -> String {
+        if !self.among_several {
+            return if self.preload.is_empty() {
+                "Python 3 (replpool)".to_owned()
+            } else {
+                format!("Python 3 (replpool: {} preloaded)", self.preload.join(", "))
+            };
+        }
+        let preload = if self.preload.is_empty() {
+            "no preload".to_owned()
+        } else {
+            format!("{} preloaded", self.preload.join(", "))
+        };
+        format!(
+            "Python {} (replpool: {}, {preload})",
+            self.version, self.interpreter
+        )
+    }
+
+    fn banner(&self) -> String {
+        let mut banner = format!("Python {} on replpool", self.version);
+        if self.among_several {
+            banner.push_str(&format!(" (interpreter {})", self.interpreter));
+        }
+        if !self.preload.is_empty() {
+            banner.push_str(&format!(", with {} preloaded", self.preload.join(", ")));
+        }
+        banner
+    }
+
+    pub fn entry(&self) -> KernelSpecEntry {
+        KernelSpecEntry {
+            name: self.name.clone(),
+            spec: KernelSpec {
+                argv: Vec::new(),
+                display_name: self.display_name(),
+                language: "python",
+                interrupt_mode: "signal",
+                env: json!({}),
+                metadata: json!({}),
+            },
+            resources: json!({}),
+        }
+    }
+}
 
 /// `GET /api/kernelspecs`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct KernelSpecs {
+    /// `python3`: the default interpreter's.
     #[schema(value_type = String)]
     default: &'static str,
     kernelspecs: BTreeMap<String, KernelSpecEntry>,
@@ -22,8 +117,8 @@ pub struct KernelSpecs {
 /// `GET /api/kernelspecs/{name}`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct KernelSpecEntry {
-    #[schema(value_type = String)]
-    name: &'static str,
+    /// `python3` (the default interpreter), or `python3-<interpreter name in lower case>`.
+    name: String,
     spec: KernelSpec,
     /// Logos and the like: none.
     #[schema(value_type = Object)]
@@ -35,6 +130,7 @@ pub struct KernelSpecEntry {
 pub struct KernelSpec {
     /// How to start it: nothing here (replpool starts its workers itself).
     argv: Vec<String>,
+    /// Which Python (its version, with several interpreters) and its preload.
     display_name: String,
     #[schema(value_type = String)]
     language: &'static str,
@@ -48,51 +144,18 @@ pub struct KernelSpec {
     metadata: Value,
 }
 
-pub fn specs(preload: &[String]) -> KernelSpecs {
+pub fn specs(specs: &[Spec]) -> KernelSpecs {
     KernelSpecs {
         default: SPEC_NAME,
-        kernelspecs: BTreeMap::from([(SPEC_NAME.to_owned(), entry(preload))]),
+        kernelspecs: specs
+            .iter()
+            .map(|spec| (spec.name.clone(), spec.entry()))
+            .collect(),
     }
 }
 
-pub fn entry(preload: &[String]) -> KernelSpecEntry {
-    KernelSpecEntry {
-        name: SPEC_NAME,
-        spec: KernelSpec {
-            argv: Vec::new(),
-            display_name: display_name(preload),
-            language: "python",
-            interrupt_mode: "signal",
-            env: json!({}),
-            metadata: json!({}),
-        },
-        resources: json!({}),
-    }
-}
-
-/// What a front end shows in its launcher: that this is replpool, and what is imported already.
-fn display_name(preload: &[String]) -> String {
-    if preload.is_empty() {
-        "Python 3 (replpool)".to_owned()
-    } else {
-        format!("Python 3 (replpool: {} preloaded)", preload.join(", "))
-    }
-}
-
-fn banner(version: &str, preload: &[String]) -> String {
-    if preload.is_empty() {
-        format!("Python {version} on replpool")
-    } else {
-        format!(
-            "Python {version} on replpool, with {} preloaded",
-            preload.join(", ")
-        )
-    }
-}
-
-/// `kernel_info_reply`'s content.
-pub fn kernel_info(python_version: Option<&str>, preload: &[String]) -> Value {
-    let version = python_version.unwrap_or("3");
+/// `kernel_info_reply`'s content, for a kernel on `spec`'s interpreter.
+pub fn kernel_info(spec: &Spec) -> Value {
     json!({
         "status": "ok",
         "protocol_version": PROTOCOL_VERSION,
@@ -100,14 +163,14 @@ pub fn kernel_info(python_version: Option<&str>, preload: &[String]) -> Value {
         "implementation_version": env!("CARGO_PKG_VERSION"),
         "language_info": {
             "name": "python",
-            "version": version,
+            "version": spec.version,
             "mimetype": "text/x-python",
             "file_extension": ".py",
             "pygments_lexer": "ipython3",
             "codemirror_mode": {"name": "ipython", "version": 3},
             "nbconvert_exporter": "python",
         },
-        "banner": banner(version, preload),
+        "banner": spec.banner(),
         "help_links": [],
         "debugger": false,
     })
@@ -117,13 +180,61 @@ pub fn kernel_info(python_version: Option<&str>, preload: &[String]) -> Value {
 mod tests {
     use super::*;
 
+    fn interpreters(list: &[(&str, &str, &[&str])]) -> Vec<(String, String, Vec<String>)> {
+        list.iter()
+            .map(|(name, version, preload)| {
+                (
+                    (*name).to_owned(),
+                    (*version).to_owned(),
+                    preload.iter().map(|p| (*p).to_owned()).collect(),
+                )
+            })
+            .collect()
+    }
+
     #[test]
-    fn the_display_name_says_replpool_and_the_preload() {
-        let preload = vec!["numpy as np".to_owned(), "pandas as pd".to_owned()];
+    fn one_interpreter_is_python3_saying_replpool_and_the_preload() {
+        let specs = Spec::all(&interpreters(&[(
+            "default",
+            "3.11.7",
+            &["numpy as np", "pandas as pd"],
+        )]));
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].name, "python3");
         assert_eq!(
-            display_name(&preload),
+            specs[0].display_name(),
             "Python 3 (replpool: numpy as np, pandas as pd preloaded)"
         );
-        assert_eq!(display_name(&[]), "Python 3 (replpool)");
+        assert_eq!(
+            specs[0].banner(),
+            "Python 3.11.7 on replpool, with numpy as np, pandas as pd preloaded"
+        );
+        let bare = Spec::all(&interpreters(&[("default", "3.11.7", &[])]));
+        assert_eq!(bare[0].display_name(), "Python 3 (replpool)");
+        assert_eq!(bare[0].banner(), "Python 3.11.7 on replpool");
+    }
+
+    #[test]
+    fn several_interpreters_are_a_spec_each_with_its_version() {
+        let specs = Spec::all(&interpreters(&[
+            ("venv", "3.11.7", &["numpy as np"]),
+            ("Debian", "3.11.2", &[]),
+            ("3.12", "3.12.1", &[]),
+        ]));
+        let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["python3", "python3-debian", "python3-3.12"]);
+        assert_eq!(specs[1].interpreter, "Debian");
+        assert_eq!(
+            specs[0].display_name(),
+            "Python 3.11.7 (replpool: venv, numpy as np preloaded)"
+        );
+        assert_eq!(
+            specs[1].display_name(),
+            "Python 3.11.2 (replpool: Debian, no preload)"
+        );
+        assert_eq!(
+            specs[1].banner(),
+            "Python 3.11.2 on replpool (interpreter Debian)"
+        );
     }
 }
