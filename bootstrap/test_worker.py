@@ -452,6 +452,10 @@ class QuickTableJsonTest(unittest.TestCase):
             ("mixed objects", pandas.Series(["a", 1], dtype=object)),
             ("numpy strings in objects", pandas.Series([numpy.str_("a")], dtype=object)),
             ("a subclass", Sub({"a": [1]})),
+            # Past about ten columns pandas' writer is the faster (worker.QUICK_TABLE_MAX_COLUMNS).
+            ("a wide frame", pandas.DataFrame({f"c{i}": [0.5] for i in range(9)})),
+            ("a date column beside numbers",
+             pandas.DataFrame({"x": [1.0, 2.0], "when": pandas.date_range("2026-01-01", periods=2)})),
             ("a series named empty", pandas.Series([1], name="")),
             ("a series named 0", pandas.Series([1], name=0)),
             ("a series named 1", pandas.Series([1], name=1)),
