@@ -901,6 +901,21 @@ async fn each_interpreter_is_a_kernel_spec_of_its_own() {
     ];
     want.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(named, want, "{kernels}");
+    // Its notebook reopens on its spec, and the native API takes the name in any case.
+    let (status, upper) = api.post("/v1/sessions", json!({"python": "SECOND"})).await;
+    assert_eq!(status, 201, "{upper}");
+    assert_eq!(upper["python"]["name"], "second", "{upper}");
+    let upper = upper["session_id"].as_str().expect("session_id").to_owned();
+    api.run(&on_second, "1 + 1").await;
+    for (session, spec) in [(&on_second, "python3-second"), (&on_default, "python3")] {
+        let (status, notebook) = api.get(&format!("/v1/sessions/{session}/notebook")).await;
+        assert_eq!(status, 200, "{notebook}");
+        assert_eq!(
+            notebook["metadata"]["kernelspec"]["name"], spec,
+            "{notebook}"
+        );
+    }
+    assert_eq!(api.delete(&format!("/v1/sessions/{upper}")).await, 204);
     assert_eq!(api.delete(&format!("/v1/sessions/{on_second}")).await, 204);
     assert_eq!(api.delete(&format!("/v1/sessions/{on_default}")).await, 204);
 }

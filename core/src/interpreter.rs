@@ -102,9 +102,28 @@ fn chosen(interpreters: &[(&str, &str)], requested: &str) -> Option<usize> {
     };
     interpreters
         .iter()
-        .position(|(name, _)| *name == requested)
+        // Names are unique ignoring ASCII case (the config refuses others), as Jupyter's
+        // spec names are compared.
+        .position(|(name, _)| name.eq_ignore_ascii_case(requested))
         .or_else(|| interpreters.iter().position(|(_, v)| of_version(v)))
 }
+
+/// The Jupyter kernel spec name of an interpreter: `python3` for the default (what front ends
+/// ask for), `python3-` and its name in lower case for another. Interpreter names are
+/// letters, digits, `.`, `-` and `_`, all of which a spec name may hold; Jupyter compares spec
+/// names ignoring case (and lists them in lower case), which is why the config refuses two
+/// interpreter names that differ only in case. The suffix keeps another from ever being
+/// `python3`. The Jupyter API's specs and a session's notebook export both name it so.
+pub fn kernel_spec_name(interpreter: &str, default: bool) -> String {
+    if default {
+        KERNEL_SPEC.to_owned()
+    } else {
+        format!("{KERNEL_SPEC}-{}", interpreter.to_ascii_lowercase())
+    }
+}
+
+/// The default interpreter's kernel spec name.
+pub const KERNEL_SPEC: &str = "python3";
 
 /// What the refusal of an unknown interpreter lists: `name (version)`, comma-separated.
 pub fn describe(interpreters: &[Arc<Interpreter>]) -> String {
@@ -188,6 +207,8 @@ mod tests {
         ];
         assert_eq!(chosen(&all, "venv"), Some(0));
         assert_eq!(chosen(&all, "debian"), Some(1));
+        // Names ignore ASCII case, as the Jupyter API's spec names do.
+        assert_eq!(chosen(&all, "Debian"), Some(1));
         // A version: the first interpreter that has it.
         assert_eq!(chosen(&all, "3.11"), Some(0));
         assert_eq!(chosen(&all, "3.12"), Some(2));

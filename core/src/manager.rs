@@ -438,9 +438,15 @@ impl SessionManager {
     /// The session's history as an nbformat 4 notebook.
     pub fn notebook(&self, id: &str) -> Result<serde_json::Value, Error> {
         let session = self.session(id)?;
+        let interpreter = session.interpreter();
+        let default = self
+            .interpreters()
+            .first()
+            .is_some_and(|first| Arc::ptr_eq(first, interpreter));
         Ok(notebook::to_notebook(
             &session.history(),
             session.python_version().as_deref(),
+            &interpreter::kernel_spec_name(&interpreter.name, default),
         ))
     }
 

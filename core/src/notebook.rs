@@ -7,9 +7,20 @@ use crate::execution::{Execution, Status};
 use crate::protocol::MimeBundle;
 use crate::session::HistoryEntry;
 
-/// The notebook of `entries`, oldest first. `python_version` goes into `language_info`.
-pub fn to_notebook(entries: &[HistoryEntry], python_version: Option<&str>) -> Value {
+/// The notebook of `entries`, oldest first. `python_version` goes into `language_info`;
+/// `kernel_spec` is the spec of the session's interpreter (see
+/// [`crate::interpreter::kernel_spec_name`]), so that the notebook reopens on it.
+pub fn to_notebook(
+    entries: &[HistoryEntry],
+    python_version: Option<&str>,
+    kernel_spec: &str,
+) -> Value {
     let cells: Vec<Value> = entries.iter().map(cell).collect();
+    // Shown only where the spec is not found (another server); Jupyter's own for python3.
+    let display_name = match kernel_spec {
+        crate::interpreter::KERNEL_SPEC => "Python 3".to_owned(),
+        other => format!("Python 3 ({other})"),
+    };
     let mut language_info = json!({"name": "python"});
     if let Some(version) = python_version {
         language_info["version"] = json!(version);
@@ -18,7 +29,7 @@ pub fn to_notebook(entries: &[HistoryEntry], python_version: Option<&str>) -> Va
         "nbformat": 4,
         "nbformat_minor": 5,
         "metadata": {
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "kernelspec": {"name": kernel_spec, "display_name": display_name, "language": "python"},
             "language_info": language_info,
         },
         "cells": cells,

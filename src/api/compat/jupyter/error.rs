@@ -26,10 +26,14 @@ impl JupyterError {
 
     /// `available`: the spec names, comma-separated.
     pub fn spec_not_found(name: &str, available: &str) -> JupyterError {
+        // The name is the caller's, of any length: a body that repeats it is kept short.
+        const SHOWN: usize = 100;
+        let shown: String = name.chars().take(SHOWN).collect();
+        let cut = if shown.len() < name.len() { "…" } else { "" };
         JupyterError(ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::KernelSpecNotFound,
-            format!("Kernel spec {name} not found (this server's specs: {available})"),
+            format!("Kernel spec {shown}{cut} not found (this server's specs: {available})"),
         ))
     }
 }

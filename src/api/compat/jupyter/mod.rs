@@ -200,6 +200,15 @@ struct StartKernel {
 
 /// The session a kernel id stands for, if it is the caller's: any other id is an unknown
 /// kernel (another owner's included: existence is not leaked), one of another node 421.
+/// The kernel's session as it is now; one that ended since [`session_of`] found it is the
+/// kernel not found, as it would have been a moment earlier.
+fn info_of(state: &AppState, session: &str, kernel_id: &str) -> Result<SessionInfo, JupyterError> {
+    state.manager.info(session).map_err(|e| match e {
+        crate::Error::SessionNotFound(_) => JupyterError::kernel_not_found(kernel_id),
+        e => e.into(),
+    })
+}
+
 fn session_of(state: &AppState, caller: &Caller, kernel_id: &str) -> Result<String, JupyterError> {
     let session =
         ids::session_id(kernel_id).ok_or_else(|| JupyterError::kernel_not_found(kernel_id))?;
@@ -354,7 +363,7 @@ async fn get_kernel(
     Path(id): Path<String>,
 ) -> Result<Json<Kernel>, JupyterError> {
     let session = session_of(&state, &caller, &id)?;
-    let info = state.manager.info(&session)?;
+    let info = info_of(&state, &session, &id)?;
     Ok(Json(model_of(&state, &info)?))
 }
 
@@ -461,7 +470,7 @@ async fn channels(
 ) -> Result<Response, JupyterError> {
     let session = session_of(&state, &caller, &id)?;
     // A session keeps its interpreter for its life, restarts included: its spec is read once.
-    let info = state.manager.info(&session)?;
+    let info = info_of(&state, &session, &id)?;
     let spec = state.jupyter.spec_of(&info).cloned().ok_or_else(|| {
         JupyterError(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

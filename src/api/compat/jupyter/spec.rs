@@ -7,24 +7,17 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
+use replpool_core::interpreter::kernel_spec_name;
+
 use super::message::PROTOCOL_VERSION;
 
 /// The default interpreter's spec: what front ends ask for by default.
-pub const SPEC_NAME: &str = "python3";
-
-/// The spec name of an interpreter that is not the default: `python3-` and its name in lower
-/// case. Interpreter names are letters, digits, `.`, `-` and `_`, all of which a spec name may
-/// hold; Jupyter compares spec names ignoring case (and lists them in lower case), which is
-/// why the config refuses two interpreter names that differ only in case. The suffix keeps it
-/// from ever being `python3`, whatever the interpreter is called.
-pub fn spec_name(interpreter: &str) -> String {
-    format!("{SPEC_NAME}-{}", interpreter.to_ascii_lowercase())
-}
+pub use replpool_core::interpreter::KERNEL_SPEC as SPEC_NAME;
 
 /// One interpreter as a kernel spec.
 #[derive(Debug, Clone)]
 pub struct Spec {
-    /// `python3` for the default interpreter, [`spec_name`] for the others.
+    /// `python3` for the default interpreter, [`kernel_spec_name`] for the others.
     pub name: String,
     /// The `[[python.interpreters]]` entry's name: what a kernel's session is created on.
     pub interpreter: String,
@@ -43,11 +36,7 @@ impl Spec {
             .iter()
             .enumerate()
             .map(|(i, (name, version, preload))| Spec {
-                name: if i == 0 {
-                    SPEC_NAME.to_owned()
-                } else {
-                    spec_name(name)
-                },
+                name: kernel_spec_name(name, i == 0),
                 interpreter: name.clone(),
                 version: version.clone(),
                 preload: preload.clone(),
