@@ -44,18 +44,6 @@ fn api() -> Option<Api> {
     Some(Api::new(shared_with(config())))
 }
 
-/// What `python -c 'import sys; print(sys.version.split()[0])'` says.
-fn version_of(python: &Path) -> String {
-    let output = std::process::Command::new(python)
-        .args(["-c", "import sys; print(sys.version.split()[0])"])
-        .output()
-        .expect("run the interpreter");
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
 const WHICH_PYTHON: &str = "import sys\nprint(sys.version.split()[0], sys.executable)";
 
 /// A new session on `python` (`None`: the default), its info.
@@ -82,7 +70,7 @@ async fn sessions_of_each_interpreter_report_their_own_python() {
         (Some("debian"), "debian", Path::new(DEBIAN)),
     ];
     for (asked, name, executable) in cases {
-        let version = version_of(executable);
+        let version = common::version_of(executable);
         let info = session_on(&api, asked).await;
         assert_eq!(
             info["python"],
@@ -122,8 +110,8 @@ async fn sessions_of_each_interpreter_report_their_own_python() {
 #[tokio::test]
 async fn a_version_chooses_the_first_interpreter_that_has_it() {
     let Some(api) = api() else { return };
-    let venv_version = version_of(&common::python());
-    let debian_version = version_of(Path::new(DEBIAN));
+    let venv_version = common::version_of(&common::python());
+    let debian_version = common::version_of(Path::new(DEBIAN));
     let minor: String = venv_version
         .split('.')
         .take(2)
@@ -165,7 +153,11 @@ async fn one_shots_run_on_the_interpreter_asked_for() {
         assert_eq!(reply["status"], "ok", "{reply}");
         assert_eq!(
             reply["stdout"],
-            format!("{} {}\n", version_of(executable), executable.display()),
+            format!(
+                "{} {}\n",
+                common::version_of(executable),
+                executable.display()
+            ),
             "{asked:?}"
         );
     }
@@ -263,7 +255,7 @@ async fn exec_sync(api: &Api, code: &str, metadata: Value) -> (u16, Value) {
 async fn python_executor_images_and_versions_map_to_interpreters() {
     let Some(api) = api() else { return };
     let venv = common::python();
-    let minor: String = version_of(&venv)
+    let minor: String = common::version_of(&venv)
         .split('.')
         .take(2)
         .collect::<Vec<_>>()

@@ -798,17 +798,6 @@ fn server_with_two_interpreters() -> Server {
     ))
 }
 
-fn version_of(python: &std::path::Path) -> String {
-    let output = Command::new(python)
-        .args(["-c", "import sys; print(sys.version.split()[0])"])
-        .output()
-        .expect("run the interpreter");
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
 /// Each interpreter is a kernel spec: `python3` the default's, `python3-<name>` another's,
 /// each saying its version and preload; names are compared ignoring case; an unknown one is
 /// refused with the specs there are; a session made natively is a kernel of its
@@ -817,7 +806,7 @@ fn version_of(python: &std::path::Path) -> String {
 async fn each_interpreter_is_a_kernel_spec_of_its_own() {
     let server = server_with_two_interpreters();
     let (first, second) = two_pythons();
-    let (v1, v2) = (version_of(&first), version_of(&second));
+    let (v1, v2) = (common::version_of(&first), common::version_of(&second));
     let api = Api::new(&server.base);
     let (status, specs) = api.get("/api/kernelspecs").await;
     assert_eq!(status, 200, "{specs}");
@@ -976,7 +965,7 @@ fn the<'a>(seen: &'a [(String, Value)], msg_type: &str) -> &'a Value {
 async fn a_kernel_of_another_spec_runs_on_its_interpreter() {
     let server = server_with_two_interpreters();
     let (_, second) = two_pythons();
-    let version = version_of(&second);
+    let version = common::version_of(&second);
     let api = Api::new(&server.base);
     let (status, kernel) = api
         .post("/api/kernels", json!({"name": "python3-second"}))

@@ -612,18 +612,6 @@ async fn another_owners_mcp_session_is_answered_as_an_unknown_one() {
     assert_eq!(status, 404, "a closed session is gone");
 }
 
-/// What `python -c 'import sys; print(sys.version.split()[0])'` says.
-fn version_of(python: &std::path::Path) -> String {
-    let output = std::process::Command::new(python)
-        .args(["-c", "import sys; print(sys.version.split()[0])"])
-        .output()
-        .expect("run the interpreter");
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
 /// `create_session` and a one-shot `run_python` take `python`, as the native API does: the
 /// session and the one-shot run on the interpreter chosen (the venv's Python under another
 /// path, without the preload); an unknown one is refused as `POST /v1/sessions` refuses it;
@@ -641,7 +629,7 @@ async fn create_session_and_a_one_shot_run_on_the_python_chosen() {
         first.display().to_string(),
         second.display().to_string(),
     ));
-    let version = version_of(&second);
+    let version = common::version_of(&second);
     let url = server.url("/mcp");
     let out = client(&["pythons", "--url", &url, "--python", "second"]).await;
 

@@ -708,6 +708,19 @@ impl Blocker {
     }
 }
 
+/// What `python -c 'import sys; print(sys.version.split()[0])'` says (`3.11.7`).
+#[allow(dead_code)] // not every test binary has several Pythons
+pub fn version_of(python: &std::path::Path) -> String {
+    let output = std::process::Command::new(python)
+        .args(["-c", "import sys; print(sys.version.split()[0])"])
+        .output()
+        .expect("run the interpreter");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
 /// uv, as the Makefile installs it into the venv (bootstrap/tools-requirements.txt), or
 /// `REPLPOOL_TEST_UV`.
 #[allow(dead_code)] // not every test binary installs
