@@ -48,8 +48,11 @@ $(PACKAGE_STAMP): python/requirements.txt $(VENV_STAMP)
 	$(VENV_PY) -m pip install --disable-pip-version-check --quiet -r python/requirements.txt
 	touch $(PACKAGE_STAMP)
 
+# The server only: the Python extension (python/) is maturin's to build (`make package`), with
+# the venv's interpreter in pyo3's configuration; built here too, without it, pyo3 and the
+# extension were compiled again each time one followed the other.
 build:
-	cargo build --release --locked
+	cargo build --release --locked -p replpool
 
 # The `replpool` Python package (python/), built and installed into .venv (editable).
 package: $(PACKAGE_STAMP)
